@@ -1,0 +1,371 @@
+"""One typed configuration, loaded from one TOML file.
+
+`config.toml` is parsed with `tomllib` and validated into nested pydantic models, one per
+section. Every model forbids unknown keys, so a typo is an error rather than a silently
+ignored setting. Errors name the key, the file and, where the key can be found in the
+text, the line (pydantic and tomllib do not track positions, so `_line_of` finds it).
+
+Secrets never come from the file: they are read from the environment into `Secrets`,
+and a key or value in the file that looks like a secret is refused at load time.
+Cross-field rules (LoRA rank against the engine's `max_lora_rank`, the lineage name)
+are checked here, at load, not when the nightly run reaches them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "REPOTUNE_CONFIG"
+DEFAULT_CONFIG_NAME = "config.toml"
+
+# Ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py, `MaxLoRARanks`).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+LINEAGE_RE = re.compile(r"^[a-z][a-z0-9_.]{0,39}$")
+RESERVED_LINEAGES = frozenset({"base"})
+
+# Secret names as they appear in the environment, and the config keys people would
+# mistakenly use for them.
+SECRET_ENV = {
+    "api_keys": "REPOTUNE_API_KEYS",
+    "admin_key": "REPOTUNE_ADMIN_KEY",
+    "github_token": "GITHUB_TOKEN",
+    "teacher_api_key": "REPOTUNE_TEACHER_API_KEY",
+}
+_SECRET_KEY_RE = re.compile(
+    r"^(?:.*_)?(?:api_?keys?|admin_key|token|access_token|auth_token|secret|client_secret|"
+    r"password|passwd|private_key|secret_key|access_key)$"
+)
+# Prefixes of well-known credential formats (GitHub, OpenAI, Hugging Face, AWS, Slack).
+_SECRET_VALUE_RE = re.compile(
+    r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{20,}|"
+    r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abpr]-[A-Za-z0-9-]{10,})"
+)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. `problems` holds one line per fault."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    base: str = Field(
+        "builtin:tiny",
+        min_length=1,
+        description="Base model: builtin:tiny, a Hugging Face model id or a local path.",
+    )
+
+
+class ServeSection(Section):
+    max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, v: int) -> int:
+        if v not in VLLM_LORA_RANKS:
+            allowed = ", ".join(map(str, VLLM_LORA_RANKS))
+            raise ValueError(f"must be one of the ranks vLLM accepts ({allowed}), got {v}")
+        return v
+
+
+class PolicySection(Section):
+    refusal: str = Field(
+        "I can only help with questions about this repository and its code.",
+        min_length=1,
+        description="The one refusal text, returned as an ordinary completion.",
+    )
+    train_refusals: bool = Field(False, description="Also train refusals into the adapter.")
+
+
+class IngestSection(Section):
+    repo: str = Field(".", min_length=1, description="Repository to learn: a path or clone URL.")
+
+
+class TunerSection(Section):
+    lineage: str | None = Field(
+        None, description="Name of this deployment's adapter chain; default: the repo's name."
+    )
+
+    @field_validator("lineage")
+    @classmethod
+    def _lineage(cls, v: str | None) -> str | None:
+        return None if v is None else validate_lineage(v)
+
+
+class TrainSection(Section):
+    lora_rank: int = Field(16, ge=1, description="LoRA rank of trained adapters.")
+
+
+class EvalSection(Section):
+    pass
+
+
+class ScheduleSection(Section):
+    pass
+
+
+class PathsSection(Section):
+    data_dir: Path = Field(Path(".repotune"), description="Store, adapters and datasets.")
+
+
+class Secrets(BaseModel):
+    """Secrets, from the environment only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_keys: tuple[str, ...] = ()
+    admin_key: str | None = None
+    github_token: str | None = None
+    teacher_api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
+        env = dict(os.environ) if env is None else env
+        keys = tuple(k.strip() for k in env.get(SECRET_ENV["api_keys"], "").split(",") if k.strip())
+        return cls(
+            api_keys=keys,
+            admin_key=env.get(SECRET_ENV["admin_key"]) or None,
+            github_token=env.get(SECRET_ENV["github_token"]) or None,
+            teacher_api_key=env.get(SECRET_ENV["teacher_api_key"]) or None,
+        )
+
+    def masked(self) -> dict[str, Any]:
+        def mask(v: str | None) -> str | None:
+            return None if v is None else "********"
+
+        return {
+            "api_keys": [mask(k) for k in self.api_keys],
+            "admin_key": mask(self.admin_key),
+            "github_token": mask(self.github_token),
+            "teacher_api_key": mask(self.teacher_api_key),
+        }
+
+
+class Config(Section):
+    """The whole configuration. Relative paths are resolved against `root`."""
+
+    model: ModelSection = ModelSection()
+    serve: ServeSection = ServeSection()
+    policy: PolicySection = PolicySection()
+    ingest: IngestSection = IngestSection()
+    tuner: TunerSection = TunerSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    schedule: ScheduleSection = ScheduleSection()
+    paths: PathsSection = PathsSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.train.lora_rank > self.serve.max_lora_rank:
+            raise ValueError(
+                f"train.lora_rank ({self.train.lora_rank}) exceeds serve.max_lora_rank "
+                f"({self.serve.max_lora_rank}): the engine could not load such an adapter"
+            )
+        return self
+
+
+class Settings(BaseModel):
+    """A loaded configuration: the typed config, where it came from, and the secrets."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config: Config
+    source: Path | None  # None: no file, built-in defaults
+    root: Path  # the folder relative paths resolve against
+    secrets: Secrets
+
+    @property
+    def data_dir(self) -> Path:
+        return _resolve(self.root, self.config.paths.data_dir)
+
+    @property
+    def repo(self) -> str:
+        """The repository to learn: an absolute path, or a clone URL as written."""
+        repo = self.config.ingest.repo
+        return repo if _is_url(repo) else str(_resolve(self.root, Path(repo)))
+
+    @property
+    def lineage(self) -> str:
+        if self.config.tuner.lineage:
+            return self.config.tuner.lineage
+        return default_lineage(self.repo)
+
+    def effective(self) -> dict[str, Any]:
+        """The config as it is used: defaults filled in, paths resolved, secrets masked."""
+        data = self.config.model_dump(mode="json")
+        data["paths"]["data_dir"] = str(self.data_dir)
+        data["ingest"]["repo"] = self.repo
+        data["tuner"]["lineage"] = self.lineage
+        data["secrets"] = self.secrets.masked()
+        return data
+
+
+def validate_lineage(name: str) -> str:
+    if name in RESERVED_LINEAGES:
+        raise ValueError(f"{name!r} is reserved (it names the base model)")
+    if not LINEAGE_RE.match(name):
+        raise ValueError(
+            f"{name!r} is not a lineage name: lower-case letters, digits, '_' and '.', "
+            "starting with a letter, at most 40 characters"
+        )
+    return name
+
+
+def default_lineage(repo: str) -> str:
+    """The repository folder's name, lower-cased and made into a valid lineage name."""
+    name = repo.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    name = name.removesuffix(".git").lower()
+    name = re.sub(r"[^a-z0-9_.]+", "_", name).strip("_.")
+    if not name or not name[0].isalpha():
+        name = "repo_" + name
+    name = name[:40].rstrip("_.")
+    return "repo" if name in RESERVED_LINEAGES else name
+
+
+def config_path(explicit: str | Path | None = None) -> tuple[Path, bool]:
+    """Which file to load, and whether it was asked for (and so must exist)."""
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), True
+    return Path(DEFAULT_CONFIG_NAME), False
+
+
+def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Load and validate the configuration; raise ConfigError naming every fault."""
+    file, required = config_path(path)
+    secrets = Secrets.from_env(env)
+    if not file.exists():
+        if required:
+            raise ConfigError([f"{file}: no such config file"])
+        return Settings(config=Config(), source=None, root=Path.cwd(), secrets=secrets)
+    file = file.resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{file}: cannot read: {e}"]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{file}: not valid TOML: {e}"]) from e
+    return Settings(config=parse(raw, file, text), source=file, root=file.parent, secrets=secrets)
+
+
+def parse(raw: dict[str, Any], file: Path | str = "<config>", text: str = "") -> Config:
+    problems = [_where(file, text, loc) + msg for loc, msg in _secrets_in(raw)]
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([_describe(file, text, err) for err in e.errors()]) from None
+
+
+def _secrets_in(raw: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    found: list[tuple[tuple[str, ...], str]] = []
+    for key, value in raw.items():
+        loc = (*prefix, key)
+        if isinstance(value, dict):
+            found += _secrets_in(value, loc)
+            continue
+        if _SECRET_KEY_RE.match(key.lower()):
+            env = SECRET_ENV.get(key.lower(), "the environment")
+            found.append((loc, f"secrets are not read from the config file; set {env} instead"))
+        elif any(_SECRET_VALUE_RE.search(v) for v in _strings(value)):
+            found.append((loc, "looks like a credential; secrets belong in environment variables"))
+    return found
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _describe(file: Path | str, text: str, err: Any) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    msg: str = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+        if len(loc) > 1 and loc[:-1] and _section_known(loc[:-1]):
+            fields = _fields_of(loc[:-1])
+            if fields:
+                msg += f" (known keys: {', '.join(fields)})"
+        elif len(loc) == 1:
+            msg += f" (known sections: {', '.join(Config.model_fields)})"
+    elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return _where(file, text, loc) + msg
+
+
+def _section_known(loc: tuple[str, ...]) -> bool:
+    return _model_at(loc) is not None
+
+
+def _fields_of(loc: tuple[str, ...]) -> list[str]:
+    model = _model_at(loc)
+    return list(model.model_fields) if model else []
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _where(file: Path | str, text: str, loc: tuple[str, ...]) -> str:
+    line = _line_of(text, loc) if loc else None
+    key = ".".join(loc) if loc else "config"
+    return f"{file}:{line}: {key}: " if line else f"{file}: {key}: "
+
+
+_HEADER_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\s\"']+?)\s*\]\s*(?:#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=")
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line where `loc` is set in `text`, found by scanning headers and keys."""
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER_RE.match(line)
+        if header and not line.lstrip().startswith("[["):
+            table = tuple(p.strip().strip("\"'") for p in header.group(1).split("."))
+            if table == loc:
+                return number
+            continue
+        key = _KEY_RE.match(line)
+        if key:
+            parts = tuple(p.strip().strip("\"'") for p in key.group(1).split("."))
+            full = table + parts
+            if full == loc or (len(full) < len(loc) and loc[: len(full)] == full):
+                return number
+    return None
+
+
+def _is_url(repo: str) -> bool:
+    return "://" in repo or bool(re.match(r"^[\w.-]+@[\w.-]+:", repo))
+
+
+def _resolve(root: Path, p: Path) -> Path:
+    p = p.expanduser()
+    return p if p.is_absolute() else (root / p).resolve()
+
