@@ -4,19 +4,19 @@ Each command loads the config (`--config PATH`, else `$REPOTUNE_CONFIG`, else
 `./config.toml`), calls one library function and prints its result, as a rich table
 for people or as JSON with `--json` for scripts. A bad config exits with code 2 and
 names the key, file and line. Heavy imports stay inside the commands that need them, so
-`repotune --help` answers at once.
+`repotune --help` answers at once. This module is where the packages' command groups
+are composed; it is the one place in the kernel that names them.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from repotune import config as cfg
+from eval.cli import app as eval_app
+from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
+from repotune.ui import out, print_json, progress_bar
 
 app = typer.Typer(
     help="repotune: a self-hosted chatbot that knows a code repository and stays current with it.",
@@ -27,41 +27,11 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="The store: the SQLite database every package shares.", no_args_is_help=True)
+base_app = typer.Typer(help="The base model: build builtin:tiny, resolve and fingerprint.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (default: $REPOTUNE_CONFIG, then ./config.toml)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-EXIT_CONFIG = 2
-
-
-def load_settings(path: Path | None, as_json: bool = False) -> cfg.Settings:
-    """Load the config or exit with code 2 and every problem it has."""
-    try:
-        return cfg.load(path)
-    except cfg.ConfigError as e:
-        fail_config(e.problems, as_json)
-
-
-def fail_config(problems: list[str], as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"ok": False, "errors": problems}, indent=2))
-    else:
-        err.print("[bold red]config error[/]", highlight=False)
-        for p in problems:
-            err.print(f"  {p}", highlight=False, markup=False)
-    raise typer.Exit(EXIT_CONFIG)
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+app.add_typer(base_app, name="base")
+app.add_typer(eval_app, name="eval")
 
 
 @config_app.command("show")
@@ -108,8 +78,7 @@ def db_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     try:
         conn = store.open_db(store.db_path(settings.data_dir))
     except store.StoreError as e:
-        err.print(f"[bold red]store error[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(e))
     info = store.status(conn)
     if as_json:
         print_json(info)
@@ -122,6 +91,59 @@ def db_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     for name, rows in info["tables"].items():
         table.add_row(name, f"{rows:,}")
     out.print(table if info["tables"] else "no tables yet")
+
+
+@base_app.command("build")
+def base_build(
+    tokenizer_only: Annotated[bool, typer.Option("--tokenizer-only", help="Build only the tokenizer.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build builtin:tiny (seconds when cached) and print its folder and fingerprint."""
+    from repotune import builtin, models
+
+    if tokenizer_only:
+        built = builtin.build_tokenizer()
+        info: dict[str, Any] = {"tokenizer": str(built.path), "cached": built.cached}
+    else:
+        with progress_bar("building builtin:tiny", quiet=as_json) as update:
+            built = builtin.build_model(progress=lambda stage, done, total, m: update(done, total, **m))
+        info = _model_info(built.path, models.fingerprint(built.path)) | {"cached": built.cached}
+    info["seconds"] = round(built.seconds, 2)
+    _print_info(info, as_json)
+
+
+@base_app.command("show")
+def base_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Resolve the configured base model (building or fetching it) and print its fingerprint."""
+    from repotune import models
+
+    settings = load_settings(config, as_json)
+    try:
+        with progress_bar(f"resolving {settings.config.model.base}", quiet=as_json) as update:
+            base = models.resolve(settings.config.model.base, lambda s, d, t, m: update(d, t, **m))
+    except models.ModelError as e:
+        fail(str(e))
+    _print_info({"base": base.spec} | _model_info(base.path, base.fingerprint), as_json)
+
+
+def _model_info(path: Any, fingerprint: str) -> dict[str, Any]:
+    import json
+
+    info: dict[str, Any] = {"path": str(path), "fingerprint": fingerprint}
+    record = path / "repotune-build.json"
+    if record.is_file():
+        built = json.loads(record.read_text())
+        info |= {"parameters": built["parameters"], "build_seconds": built["build_seconds"]}
+    return info
+
+
+def _print_info(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        out.print(f"{key:>14}  {value:,}" if isinstance(value, int) and not isinstance(value, bool)
+                  else f"{key:>14}  {value}", highlight=False)
 
 
 def _drop_none(data: Any) -> Any:

@@ -1,0 +1,73 @@
+"""`repotune eval …`: thin commands over the eval suites."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
+from repotune.ui import out, print_json, progress_bar
+
+app = typer.Typer(help="Evaluate a model: the general-knowledge regression suite.", no_args_is_help=True)
+
+
+@app.command("general")
+def general(
+    model: Annotated[
+        str | None, typer.Option("--model", help="builtin:tiny, a model folder or a hub id (default: model.base).")
+    ] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="A PEFT LoRA adapter folder to apply.")] = None,
+    mc: Annotated[bool, typer.Option("--mc", help="Also score multiple choice by option log-likelihood.")] = False,
+    results: Annotated[
+        Path | None, typer.Option("--out", help="Per-question results file (default: data_dir/evals/…).")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer the general set's eval split greedily and score it against answers and aliases."""
+    from eval import general as suite
+    from eval import questions
+    from eval.local import LocalModel
+    from repotune import models
+
+    settings = load_settings(config, as_json)
+    spec = model or settings.config.model.base
+    try:
+        with progress_bar(f"resolving {spec}", quiet=as_json) as update:
+            base = models.resolve(spec, progress=lambda stage, done, total, m: update(done, total, **m))
+        if adapter is not None:
+            models.check_base(adapter, base)
+    except models.ModelError as e:
+        fail(str(e))
+    qs = questions.load(split="eval")
+    answerer = LocalModel(base.path, adapter)
+    with progress_bar(f"general ({len(qs)} questions)", quiet=as_json) as update:
+        report = suite.run(answerer, qs, model=spec, adapter=str(adapter) if adapter else None, mc=mc,
+                           progress=lambda done, total: update(done, total))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = results or settings.data_dir / "evals" / f"general-{stamp}.jsonl"
+    suite.write_results(report, path)
+    if as_json:
+        print_json(report.summary() | {"base_fingerprint": base.fingerprint})
+        return
+    _show(report, base.fingerprint)
+
+
+def _show(report: object, fingerprint: str) -> None:
+    from rich.table import Table
+
+    from eval.general import Report
+
+    assert isinstance(report, Report)
+    title = f"general: {report.model}" + (f" + {report.adapter}" if report.adapter else "")
+    table = Table("category", "score", title=title)
+    for category, score in report.by_category.items():
+        table.add_row(category, f"{score:.1%}")
+    table.add_row("all", f"{report.score:.1%} ({report.correct}/{report.n})", style="bold")
+    if report.mc_score is not None:
+        table.add_row("multiple choice", f"{report.mc_score:.1%}", style="bold")
+    out.print(table)
+    out.print(f"base fingerprint {fingerprint}; per-question results in {report.results_path}", highlight=False)

@@ -1,0 +1,51 @@
+"""What the command line shows people: consoles, progress bars with ETA, JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[..., None]]:
+    """Yield `update(done, total, **metrics)`; draws a bar with ETA on stderr unless quiet."""
+    if quiet:
+        yield lambda *args, **kwargs: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(description, total=None, metrics="")
+
+        def update(done: int, total: int, **metrics: float) -> None:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            bar.update(task, completed=done, total=total, metrics=shown)
+
+        yield update
