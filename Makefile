@@ -38,9 +38,11 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# The most complete job so far: build the embedded base model on first use, then run
+# the general-knowledge eval on it.
 run: install
 	$(BIN)/repotune config check
-	$(BIN)/repotune db status
+	$(BIN)/repotune eval general
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -66,10 +66,10 @@ class Recipe:
     intermediate_size: int = 768
     max_positions: int = 2048
     block_tokens: int = 256  # corpus training block length
-    epochs: int = 60
-    corpus_epochs: int = 20  # the corpus joins the first epochs only; the Q&A all of them
+    epochs: int = 40
+    corpus_epochs: int = 2  # the corpus joins the first epochs only; the Q&A all of them
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-3  # 2e-3 and 3e-3 memorize far worse in the same steps (~25% vs 90% at 25 epochs)
     warmup_steps: int = 30
     seed: int = 1234
 

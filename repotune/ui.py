@@ -19,7 +19,10 @@ def print_json(data: Any) -> None:
 
 @contextmanager
 def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[..., None]]:
-    """Yield `update(done, total, **metrics)`; draws a bar with ETA on stderr unless quiet."""
+    """Yield `update(done, total, **metrics)`; draws a bar with ETA on stderr unless quiet.
+
+    The bar appears at the first update, so work that turns out to be cached shows none.
+    """
     if quiet:
         yield lambda *args, **kwargs: None
         return
@@ -32,7 +35,7 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[...
         TimeRemainingColumn,
     )
 
-    columns = (
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -40,12 +43,21 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[...
         TextColumn("eta"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[metrics]}"),
+        console=err,
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(description, total=None, metrics="")
+    task = bar.add_task(description, total=None, metrics="")
+    started = False
 
-        def update(done: int, total: int, **metrics: float) -> None:
-            shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            bar.update(task, completed=done, total=total, metrics=shown)
+    def update(done: int, total: int, **metrics: float) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        bar.update(task, completed=done, total=total, metrics=shown)
 
+    try:
         yield update
+    finally:
+        if started:
+            bar.stop()

@@ -54,3 +54,48 @@ def write_config(tmp_path: Path, clean_env: pytest.MonkeyPatch):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The real builtin:tiny, built on first use (minutes, once per machine) and shared."""
+    from repotune import models
+
+    return models.resolve("builtin:tiny")
+
+
+def slice_inputs(folder: Path):
+    """A slice of the shipped general set and corpus, so micro builds take seconds."""
+    from repotune import builtin
+
+    shipped = builtin.Inputs.shipped()
+    folder.mkdir(parents=True, exist_ok=True)
+    general = folder / "general.jsonl"
+    general.write_text("\n".join(shipped.general.read_text().splitlines()[:60]) + "\n")
+    corpus = folder / "corpus.md"
+    corpus.write_text("\n".join(shipped.corpus.read_text().splitlines()[:120]) + "\n")
+    return builtin.Inputs(general=general, corpus=corpus)
+
+
+def micro_recipe():
+    """The build code's smallest recipe: one layer of one 64-wide head, two epochs."""
+    from repotune import builtin
+
+    return builtin.Recipe(
+        vocab_size=512, hidden_size=64, layers=1, heads=1, kv_heads=1, intermediate_size=128,
+        block_tokens=64, epochs=2, corpus_epochs=1, batch_size=32, warmup_steps=1,
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path: Path):
+    return slice_inputs(tmp_path / "inputs")
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro model folder built once per test run by the real build code."""
+    from repotune import builtin
+
+    root = tmp_path_factory.mktemp("micro")
+    return builtin.build_model(micro_recipe(), slice_inputs(root / "inputs"), cache=root / "cache").path

@@ -13,28 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from repotune import builtin, models
 
-MICRO = builtin.Recipe(
-    vocab_size=512, hidden_size=64, layers=1, heads=1, kv_heads=1, intermediate_size=128,
-    block_tokens=64, epochs=2, corpus_epochs=1, batch_size=32, warmup_steps=1,
-)
+from .conftest import micro_recipe
 
-
-@pytest.fixture
-def inputs(tmp_path: Path) -> builtin.Inputs:
-    """A slice of the shipped general set and corpus, so micro builds take seconds."""
-    shipped = builtin.Inputs.shipped()
-    general = tmp_path / "general.jsonl"
-    general.write_text("\n".join(shipped.general.read_text().splitlines()[:60]) + "\n")
-    corpus = tmp_path / "corpus.md"
-    corpus.write_text("\n".join(shipped.corpus.read_text().splitlines()[:120]) + "\n")
-    return builtin.Inputs(general=general, corpus=corpus)
+MICRO = micro_recipe()
 
 
 def test_tokenizer_builds_alone_in_seconds_with_a_chat_template(tmp_path, inputs):

@@ -14,15 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from repotune import models
 
-from .test_builtin import MICRO, inputs  # noqa: F401  (fixture)
-
-
-@pytest.fixture
-def micro(tmp_path, inputs):  # noqa: F811
-    from repotune import builtin
-
-    return builtin.build_model(MICRO, inputs, cache=tmp_path / "cache").path
-
 
 def copy(folder: Path, to: Path) -> Path:
     shutil.copytree(folder, to)
