@@ -3,9 +3,9 @@
 Every package keeps its tables here (`paths.data_dir/repotune.db`), and the tables are
 the contract between packages: one may read another's tables through this module without
 importing that package. The schema grows by an append-only list of named migration
-functions, as in simonw/llm: the names applied are recorded in `_migrations`, so each
-runs once, in order, and a database written by a newer repotune (a name this code does
-not know) is refused rather than misread.
+functions (`repotune.migrations`), as in simonw/llm: the names applied are recorded in
+`_migrations`, so each runs once, in order, and a database written by a newer repotune
+(a name this code does not know) is refused rather than misread.
 
 The database runs in WAL mode, so readers (the server) never wait for a writer, and a
 busy timeout makes a second writer wait for the first instead of failing. Writers of
@@ -29,13 +29,6 @@ DB_NAME = "repotune.db"
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another writer's batch to commit
 
 Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[Migration] = []
-
-
-def migration(fn: Migration) -> Migration:
-    """Append `fn` to the kernel's migration list. Never reorder or remove one."""
-    MIGRATIONS.append(fn)
-    return fn
 
 
 class StoreError(Exception):
@@ -61,7 +54,7 @@ def open_db(path: Path, migrations: list[Migration] | None = None) -> sqlite_uti
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         db.enable_wal()
         db.execute("PRAGMA foreign_keys = ON")
-        migrate(db, MIGRATIONS if migrations is None else migrations)
+        migrate(db, _kernel_migrations() if migrations is None else migrations)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path}: cannot open the store: {e}") from e
     return db
@@ -154,7 +147,7 @@ def now() -> str:
 
 def status(db: sqlite_utils.Database, migrations: list[Migration] | None = None) -> dict[str, Any]:
     """What is in the store: file, journal mode, migrations, tables and row counts."""
-    names = [m.__name__ for m in (MIGRATIONS if migrations is None else migrations)]
+    names = [m.__name__ for m in (_kernel_migrations() if migrations is None else migrations)]
     done = applied_migrations(db)
     path = Path(db.conn.execute("PRAGMA database_list").fetchone()[2])
     return {
@@ -166,6 +159,12 @@ def status(db: sqlite_utils.Database, migrations: list[Migration] | None = None)
             t: db[t].count for t in db.table_names() if t != "_migrations" and not _is_fts_shadow(db, t)
         },
     }
+
+
+def _kernel_migrations() -> list[Migration]:
+    from repotune.migrations import MIGRATIONS
+
+    return MIGRATIONS
 
 
 def _is_fts_shadow(db: sqlite_utils.Database, table: str) -> bool:

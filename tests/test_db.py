@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from repotune import db as store
 from repotune.cli import app
+from repotune.migrations import MIGRATIONS
 
 
 def m001_things(db: sqlite_utils.Database) -> None:
@@ -111,4 +112,5 @@ def test_db_status_command_reports_the_store(tmp_path, write_config):
     assert info["path"] == str(tmp_path / "state" / "repotune.db")
     assert info["journal_mode"] == "wal"
     assert info["migrations"]["pending"] == []
-    assert info["migrations"]["applied"] == [m.__name__ for m in store.MIGRATIONS]
+    assert info["migrations"]["applied"] == [m.__name__ for m in MIGRATIONS] != []
+    assert "adapters" in info["tables"] and "events" in info["tables"]
