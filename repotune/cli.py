@@ -10,6 +10,7 @@ are composed; it is the one place in the kernel that names them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,10 +29,17 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="The store: the SQLite database every package shares.", no_args_is_help=True)
 base_app = typer.Typer(help="The base model: build builtin:tiny, resolve and fingerprint.", no_args_is_help=True)
+adapters_app = typer.Typer(
+    help="The adapter registry: register, list, promote, roll back and retire versions.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(base_app, name="base")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
+
+LineageOpt = Annotated[str | None, typer.Option("--lineage", help="The lineage (default: tuner.lineage).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the event log.")]
 
 
 @config_app.command("show")
@@ -124,6 +132,179 @@ def base_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     except models.ModelError as e:
         fail(str(e))
     _print_info({"base": base.spec} | _model_info(base.path, base.fingerprint), as_json)
+
+
+@adapters_app.command("register")
+def adapters_register(
+    folder: Annotated[Path, typer.Argument(help="A PEFT LoRA adapter folder.")],
+    lineage: LineageOpt = None,
+    reason: ReasonOpt = "",
+    assume_base: Annotated[
+        bool, typer.Option("--assume-base", help="It has no manifest; it was trained on the configured base.")
+    ] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy an adapter in as the lineage's next version (status candidate), after checks."""
+    from repotune import models, registry
+
+    settings = load_settings(config, as_json)
+    db = _store(settings)
+    try:
+        base = models.resolve(settings.config.model.base)
+        adapter = registry.register(
+            db, settings.data_dir, lineage or settings.lineage, folder, base,
+            settings.config.serve.max_lora_rank, _actor(), reason, assume_base=assume_base,
+        )
+    except (models.ModelError, registry.RegistryError) as e:
+        fail(str(e))
+    _print_adapter(adapter, as_json)
+
+
+@adapters_app.command("list")
+def adapters_list(lineage: LineageOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Every version of the lineage: status, dates, base, scores and knowledge cursor."""
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    name = lineage or settings.lineage
+    rows = registry.versions(_store(settings), name)
+    if as_json:
+        print_json([_adapter_json(a) for a in rows])
+        return
+    from rich.table import Table
+
+    table = Table("version", "status", "created", "promoted", "base", "scores", "knowledge", title=f"lineage {name}")
+    for a in rows:
+        style = {"promoted": "bold green", "retired": "dim", "failed": "red", "rejected": "yellow"}.get(a.status)
+        table.add_row(
+            f"v{a.version}", a.status, a.created_at, a.promoted_at or "", a.base_fingerprint,
+            _scores(a.manifest), str(a.manifest.get("ingest_cursor") or ""), style=style,
+        )
+    out.print(table if rows else f"lineage {name} has no adapters yet")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    version: Annotated[str, typer.Argument(help="The version: 7 or v7.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded in the event log.")],
+    lineage: LineageOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a version the one the lineage's alias serves; the current one becomes superseded."""
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    db = _store(settings)
+    name = lineage or settings.lineage
+    try:
+        v = registry.parse_version(version)
+        _check_base(settings, registry.get(db, name, v))
+        adapter = registry.promote(db, name, v, _actor(), reason)
+    except registry.RegistryError as e:
+        fail(str(e))
+    _print_adapter(adapter, as_json)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    to: Annotated[str | None, typer.Option("--to", help="Version to return to (default: newest superseded).")] = None,
+    reason: ReasonOpt = "rollback",
+    lineage: LineageOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Promote an earlier version again: the newest superseded one, or --to V."""
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    db = _store(settings)
+    name = lineage or settings.lineage
+    try:
+        target = registry.rollback_target(db, name, registry.parse_version(to) if to else None)
+        _check_base(settings, target)
+        adapter = registry.promote(db, name, target.version, _actor(), reason)
+    except registry.RegistryError as e:
+        fail(str(e))
+    _print_adapter(adapter, as_json)
+
+
+@adapters_app.command("retire")
+def adapters_retire(
+    version: Annotated[str, typer.Argument(help="The version: 7 or v7.")],
+    reason: ReasonOpt = "retired",
+    lineage: LineageOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire a version for good: it is never served or promoted again."""
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    try:
+        adapter = registry.transition(
+            _store(settings), lineage or settings.lineage, registry.parse_version(version), "retired", _actor(), reason
+        )
+    except registry.RegistryError as e:
+        fail(str(e))
+    _print_adapter(adapter, as_json)
+
+
+def _store(settings: Any) -> Any:
+    from repotune import db as store
+
+    try:
+        return store.open_db(store.db_path(settings.data_dir))
+    except store.StoreError as e:
+        fail(str(e))
+
+
+def _check_base(settings: Any, adapter: Any) -> None:
+    """Refuse to promote a version trained on another base than the configured one."""
+    from repotune import models, registry
+
+    try:
+        base = models.resolve(settings.config.model.base)
+    except models.ModelError as e:
+        fail(str(e))
+    if adapter.base_fingerprint != base.fingerprint:
+        raise registry.RegistryError(
+            f"{adapter.lineage} v{adapter.version} was trained on base {adapter.base_fingerprint}, but the "
+            f"configured base {base.spec} is {base.fingerprint}; it cannot be served on it"
+        )
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _scores(manifest: dict[str, Any]) -> str:
+    scores = manifest.get("eval") or {}
+    return " ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, int | float))
+
+
+def _adapter_json(adapter: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(adapter)
+    data["path"] = str(adapter.path)
+    data["engine_name"] = adapter.engine_name
+    return data
+
+
+def _print_adapter(adapter: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(_adapter_json(adapter))
+    else:
+        out.print(f"{adapter.lineage} v{adapter.version}: {adapter.status} ({adapter.path})", highlight=False)
 
 
 def _model_info(path: Any, fingerprint: str) -> dict[str, Any]:
