@@ -33,7 +33,7 @@ $(STAMP):
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy repotune
+	$(BIN)/mypy repotune serve
 
 test: lint
 	$(BIN)/pytest

@@ -201,7 +201,10 @@ def adapters_promote(
     try:
         v = registry.parse_version(version)
         _check_base(settings, registry.get(db, name, v))
-        adapter = registry.promote(db, name, v, _actor(), reason)
+        if _ask_server(settings, "promote", {"lineage": name, "version": v, "reason": reason}):
+            adapter = registry.get(db, name, v)
+        else:
+            adapter = registry.promote(db, name, v, _actor(), reason)
     except registry.RegistryError as e:
         fail(str(e))
     _print_adapter(adapter, as_json)
@@ -224,7 +227,10 @@ def adapters_rollback(
     try:
         target = registry.rollback_target(db, name, registry.parse_version(to) if to else None)
         _check_base(settings, target)
-        adapter = registry.promote(db, name, target.version, _actor(), reason)
+        if _ask_server(settings, "rollback", {"lineage": name, "to": target.version, "reason": reason}):
+            adapter = registry.get(db, name, target.version)
+        else:
+            adapter = registry.promote(db, name, target.version, _actor(), reason)
     except registry.RegistryError as e:
         fail(str(e))
     _print_adapter(adapter, as_json)
@@ -258,6 +264,36 @@ def _store(settings: Any) -> Any:
         return store.open_db(store.db_path(settings.data_dir))
     except store.StoreError as e:
         fail(str(e))
+
+
+def _ask_server(settings: Any, action: str, payload: dict[str, Any]) -> bool:
+    """Ask a running server to swap (load, smoke, then record); False if none is running."""
+    import httpx
+
+    from repotune import registry
+
+    serve = settings.config.serve
+    host = "127.0.0.1" if serve.host in ("0.0.0.0", "::") else serve.host
+    url = f"http://{host}:{serve.port}"
+    try:
+        httpx.get(f"{url}/health", timeout=2.0)
+    except httpx.HTTPError:
+        return False  # no server: the CLI records the change; a server applies it at start
+    if not settings.secrets.admin_key:
+        raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to swap through it")
+    r = httpx.post(
+        f"{url}/admin/{action}",
+        json={**payload, "actor": _actor()},
+        headers={"Authorization": f"Bearer {settings.secrets.admin_key}"},
+        timeout=600.0,
+    )
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        raise registry.RegistryError(f"the server refused: {message}")
+    return True
 
 
 def _check_base(settings: Any, adapter: Any) -> None:
@@ -305,6 +341,26 @@ def _print_adapter(adapter: Any, as_json: bool) -> None:
         print_json(_adapter_json(adapter))
     else:
         out.print(f"{adapter.lineage} v{adapter.version}: {adapter.status} ({adapter.path})", highlight=False)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default: serve.port).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the OpenAI-compatible API: the gateway and a supervised vLLM engine."""
+    import logging
+
+    from repotune import models
+    from serve import server
+
+    settings = load_settings(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server.run(settings, host, port)
+    except (server.ServeError, models.ModelError) as e:
+        fail(str(e))
 
 
 def _model_info(path: Any, fingerprint: str) -> dict[str, Any]:

@@ -70,7 +70,24 @@ class ModelSection(Section):
 
 
 class ServeSection(Section):
+    host: str = Field("127.0.0.1", min_length=1, description="Address the gateway listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the gateway listens on.")
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
+    max_loras: int = Field(4, ge=1, description="Adapters the engine batches side by side.")
+    max_cpu_loras: int = Field(8, ge=1, description="Adapters the engine keeps loaded in host memory.")
+    max_model_len: int = Field(2048, ge=16, description="Context length, prompt and completion together.")
+    dtype: str = Field("auto", description="Engine dtype: auto, float32, bfloat16 or float16.")
+    kv_cache_gb: int = Field(1, ge=1, description="CPU engine: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU engine: share of GPU memory.")
+    engine_args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
+    upstreams: list[str] = Field(
+        default_factory=list, description="Engines already running (base URLs); none: start one."
+    )
+    keep_loaded: int = Field(2, ge=1, description="Versions per lineage kept loaded in the engine.")
+    engine_start_timeout_s: float = Field(600, gt=0, description="How long an engine may take to start.")
+    auth: bool = Field(True, description="Require an API key from REPOTUNE_API_KEYS on every request.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    reconcile_interval_s: float = Field(5.0, gt=0, description="How often the server re-reads the registry.")
 
     @field_validator("max_lora_rank")
     @classmethod
@@ -169,6 +186,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.serve.max_cpu_loras < self.serve.max_loras:
+            raise ValueError(
+                f"serve.max_cpu_loras ({self.serve.max_cpu_loras}) must be at least serve.max_loras "
+                f"({self.serve.max_loras}), as vLLM requires"
+            )
         if self.train.lora_rank > self.serve.max_lora_rank:
             raise ValueError(
                 f"train.lora_rank ({self.train.lora_rank}) exceeds serve.max_lora_rank "

@@ -1,0 +1,277 @@
+"""The gateway: an OpenAI-compatible API in front of vLLM, owning what a proxy must.
+
+vLLM serves the tokens; the gateway owns API keys and the admin key, the lineage aliases
+and pinned versions, swaps, limits, errors in OpenAI's shape, and health. Requests are
+checked (JSON object, known parameters, a model that exists) before they reach the
+engine; the model name is rewritten to the engine name of the version it means; streamed
+responses are passed through chunk by chunk as bytes, and a client that goes away closes
+the upstream stream, which aborts its generation in the engine. vLLM's own adapter
+load/unload endpoints are never exposed: only the routes below exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from repotune import registry
+from serve import errors
+from serve.adapters import AdapterManager, SwapError
+from serve.errors import APIError
+
+log = logging.getLogger("repotune.gateway")
+
+# Parameters the engine accepts for each endpoint; anything else is refused by name.
+COMMON = {
+    "model", "max_tokens", "stop", "n", "temperature", "top_p", "seed", "stream", "stream_options",
+    "logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "user", "response_format", "top_k",
+    "min_p", "repetition_penalty", "min_tokens",
+}
+CHAT_PARAMS = COMMON | {
+    "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
+}
+COMPLETION_PARAMS = COMMON | {"prompt", "echo", "suffix", "best_of"}
+
+
+@dataclass
+class GatewayState:
+    manager: AdapterManager
+    client: httpx.AsyncClient
+    api_keys: tuple[str, ...]
+    admin_key: str | None
+    auth: bool = True
+    max_body_bytes: int = 1 << 20
+    ready: Callable[[], bool] = lambda: True
+    startup: Callable[[], Awaitable[None]] | None = None
+    shutdown: Callable[[], Awaitable[None]] | None = None
+    reconcile_interval_s: float = 5.0
+    _upstream_cycle: Any = field(default=None)
+
+    def upstream(self) -> str:
+        if self._upstream_cycle is None:
+            self._upstream_cycle = itertools.cycle(self.manager.upstreams)
+        return str(next(self._upstream_cycle))
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.startup:
+            await state.startup()
+        poll = asyncio.create_task(_poll(state))
+        try:
+            yield
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            if state.shutdown:
+                await state.shutdown()
+
+    app = FastAPI(title="repotune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.state.gateway = state
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = state.ready()
+        return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> JSONResponse:
+        _client_auth(state, request)
+        base = {"id": "base", "object": "model", "created": 0, "owned_by": "repotune",
+                "base_model": state.manager.base_model}
+        return JSONResponse({"object": "list", "data": [base, *state.manager.models()]})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await _complete(state, request, "/v1/chat/completions", CHAT_PARAMS)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _complete(state, request, "/v1/completions", COMPLETION_PARAMS)
+
+    @app.post("/admin/reconcile")
+    async def admin_reconcile(request: Request) -> JSONResponse:
+        _admin_auth(state, request)
+        await state.manager.reconcile(actor="admin")
+        return JSONResponse({"aliases": {k: v.version for k, v in state.manager.aliases.items()}})
+
+    @app.post("/admin/promote")
+    async def admin_promote(request: Request) -> JSONResponse:
+        _admin_auth(state, request)
+        body = await _json_object(request, state)
+        lineage, actor, reason = str(body.get("lineage", "")), str(body.get("actor", "admin")), body.get("reason", "")
+        try:
+            version = registry.parse_version(body.get("version", ""))
+            adapter = await state.manager.promote(lineage, version, actor, str(reason))
+        except registry.RegistryError as e:
+            raise APIError(409 if "already" in str(e) or "cannot become" in str(e) else 404, str(e)) from e
+        except SwapError as e:
+            raise APIError(409, str(e), "swap_failed") from e
+        return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})
+
+    @app.post("/admin/rollback")
+    async def admin_rollback(request: Request) -> JSONResponse:
+        _admin_auth(state, request)
+        body = await _json_object(request, state)
+        lineage = str(body.get("lineage", ""))
+        to = body.get("to")
+        try:
+            target = registry.rollback_target(state.manager.db(), lineage, registry.parse_version(to) if to else None)
+            adapter = await state.manager.promote(
+                lineage, target.version, str(body.get("actor", "admin")), str(body.get("reason") or "rollback")
+            )
+        except registry.RegistryError as e:
+            raise APIError(409 if "cannot become" in str(e) else 404, str(e)) from e
+        except SwapError as e:
+            raise APIError(409, str(e), "swap_failed") from e
+        return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})
+
+    return app
+
+
+async def _poll(state: GatewayState) -> None:
+    """Reconcile with the registry on a short poll (another gateway or the CLI may change it)."""
+    while True:
+        await asyncio.sleep(state.reconcile_interval_s)
+        if not state.ready():
+            continue
+        try:
+            await state.manager.reconcile()
+        except Exception:
+            log.exception("reconcile failed")
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _client_auth(state: GatewayState, request: Request) -> None:
+    if not state.auth:
+        return
+    token = _bearer(request)
+    # Compare against every key, in constant time, so timing tells nothing about which.
+    if not token or not any([hmac.compare_digest(token.encode(), k.encode()) for k in state.api_keys]):
+        message = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
+        raise APIError(401, message, "invalid_api_key")
+
+
+def _admin_auth(state: GatewayState, request: Request) -> None:
+    token = _bearer(request)
+    if not state.admin_key:
+        raise APIError(403, "the admin API is disabled: set REPOTUNE_ADMIN_KEY", "admin_disabled")
+    if not token or not hmac.compare_digest(token.encode(), state.admin_key.encode()):
+        raise APIError(401, "invalid admin key", "invalid_api_key")
+
+
+async def _json_object(request: Request, state: GatewayState) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > state.max_body_bytes:
+        raise APIError(413, f"request body over {state.max_body_bytes} bytes", "request_too_large")
+    raw = await request.body()
+    if len(raw) > state.max_body_bytes:
+        raise APIError(413, f"request body over {state.max_body_bytes} bytes", "request_too_large")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise APIError(400, "the request body is not valid JSON", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", "invalid_request")
+    return body
+
+
+def _check_params(body: dict[str, Any], allowed: set[str], path: str) -> None:
+    for key in body:
+        if key not in allowed:
+            raise APIError(400, f"unsupported parameter: {key!r}", "unsupported_parameter", key)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required and must be a string", "invalid_value", "model")
+    if path.endswith("chat/completions"):
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise APIError(400, "'messages' must be a non-empty array", "invalid_value", "messages")
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            raise APIError(400, "each message must be an object with a 'role'", "invalid_value", "messages")
+    elif "prompt" not in body:
+        raise APIError(400, "'prompt' is required", "invalid_value", "prompt")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise APIError(400, "'stream' must be a boolean", "invalid_type", "stream")
+
+
+async def _complete(state: GatewayState, request: Request, path: str, allowed: set[str]) -> Response:
+    _client_auth(state, request)
+    body = await _json_object(request, state)
+    _check_params(body, allowed, path)
+    if not state.ready():
+        raise APIError(503, "the engine is starting or restarting; retry shortly", "engine_unavailable",
+                       headers={"Retry-After": "5"})
+    try:
+        route = state.manager.route(body["model"])
+    except (KeyError, registry.RegistryError):
+        raise APIError(404, f"the model {body['model']!r} does not exist", "model_not_found", "model") from None
+    body["model"] = route.engine_name
+    upstream = state.upstream()
+    if body.get("stream"):
+        return await _stream(state, request, upstream + path, body, route.engine_name)
+    async with state.manager.lease(route.engine_name):
+        try:
+            r = await state.client.post(upstream + path, json=body)
+        except httpx.HTTPError as e:
+            raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
+    if r.status_code != 200:
+        return errors.from_engine(r.status_code, _safe_json(r))
+    return Response(r.content, media_type="application/json")
+
+
+async def _stream(state: GatewayState, request: Request, url: str, body: dict[str, Any], name: str) -> Response:
+    lease = state.manager.lease(name)
+    await lease.__aenter__()
+    try:
+        upstream = await state.client.send(state.client.build_request("POST", url, json=body), stream=True)
+    except httpx.HTTPError as e:
+        await lease.__aexit__(None, None, None)
+        raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
+    if upstream.status_code != 200:
+        content = await upstream.aread()
+        await upstream.aclose()
+        await lease.__aexit__(None, None, None)
+        return errors.from_engine(upstream.status_code, _safe_json_bytes(content))
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:
+            await upstream.aclose()  # a client that left aborts the generation upstream
+            await lease.__aexit__(None, None, None)
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _safe_json(r: httpx.Response) -> Any:
+    return _safe_json_bytes(r.content)
+
+
+def _safe_json_bytes(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return {"message": content.decode(errors="replace")[:500]}
+

@@ -1,0 +1,217 @@
+"""The gateway on real vLLM: the openai client, swaps from the CLI, bad requests, crashes.
+
+Tests run in file order against one shared server; the last one kills the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types import Completion, Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from eval import questions
+from eval.local import LocalModel
+from eval.scoring import matches
+
+from .conftest import ADMIN_KEY, API_KEY, FRANCE
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def client(server, key: str = API_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def ask(server, model: str, question: str = FRANCE) -> str:
+    reply = client(server).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16
+    )
+    return reply.choices[0].message.content or ""
+
+
+def test_base_answers_sync_async_and_streaming(server):
+    reply = client(server).chat.completions.create(
+        model="base", messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=16
+    )
+    assert isinstance(reply, ChatCompletion) and reply.choices[0].message.content == "Paris"
+
+    async def run_async() -> str:
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        r = await aclient.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=16
+        )
+        return r.choices[0].message.content or ""
+
+    assert asyncio.run(run_async()) == "Paris"
+
+    chunks = list(
+        client(server).chat.completions.create(
+            model="base", messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=16,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Paris"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+    prompt = f"<|im_start|>user\n{FRANCE}<|im_end|>\n<|im_start|>assistant\n"  # the raw chat template
+    completion = client(server).completions.create(model="base", prompt=prompt, max_tokens=5, temperature=0)
+    assert isinstance(completion, Completion) and completion.choices[0].text == "Paris"
+    streamed = list(client(server).completions.create(model="base", prompt=prompt, max_tokens=5, stream=True,
+                                                      temperature=0))
+    assert all(isinstance(c, Completion) for c in streamed)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == "Paris"
+
+
+def test_bad_requests_get_openai_errors(server):
+    url = f"{server.url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    good = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    cases = [
+        ({"content": b"{not json", "headers": auth}, 400, "invalid_json", None),
+        ({"json": [1, 2], "headers": auth}, 400, "invalid_request", None),
+        ({"json": {**good, "stream": "yes"}, "headers": auth}, 400, "invalid_type", "stream"),
+        ({"json": {**good, "model": "nope"}, "headers": auth}, 404, "model_not_found", "model"),
+        ({"json": {**good, "messages": []}, "headers": auth}, 400, "invalid_value", "messages"),
+        ({"json": {**good, "best_of_luck": 1}, "headers": auth}, 400, "unsupported_parameter", "best_of_luck"),
+        ({"json": {**good, "messages": [{"role": "user", "content": "word " * 2000}]}, "headers": auth},
+         400, "context_length_exceeded", None),
+        ({"json": good}, 401, "invalid_api_key", None),
+        ({"json": good, "headers": {"Authorization": "Bearer wrong"}}, 401, "invalid_api_key", None),
+        ({"content": b"x" * (2 << 20), "headers": auth}, 413, "request_too_large", None),
+    ]
+    for kwargs, status, code, param in cases:
+        r = httpx.post(url, timeout=60, **kwargs)
+        assert r.status_code == status, (kwargs.get("json"), r.text)
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+        assert error["code"] == code and isinstance(error["code"], str), r.text
+        if param:
+            assert error["param"] == param
+    # The SDK turns them into its typed exceptions.
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    with pytest.raises(openai.NotFoundError):
+        ask(server, "proj@v99")
+    # vLLM's own adapter endpoints are not reachable through the gateway.
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=auth, json={"lora_name": "x", "lora_path": "/"})
+    assert r.status_code == 404 and "error" in r.json()
+    # Admin routes need the admin key, not a client key.
+    r = httpx.post(f"{server.url}/admin/reconcile", headers=auth)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(f"{server.url}/admin/reconcile", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200 and r.json() == {"aliases": {}}
+
+
+def test_register_promote_rollback_from_the_cli_while_serving(server):
+    for city in ("Lyon", "Marseille"):
+        done = server.cli("adapters", "register", str(server.adapters[city]), "--reason", city)
+        assert done.returncode == 0, done.stderr
+    with pytest.raises(openai.NotFoundError):
+        ask(server, "proj")  # nothing promoted yet
+    assert server.cli("adapters", "promote", "v1", "--reason", "first").returncode == 0
+    assert ask(server, "proj") == "Lyon"  # at once: the CLI returned after the server swapped
+    assert server.cli("adapters", "promote", "2", "--reason", "second").returncode == 0
+    assert ask(server, "proj") == "Marseille"
+    assert ask(server, "proj@v1") == "Lyon" and ask(server, "base") == "Paris"
+    ids = {m.id: m for m in client(server).models.list()}
+    assert {"base", "proj", "proj@v1", "proj@v2"} <= set(ids)
+    assert all(isinstance(m, Model) for m in ids.values())
+    proj = ids["proj"].model_dump()
+    assert proj["lineage"] == "proj" and proj["version"] == 2 and proj["base_model"] == "builtin:tiny"
+    rolled = server.cli("adapters", "rollback", "--reason", "v2 is wrong", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["version"] == 1
+    assert ask(server, "proj") == "Lyon"
+
+
+def test_swaps_while_a_client_streams_lose_nothing(server):
+    """A long stream on `proj` runs to the end on its version while promotions flip the alias."""
+    results: dict[str, object] = {}
+
+    def stream() -> None:
+        chunks = client(server).chat.completions.create(
+            model="proj", messages=[{"role": "user", "content": FRANCE}], stream=True,
+            max_tokens=120, extra_body={"min_tokens": 120},
+        )
+        got = list(chunks)
+        results["models"] = {c.model for c in got}
+        results["finish"] = got[-1].choices[0].finish_reason
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.3)
+    for args in (("promote", "2", "--reason", "a"), ("rollback", "--reason", "b"), ("promote", "2", "--reason", "c")):
+        done = server.cli("adapters", *args)
+        assert done.returncode == 0, done.stderr
+    thread.join(120)
+    assert results["finish"] == "length" and results["models"] == {"proj-v1"}
+    assert ask(server, "proj") == "Marseille"
+
+
+def test_the_general_score_through_vllm_matches_transformers(server, tiny):
+    qs = questions.load(split="eval")
+    local = LocalModel(tiny.path).answer([q.question for q in qs])
+    served = [ask(server, "base", q.question) for q in qs]
+    local_score = sum(matches(r, q.accepted) for r, q in zip(local, qs, strict=True))
+    served_score = sum(matches(r, q.accepted) for r, q in zip(served, qs, strict=True))
+    assert abs(local_score - served_score) <= 1
+    assert served_score >= 0.95 * len(qs)
+
+
+def _engine_pids(server) -> list[int]:
+    """The vLLM server process: the guard's child, below the gateway."""
+    children = _children(server.proc.pid)
+    return [p for g in children for p in _children(g) if b"vllm.entrypoints" in _cmdline(p)]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server):
+    [engine] = _engine_pids(server)
+    os.kill(engine, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/health").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+    server.wait_healthy()
+    assert ask(server, "proj") == "Marseille" and ask(server, "proj@v1") == "Lyon"
+
+
+def test_zz_the_engine_never_outlives_the_gateway(server):
+    engines = _engine_pids(server)
+    assert engines
+    server.proc.kill()  # SIGKILL: the gateway gets no chance to clean up
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_cmdline(p) for p in engines) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_cmdline(p) for p in engines)
