@@ -88,6 +88,9 @@ class ServeSection(Section):
     auth: bool = Field(True, description="Require an API key from REPOTUNE_API_KEYS on every request.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
     reconcile_interval_s: float = Field(5.0, gt=0, description="How often the server re-reads the registry.")
+    max_concurrent_per_key: int = Field(32, ge=1, description="Requests one API key may run at once.")
+    max_queued_per_key: int = Field(64, ge=0, description="Requests of one key that may wait; beyond: 429.")
+    request_timeout_s: float = Field(600, gt=0, description="Longest wait for the engine between bytes.")
 
     @field_validator("max_lora_rank")
     @classmethod

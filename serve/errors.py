@@ -9,7 +9,9 @@ some of its bodies are not objects at all.
 
 from __future__ import annotations
 
+import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("repotune.gateway")
 
-# OpenAI's error types by status.
-TYPES = {
+# OpenAI's error types by status (anything else is a server_error).
+TYPES: dict[int, str] = collections.defaultdict(lambda: "server_error", {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -29,13 +31,14 @@ TYPES = {
     408: "timeout_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "server_error",
     503: "server_error",
     504: "timeout_error",
-}
+})
 
 
 class APIError(Exception):
@@ -56,8 +59,8 @@ def body(status: int, message: str, code: str | None = None, param: str | None =
     return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
 
 
-def response(status: int, message: str, code: str | None = None, param: str | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def _response(status: int, message: str, code: str | None = None, param: str | None = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body(status, message, code, param), status_code=status, headers=headers)
 
 
@@ -74,10 +77,18 @@ def from_engine(status: int, payload: Any) -> JSONResponse:
         param, code = None, None
     if status == 400 and "maximum context length" in message:
         code = "context_length_exceeded"
-    return response(status if status >= 400 else 502, message, code, param)
+    return _response(status if status >= 400 else 502, message, code, param)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, on_error: Callable[[int], None] | None = None) -> None:
+    """Render every failure as OpenAI's error body; `on_error(status)` sees each one."""
+
+    def response(status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> JSONResponse:
+        if on_error:
+            on_error(status)
+        return _response(status, message, code, param, headers)
+
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> JSONResponse:
         return response(exc.status, exc.message, exc.code, exc.param, exc.headers)

@@ -17,6 +17,7 @@ import hmac
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from repotune import registry
 from serve import errors
 from serve.adapters import AdapterManager, SwapError
 from serve.errors import APIError
+from serve.limits import KeyLimits
+from serve.metrics import Metrics
 
 log = logging.getLogger("repotune.gateway")
 
@@ -57,6 +60,9 @@ class GatewayState:
     startup: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
     reconcile_interval_s: float = 5.0
+    limits: KeyLimits = field(default_factory=lambda: KeyLimits(max_concurrent=64, max_queued=256))
+    metrics: Metrics = field(default_factory=Metrics)
+    engine_restarts: Callable[[], int] = lambda: 0
     _upstream_cycle: Any = field(default=None)
 
     def upstream(self) -> str:
@@ -81,13 +87,20 @@ def create_app(state: GatewayState) -> FastAPI:
                 await state.shutdown()
 
     app = FastAPI(title="repotune", lifespan=lifespan, docs_url=None, redoc_url=None)
-    errors.install(app)
+    errors.install(app, on_error=lambda status: state.metrics.errors.labels(errors.TYPES[status]).inc())
     app.state.gateway = state
 
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = state.ready()
         return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        state.metrics.engine_restarts.set(state.engine_restarts())
+        for lineage, adapter in state.manager.aliases.items():
+            state.metrics.alias_version.labels(lineage).set(adapter.version)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
@@ -162,14 +175,16 @@ def _bearer(request: Request) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def _client_auth(state: GatewayState, request: Request) -> None:
+def _client_auth(state: GatewayState, request: Request) -> str:
+    """The caller's API key (checked), or "anonymous" when auth is off."""
     if not state.auth:
-        return
+        return "anonymous"
     token = _bearer(request)
     # Compare against every key, in constant time, so timing tells nothing about which.
     if not token or not any([hmac.compare_digest(token.encode(), k.encode()) for k in state.api_keys]):
         message = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
         raise APIError(401, message, "invalid_api_key")
+    return token
 
 
 def _admin_auth(state: GatewayState, request: Request) -> None:
@@ -216,53 +231,118 @@ def _check_params(body: dict[str, Any], allowed: set[str], path: str) -> None:
 
 
 async def _complete(state: GatewayState, request: Request, path: str, allowed: set[str]) -> Response:
-    _client_auth(state, request)
+    key = _client_auth(state, request)
     body = await _json_object(request, state)
     _check_params(body, allowed, path)
     if not state.ready():
         raise APIError(503, "the engine is starting or restarting; retry shortly", "engine_unavailable",
                        headers={"Retry-After": "5"})
+    asked = body["model"]
     try:
-        route = state.manager.route(body["model"])
+        route = state.manager.route(asked)
     except (KeyError, registry.RegistryError):
-        raise APIError(404, f"the model {body['model']!r} does not exist", "model_not_found", "model") from None
+        raise APIError(404, f"the model {asked!r} does not exist", "model_not_found", "model") from None
     body["model"] = route.engine_name
-    upstream = state.upstream()
-    if body.get("stream"):
-        return await _stream(state, request, upstream + path, body, route.engine_name)
-    async with state.manager.lease(route.engine_name):
+    url = state.upstream() + path
+    limit = state.limits.slot(key)
+    await limit.__aenter__()
+    start = time.perf_counter()
+    done = _Done(state, path, asked, start, limit, state.manager.lease(route.engine_name))
+    await done.lease.__aenter__()
+    try:
+        if body.get("stream"):
+            return await _stream(state, url, body, done)
         try:
-            r = await state.client.post(upstream + path, json=body)
+            r = await state.client.post(url, json=body)
+        except httpx.TimeoutException as e:
+            raise APIError(504, "the engine did not answer in time", "timeout") from e
         except httpx.HTTPError as e:
             raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
+    except BaseException:
+        await done.finish(None)
+        raise
     if r.status_code != 200:
+        await done.finish(r.status_code)
+        state.metrics.errors.labels(errors.TYPES.get(r.status_code, "server_error")).inc()
         return errors.from_engine(r.status_code, _safe_json(r))
-    return Response(r.content, media_type="application/json")
+    state.metrics.count_usage(r.content)
+    await done.finish(200)
+    return Response(_spec_clean(r.content), media_type="application/json")
 
 
-async def _stream(state: GatewayState, request: Request, url: str, body: dict[str, Any], name: str) -> Response:
-    lease = state.manager.lease(name)
-    await lease.__aenter__()
+@dataclass
+class _Done:
+    """Releases a request's concurrency slot and version lease, and records its metrics, once."""
+
+    state: GatewayState
+    path: str
+    model: str
+    start: float
+    limit: Any
+    lease: Any
+    finished: bool = False
+
+    async def finish(self, status: int | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        await self.lease.__aexit__(None, None, None)
+        await self.limit.__aexit__(None, None, None)
+        if status is not None:
+            self.state.metrics.requests.labels(self.path, self.model, str(status)).inc()
+            self.state.metrics.latency.labels(self.path).observe(time.perf_counter() - self.start)
+
+
+async def _stream(state: GatewayState, url: str, body: dict[str, Any], done: _Done) -> Response:
     try:
         upstream = await state.client.send(state.client.build_request("POST", url, json=body), stream=True)
+    except httpx.TimeoutException as e:
+        raise APIError(504, "the engine did not answer in time", "timeout") from e
     except httpx.HTTPError as e:
-        await lease.__aexit__(None, None, None)
         raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
     if upstream.status_code != 200:
         content = await upstream.aread()
         await upstream.aclose()
-        await lease.__aexit__(None, None, None)
+        await done.finish(upstream.status_code)
+        state.metrics.errors.labels(errors.TYPES.get(upstream.status_code, "server_error")).inc()
         return errors.from_engine(upstream.status_code, _safe_json_bytes(content))
 
     async def relay() -> AsyncIterator[bytes]:
+        status = 200
         try:
             async for chunk in upstream.aiter_raw():
-                yield chunk
+                yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
+                if b'"usage"' in chunk:
+                    state.metrics.count_usage(chunk)
+        except BaseException:
+            status = 499  # the client went away (or the engine did) mid-stream
+            raise
         finally:
             await upstream.aclose()  # a client that left aborts the generation upstream
-            await lease.__aexit__(None, None, None)
+            await done.finish(status)
 
     return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# Fields the OpenAI spec requires even when null; other nulls are vLLM extras and go.
+_KEEP_NULL = frozenset({"content", "refusal", "logprobs", "finish_reason"})
+
+
+def _spec_clean(content: bytes) -> bytes:
+    """Drop the null fields vLLM adds that OpenAI's spec leaves out of a response."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content
+    return json.dumps(_drop_nulls(data), separators=(",", ":")).encode()
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None or k in _KEEP_NULL}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 def _safe_json(r: httpx.Response) -> Any:

@@ -20,6 +20,7 @@ from repotune.config import Settings
 from serve.adapters import AdapterManager
 from serve.engine import Supervisor, engine_command, engine_env, free_port
 from serve.gateway import GatewayState, create_app
+from serve.limits import KeyLimits
 
 log = logging.getLogger("repotune.serve")
 
@@ -37,7 +38,7 @@ def build(settings: Settings) -> Any:
     base = models.resolve(settings.config.model.base)
     store.open_db(store.db_path(settings.data_dir))  # create and migrate before serving
     client = httpx.AsyncClient(
-        timeout=httpx.Timeout(600.0, connect=5.0),
+        timeout=httpx.Timeout(serve.request_timeout_s, connect=5.0),
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
     )
     supervisor: Supervisor | None = None
@@ -93,6 +94,8 @@ def build(settings: Settings) -> Any:
         startup=startup,
         shutdown=shutdown,
         reconcile_interval_s=serve.reconcile_interval_s,
+        limits=KeyLimits(serve.max_concurrent_per_key, serve.max_queued_per_key),
+        engine_restarts=(lambda: supervisor.restarts) if supervisor else (lambda: 0),
     )
     app = create_app(state)
     app.state.supervisor = supervisor

@@ -114,6 +114,45 @@ def test_bad_requests_get_openai_errors(server):
     assert r.status_code == 200 and r.json() == {"aliases": {}}
 
 
+def test_responses_carry_no_vllm_only_nulls(server):
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4},
+    )
+    body = r.json()
+    for extra in ("prompt_logprobs", "prompt_token_ids", "kv_transfer_params", "service_tier"):
+        assert extra not in body
+    choice = body["choices"][0]
+    assert "logprobs" in choice and choice["logprobs"] is None  # required by the spec, even null
+    assert "refusal" in choice["message"] and "token_ids" not in choice
+    ChatCompletion.model_validate(body)
+
+
+def test_a_key_over_its_limit_gets_429_with_retry_after(server):
+    def stream(results: list[int]) -> None:
+        with httpx.stream(
+            "POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+            json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
+                  "max_tokens": 400, "min_tokens": 400}, timeout=180,
+        ) as r:
+            results.append(r.status_code)
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1"
+                r.read()
+                assert r.json()["error"]["code"] == "rate_limit_exceeded"
+            else:
+                for _ in r.iter_bytes():
+                    pass
+
+    results: list[int] = []
+    threads = [threading.Thread(target=stream, args=(results,)) for _ in range(12)]  # 4 run + 4 queue
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert sorted(results) == [200] * 8 + [429] * 4
+
+
 def test_register_promote_rollback_from_the_cli_while_serving(server):
     for city in ("Lyon", "Marseille"):
         done = server.cli("adapters", "register", str(server.adapters[city]), "--reason", city)
@@ -170,6 +209,17 @@ def test_the_general_score_through_vllm_matches_transformers(server, tiny):
     assert served_score >= 0.95 * len(qs)
 
 
+def test_metrics_count_requests_tokens_errors_and_aliases(server):
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'repotune_requests_total{model="base",route="/v1/chat/completions",status="200"}' in text
+    assert 'repotune_tokens_total{kind="completion"}' in text
+    assert 'repotune_errors_total{type="authentication_error"}' in text
+    assert 'repotune_errors_total{type="rate_limit_error"} 4.0' in text
+    assert 'repotune_alias_version{lineage="proj"} 2.0' in text
+    assert "repotune_engine_restarts 0.0" in text
+    assert "repotune_request_seconds_bucket" in text
+
+
 def _engine_pids(server) -> list[int]:
     """The vLLM server process: the guard's child, below the gateway."""
     children = _children(server.proc.pid)
@@ -204,6 +254,7 @@ def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server):
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
     server.wait_healthy()
     assert ask(server, "proj") == "Marseille" and ask(server, "proj@v1") == "Lyon"
+    assert "repotune_engine_restarts 1.0" in httpx.get(f"{server.url}/metrics").text
 
 
 def test_zz_the_engine_never_outlives_the_gateway(server):

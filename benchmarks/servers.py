@@ -1,0 +1,86 @@
+"""Starting what the serve benchmarks measure: one vLLM engine, and the gateway in front of it.
+
+The engine is started directly (the same command line `repotune serve` uses), and the
+gateway as `repotune serve` with `serve.upstreams` naming that engine, so a benchmark can
+send the same requests to both and compare.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from repotune import config as cfg
+from repotune import models
+from serve.engine import engine_command, engine_env, free_port
+
+API_KEY, ADMIN_KEY = "bench-client-key", "bench-admin-key"
+
+
+@dataclass
+class Pair:
+    direct: str  # the engine
+    gateway: str  # repotune serve in front of it
+    config: Path
+    env: dict[str, str]
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def engine_and_gateway(work: Path, dtype: str = "float32") -> Iterator[Pair]:
+    work.mkdir(parents=True, exist_ok=True)
+    base = models.resolve("builtin:tiny")
+    serve = cfg.ServeSection(dtype=dtype, max_model_len=1024)
+    engine_port, gateway_port = free_port(), free_port()
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "serve.guard", "--", *engine_command(serve, base.path, engine_port)],
+        env=engine_env(serve), stdout=(work / "engine.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    direct = f"http://127.0.0.1:{engine_port}"
+    config = work / "config.toml"
+    config.write_text(
+        f'[serve]\nport = {gateway_port}\nupstreams = ["{direct}"]\nmax_concurrent_per_key = 256\n'
+        f'max_queued_per_key = 1024\nreconcile_interval_s = 1.0\n[tuner]\nlineage = "bench"\n'
+        f'[paths]\ndata_dir = "state"\n'
+    )
+    env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
+    env.pop("REPOTUNE_CONFIG", None)
+    gateway = None
+    try:
+        _wait(direct, engine)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
+            env=env, stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
+        )
+        _wait(f"http://127.0.0.1:{gateway_port}", gateway)
+        yield Pair(direct, f"http://127.0.0.1:{gateway_port}", config, env)
+    finally:
+        for proc in (gateway, engine):
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
