@@ -56,8 +56,13 @@ class AdapterManager:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle: asyncio.Condition = field(default_factory=asyncio.Condition)
 
+    _db: Any = None
+
     def db(self) -> Any:
-        return store.open_db(self.db_path)
+        """The store, opened (and migrated) once; the gateway's event loop is its only user."""
+        if self._db is None:
+            self._db = store.open_db(self.db_path)
+        return self._db
 
     # --- the request path -----------------------------------------------------------
 
@@ -139,14 +144,17 @@ class AdapterManager:
             target = registry.get(db, lineage, version)
             if target.status == "promoted" and target.engine_name in self.loaded:
                 raise registry.RegistryError(f"{lineage} v{version} is already promoted")
-            await self._ready(db, target, actor)
+            await self._ready(db, target, actor, smoke=True)  # every swap answers one request first
             promoted = registry.promote(db, lineage, version, actor, reason) if target.status != "promoted" else target
             self.aliases[lineage] = promoted
             self.loaded[promoted.engine_name] = promoted
         asyncio.get_running_loop().create_task(self.trim(lineage))
         return promoted
 
-    async def _ready(self, db: Any, adapter: Adapter, actor: str) -> None:
+    async def _ready(self, db: Any, adapter: Adapter, actor: str, smoke: bool = False) -> None:
+        """Load and smoke-test `adapter`; if the engines already hold it, smoke only when asked."""
+        if adapter.engine_name in self.loaded and not smoke:
+            return
         try:
             if adapter.engine_name not in self.loaded:
                 await self.load(adapter)

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -60,7 +61,11 @@ class GatewayState:
     startup: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
     reconcile_interval_s: float = 5.0
+    request_timeout_s: float = 600.0
     limits: KeyLimits = field(default_factory=lambda: KeyLimits(max_concurrent=64, max_queued=256))
+    # The request path talks to the engine through aiohttp: per request it costs a few
+    # times less CPU than httpx, and on a small machine that CPU is taken from the engine.
+    session: aiohttp.ClientSession | None = None
     metrics: Metrics = field(default_factory=Metrics)
     engine_restarts: Callable[[], int] = lambda: 0
     _upstream_cycle: Any = field(default=None)
@@ -74,6 +79,11 @@ class GatewayState:
 def create_app(state: GatewayState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=state.request_timeout_s),
+            auto_decompress=False,
+        )
         if state.startup:
             await state.startup()
         poll = asyncio.create_task(_poll(state))
@@ -85,6 +95,7 @@ def create_app(state: GatewayState) -> FastAPI:
                 await poll
             if state.shutdown:
                 await state.shutdown()
+            await state.session.close()
 
     app = FastAPI(title="repotune", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app, on_error=lambda status: state.metrics.errors.labels(errors.TYPES[status]).inc())
@@ -98,6 +109,8 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         state.metrics.engine_restarts.set(state.engine_restarts())
+        state.metrics.running.set(state.limits.running)
+        state.metrics.queued.set(state.limits.queued)
         for lineage, adapter in state.manager.aliases.items():
             state.metrics.alias_version.labels(lineage).set(adapter.version)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -249,25 +262,35 @@ async def _complete(state: GatewayState, request: Request, path: str, allowed: s
     start = time.perf_counter()
     done = _Done(state, path, asked, start, limit, state.manager.lease(route.engine_name))
     await done.lease.__aenter__()
+    payload = json.dumps(body).encode()
     try:
         if body.get("stream"):
-            return await _stream(state, url, body, done)
+            return await _stream(state, url, payload, done)
         try:
-            r = await state.client.post(url, json=body)
-        except httpx.TimeoutException as e:
+            async with _session(state).post(url, data=payload, headers=_JSON) as r:
+                status, content = r.status, await r.read()
+        except TimeoutError as e:
             raise APIError(504, "the engine did not answer in time", "timeout") from e
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
     except BaseException:
         await done.finish(None)
         raise
-    if r.status_code != 200:
-        await done.finish(r.status_code)
-        state.metrics.errors.labels(errors.TYPES.get(r.status_code, "server_error")).inc()
-        return errors.from_engine(r.status_code, _safe_json(r))
-    state.metrics.count_usage(r.content)
+    if status != 200:
+        await done.finish(status)
+        state.metrics.errors.labels(errors.TYPES[status]).inc()
+        return errors.from_engine(status, _safe_json_bytes(content))
+    state.metrics.count_usage(content)
     await done.finish(200)
-    return Response(_spec_clean(r.content), media_type="application/json")
+    return Response(_spec_clean(content), media_type="application/json")
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _session(state: GatewayState) -> aiohttp.ClientSession:
+    assert state.session is not None, "the gateway is not started"
+    return state.session
 
 
 @dataclass
@@ -293,32 +316,33 @@ class _Done:
             self.state.metrics.latency.labels(self.path).observe(time.perf_counter() - self.start)
 
 
-async def _stream(state: GatewayState, url: str, body: dict[str, Any], done: _Done) -> Response:
+async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) -> Response:
     try:
-        upstream = await state.client.send(state.client.build_request("POST", url, json=body), stream=True)
-    except httpx.TimeoutException as e:
+        upstream = await _session(state).post(url, data=payload, headers=_JSON)
+    except TimeoutError as e:
         raise APIError(504, "the engine did not answer in time", "timeout") from e
-    except httpx.HTTPError as e:
+    except aiohttp.ClientError as e:
         raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
-    if upstream.status_code != 200:
-        content = await upstream.aread()
-        await upstream.aclose()
-        await done.finish(upstream.status_code)
-        state.metrics.errors.labels(errors.TYPES.get(upstream.status_code, "server_error")).inc()
-        return errors.from_engine(upstream.status_code, _safe_json_bytes(content))
+    if upstream.status != 200:
+        content = await upstream.read()
+        upstream.release()
+        await done.finish(upstream.status)
+        state.metrics.errors.labels(errors.TYPES[upstream.status]).inc()
+        return errors.from_engine(upstream.status, _safe_json_bytes(content))
 
     async def relay() -> AsyncIterator[bytes]:
         status = 200
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
                 if b'"usage"' in chunk:
                     state.metrics.count_usage(chunk)
+            upstream.release()  # finished: the connection goes back to the pool
         except BaseException:
             status = 499  # the client went away (or the engine did) mid-stream
             raise
         finally:
-            await upstream.aclose()  # a client that left aborts the generation upstream
+            upstream.close()  # unfinished: closing the connection aborts the generation upstream
             await done.finish(status)
 
     return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -343,10 +367,6 @@ def _drop_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_nulls(v) for v in value]
     return value
-
-
-def _safe_json(r: httpx.Response) -> Any:
-    return _safe_json_bytes(r.content)
 
 
 def _safe_json_bytes(content: bytes) -> Any:

@@ -25,7 +25,12 @@ class _Slot:
 class KeyLimits:
     max_concurrent: int
     max_queued: int
+    running: int = 0  # requests holding a slot, all keys
     _slots: dict[str, _Slot] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        return sum(slot.waiting for slot in self._slots.values())
 
     @asynccontextmanager
     async def slot(self, key: str) -> AsyncIterator[None]:
@@ -45,7 +50,9 @@ class KeyLimits:
             await slot.semaphore.acquire()
         finally:
             slot.waiting -= 1
+        self.running += 1
         try:
             yield
         finally:
+            self.running -= 1
             slot.semaphore.release()

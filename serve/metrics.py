@@ -25,6 +25,8 @@ class Metrics:
         )
         self.tokens = Counter("repotune_tokens", "Tokens by kind, where usage was reported.", ["kind"], registry=r)
         self.errors = Counter("repotune_errors", "Error responses by OpenAI error type.", ["type"], registry=r)
+        self.running = Gauge("repotune_requests_running", "Requests being answered now.", registry=r)
+        self.queued = Gauge("repotune_requests_queued", "Requests waiting for their key's turn.", registry=r)
         self.engine_restarts = Gauge("repotune_engine_restarts", "Times the engine was restarted.", registry=r)
         self.alias_version = Gauge(
             "repotune_alias_version", "The version each lineage alias serves.", ["lineage"], registry=r

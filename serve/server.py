@@ -94,6 +94,7 @@ def build(settings: Settings) -> Any:
         startup=startup,
         shutdown=shutdown,
         reconcile_interval_s=serve.reconcile_interval_s,
+        request_timeout_s=serve.request_timeout_s,
         limits=KeyLimits(serve.max_concurrent_per_key, serve.max_queued_per_key),
         engine_restarts=(lambda: supervisor.restarts) if supervisor else (lambda: 0),
     )
@@ -112,4 +113,5 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
         port=port or settings.config.serve.port,
         log_level="info",
         timeout_graceful_shutdown=30,
+        access_log=False,  # /metrics counts requests; a log line each costs the engine CPU
     )

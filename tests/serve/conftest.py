@@ -73,7 +73,7 @@ def server(tiny, adapters, tmp_path_factory) -> Iterator[Server]:
     config = root / "config.toml"
     config.write_text(
         f'[serve]\nport = {port}\ndtype = "float32"\nmax_model_len = 512\nreconcile_interval_s = 1.0\n'
-        f'max_concurrent_per_key = 4\nmax_queued_per_key = 4\n'
+        f'max_concurrent_per_key = 1\nmax_queued_per_key = 0\n'
         f'[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
     )
     env = {**os.environ, "REPOTUNE_API_KEYS": f"other-key,{API_KEY}", "REPOTUNE_ADMIN_KEY": ADMIN_KEY}

@@ -128,29 +128,32 @@ def test_responses_carry_no_vllm_only_nulls(server):
     ChatCompletion.model_validate(body)
 
 
-def test_a_key_over_its_limit_gets_429_with_retry_after(server):
-    def stream(results: list[int]) -> None:
-        with httpx.stream(
-            "POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-            json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
-                  "max_tokens": 400, "min_tokens": 400}, timeout=180,
-        ) as r:
-            results.append(r.status_code)
-            if r.status_code == 429:
-                assert r.headers["retry-after"] == "1"
-                r.read()
-                assert r.json()["error"]["code"] == "rate_limit_exceeded"
-            else:
-                for _ in r.iter_bytes():
-                    pass
+def _gauge(server, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
-    results: list[int] = []
-    threads = [threading.Thread(target=stream, args=(results,)) for _ in range(12)]  # 4 run + 4 queue
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert sorted(results) == [200] * 8 + [429] * 4
+
+def test_a_key_over_its_limit_gets_429_with_retry_after(server):
+    """The test server allows one request per key and no queue (the queue: test_limits.py)."""
+    chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    long = {**chat, "max_tokens": 450, "min_tokens": 450}
+    held = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/chat/completions", headers=auth,
+                                                      json=long, timeout=120))
+    held.start()  # takes the key's one slot until its 450 tokens are done
+    deadline = time.monotonic() + 30
+    while _gauge(server, "repotune_requests_running") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    r = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=chat)
+    still_running = _gauge(server, "repotune_requests_running") == 1
+    held.join(120)
+    assert still_running, "the long request ended before the second was sent; the check proves nothing"
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert ask(server, "base") == "Paris"  # the slot is free again
 
 
 def test_register_promote_rollback_from_the_cli_while_serving(server):
@@ -214,7 +217,7 @@ def test_metrics_count_requests_tokens_errors_and_aliases(server):
     assert 'repotune_requests_total{model="base",route="/v1/chat/completions",status="200"}' in text
     assert 'repotune_tokens_total{kind="completion"}' in text
     assert 'repotune_errors_total{type="authentication_error"}' in text
-    assert 'repotune_errors_total{type="rate_limit_error"} 4.0' in text
+    assert 'repotune_errors_total{type="rate_limit_error"} 1.0' in text
     assert 'repotune_alias_version{lineage="proj"} 2.0' in text
     assert "repotune_engine_restarts 0.0" in text
     assert "repotune_request_seconds_bucket" in text
@@ -255,6 +258,50 @@ def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server):
     server.wait_healthy()
     assert ask(server, "proj") == "Marseille" and ask(server, "proj@v1") == "Lyon"
     assert "repotune_engine_restarts 1.0" in httpx.get(f"{server.url}/metrics").text
+
+
+def _engine_url(server) -> str:
+    [engine] = _engine_pids(server)
+    args = _cmdline(engine).split(b"\0")
+    return f"http://127.0.0.1:{int(args[args.index(b'--port') + 1])}"
+
+
+def _engine_generated(server) -> float:
+    """Tokens the engine has generated so far (its own Prometheus counter)."""
+    text = httpx.get(f"{_engine_url(server)}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:generation_tokens_total"))
+
+
+def test_a_client_that_disconnects_aborts_its_generation(server):
+    ask(server, "base")  # warm
+    before = _engine_generated(server)
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
+              "max_tokens": 450, "min_tokens": 450}, timeout=60,
+    ) as r:
+        next(r.iter_bytes())  # generation has started; leave now
+    time.sleep(3)
+    settled = _engine_generated(server)
+    time.sleep(2)
+    assert _engine_generated(server) == settled  # nothing is generating any more
+    assert settled - before < 450  # and the 450 tokens asked for were never all made
+
+
+def test_versions_beyond_keep_loaded_are_unloaded(server):
+    assert server.cli("adapters", "register", str(server.adapters["Lyon"])).returncode == 0  # v3
+    assert server.cli("adapters", "promote", "v3", "--reason", "newest").returncode == 0
+    assert ask(server, "proj") == "Lyon"
+    deadline = time.monotonic() + 10
+    served = set()
+    while time.monotonic() < deadline:
+        served = {m["id"] for m in httpx.get(f"{_engine_url(server)}/v1/models").json()["data"]}
+        if "proj-v1" not in served:
+            break
+        time.sleep(0.2)
+    assert {"proj-v3", "proj-v2"} <= served and "proj-v1" not in served  # keep_loaded = 2
+    with pytest.raises(openai.NotFoundError):
+        ask(server, "proj@v1")
 
 
 def test_zz_the_engine_never_outlives_the_gateway(server):
