@@ -54,7 +54,9 @@ def answer(pair: Pair) -> str:
     return str(r.json()["choices"][0]["message"]["content"])
 
 
-async def clients(pair: Pair, n: int, stop: threading.Event, counts: dict[str, int]) -> None:
+async def clients(
+    pair: Pair, n: int, stop: threading.Event, counts: dict[str, int], reasons: dict[str, int]
+) -> None:
     body = {"model": "bench", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 32,
             "min_tokens": 32, "stream": True}
     limits = httpx.Limits(max_connections=n + 4)
@@ -66,10 +68,17 @@ async def clients(pair: Pair, n: int, stop: threading.Event, counts: dict[str, i
                 try:
                     async with client.stream("POST", f"{pair.gateway}/v1/chat/completions", json=body) as r:
                         data = b"".join([c async for c in r.aiter_raw()])
-                    ok = r.status_code == 200 and data.rstrip().endswith(b"data: [DONE]")
-                except httpx.HTTPError:
-                    ok = False
-                counts["ok" if ok else "failed"] += 1
+                    if r.status_code != 200:
+                        outcome = f"status {r.status_code}: {data[:120]!r}"
+                    elif not data.rstrip().endswith(b"data: [DONE]"):
+                        outcome = f"stream cut: {data[-120:]!r}"
+                    else:
+                        outcome = "ok"
+                except httpx.HTTPError as e:
+                    outcome = f"transport: {type(e).__name__}"
+                counts["ok" if outcome == "ok" else "failed"] += 1
+                if outcome != "ok":
+                    reasons[outcome] = reasons.get(outcome, 0) + 1
 
         await asyncio.gather(*(loop() for _ in range(n)))
 
@@ -102,8 +111,8 @@ def main() -> None:
             cli(pair, "register", str(folders[version]))
         cli(pair, "promote", "1", "--reason", "start")
         load_s = adapter_load_seconds(pair, folders[1])
-        stop, counts = threading.Event(), {"ok": 0, "failed": 0}
-        load = threading.Thread(target=lambda: asyncio.run(clients(pair, args.clients, stop, counts)))
+        stop, counts, reasons = threading.Event(), {"ok": 0, "failed": 0}, {}
+        load = threading.Thread(target=lambda: asyncio.run(clients(pair, args.clients, stop, counts, reasons)))
         load.start()
         time.sleep(3)
         delays, commands = [], []
@@ -123,6 +132,7 @@ def main() -> None:
         "swaps": args.swaps,
         "requests_ok": counts["ok"],
         "requests_failed": counts["failed"],
+        "failures_by_reason": reasons,
         "alias_delay_after_command_s": {"max": round(max(delays), 3), "median": round(statistics.median(delays), 3)},
         "command_s": {"median": round(statistics.median(commands), 2), "max": round(max(commands), 2)},
         "adapter_load_s_median": round(load_s, 3),
