@@ -193,21 +193,7 @@ def adapters_promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a version the one the lineage's alias serves; the current one becomes superseded."""
-    from repotune import registry
-
-    settings = load_settings(config, as_json)
-    db = _store(settings)
-    name = lineage or settings.lineage
-    try:
-        v = registry.parse_version(version)
-        _check_base(settings, registry.get(db, name, v))
-        if _ask_server(settings, "promote", {"lineage": name, "version": v, "reason": reason}):
-            adapter = registry.get(db, name, v)
-        else:
-            adapter = registry.promote(db, name, v, _actor(), reason)
-    except registry.RegistryError as e:
-        fail(str(e))
-    _print_adapter(adapter, as_json)
+    _swap(config, lineage, "promote", version, reason, as_json)
 
 
 @adapters_app.command("rollback")
@@ -219,18 +205,28 @@ def adapters_rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Promote an earlier version again: the newest superseded one, or --to V."""
+    _swap(config, lineage, "rollback", to, reason, as_json)
+
+
+def _swap(config: Any, lineage: str | None, action: str, version: str | None, reason: str, as_json: bool) -> None:
+    """Promote or roll back: through the running server if there is one, else in the registry."""
     from repotune import registry
 
     settings = load_settings(config, as_json)
     db = _store(settings)
     name = lineage or settings.lineage
     try:
-        target = registry.rollback_target(db, name, registry.parse_version(to) if to else None)
-        _check_base(settings, target)
-        if _ask_server(settings, "rollback", {"lineage": name, "to": target.version, "reason": reason}):
-            adapter = registry.get(db, name, target.version)
+        wanted = registry.parse_version(version) if version else None
+        if action == "promote":
+            assert wanted is not None
+            target = registry.get(db, name, wanted)
         else:
-            adapter = registry.promote(db, name, target.version, _actor(), reason)
+            target = registry.rollback_target(db, name, wanted)
+        _check_base(settings, target)
+        key = "version" if action == "promote" else "to"
+        if not _ask_server(settings, action, {"lineage": name, key: target.version, "reason": reason}):
+            registry.promote(db, name, target.version, _actor(), reason)
+        adapter = registry.get(db, name, target.version)
     except registry.RegistryError as e:
         fail(str(e))
     _print_adapter(adapter, as_json)
