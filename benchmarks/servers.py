@@ -11,17 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from repotune import config as cfg
 from repotune import models
-from serve.engine import engine_command, engine_env, free_port
+from serve.engine import engine_command, engine_env, free_port, wait_healthy
 
 API_KEY, ADMIN_KEY = "bench-client-key", "bench-admin-key"
 
@@ -32,20 +29,6 @@ class Pair:
     gateway: str  # repotune serve in front of it
     config: Path
     env: dict[str, str]
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
 
 
 @contextmanager
@@ -69,12 +52,12 @@ def engine_and_gateway(work: Path, dtype: str = "float32") -> Iterator[Pair]:
     env.pop("REPOTUNE_CONFIG", None)
     gateway = None
     try:
-        _wait(direct, engine)
+        wait_healthy(direct, engine)
         gateway = subprocess.Popen(
             [sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
             env=env, stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
         )
-        _wait(f"http://127.0.0.1:{gateway_port}", gateway)
+        wait_healthy(f"http://127.0.0.1:{gateway_port}", gateway)
         yield Pair(direct, f"http://127.0.0.1:{gateway_port}", config, env)
     finally:
         for proc in (gateway, engine):

@@ -155,9 +155,7 @@ def status(db: sqlite_utils.Database, migrations: list[Migration] | None = None)
         "size_bytes": path.stat().st_size if path.exists() else 0,
         "journal_mode": db.execute("PRAGMA journal_mode").fetchone()[0],
         "migrations": {"applied": done, "pending": [n for n in names if n not in done]},
-        "tables": {
-            t: db[t].count for t in db.table_names() if t != "_migrations" and not _is_fts_shadow(db, t)
-        },
+        "tables": {t: db.table(t).count for t in db.table_names() if t != "_migrations"},
     }
 
 
@@ -165,7 +163,3 @@ def _kernel_migrations() -> list[Migration]:
     from repotune.migrations import MIGRATIONS
 
     return MIGRATIONS
-
-
-def _is_fts_shadow(db: sqlite_utils.Database, table: str) -> bool:
-    return any(table.startswith(f"{t}_") and t.endswith("_fts") for t in db.table_names() if t != table)

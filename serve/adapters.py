@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +235,6 @@ class AdapterManager:
 
 def _model_entry(model_id: str, adapter: Adapter, base_model: str, alias: bool) -> dict[str, Any]:
     created = adapter.promoted_at if alias and adapter.promoted_at else adapter.created_at
-    from datetime import datetime
-
     return {
         "id": model_id,
         "object": "model",

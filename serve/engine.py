@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +41,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 600) -> None:
+    """Block until `url/health` answers 200; raise if `proc` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with code {proc.returncode} before it was healthy")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(HEALTH_POLL_S)
+    raise TimeoutError(f"{url} was not healthy after {timeout:.0f} s")
+
+
 def has_cuda() -> bool:
     import shutil
-    import subprocess
 
     if not shutil.which("nvidia-smi"):
         return False

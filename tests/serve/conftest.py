@@ -11,16 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from repotune import models
-from serve.engine import free_port
+from serve.engine import free_port, wait_healthy
 from tests.lora import train_lora
 
 API_KEY, ADMIN_KEY = "test-client-key", "test-admin-key"
@@ -43,16 +41,10 @@ class Server:
         )
 
     def wait_healthy(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.data_dir / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server did not become healthy")
+        try:
+            wait_healthy(self.url, self.proc, timeout)
+        except RuntimeError as e:
+            raise AssertionError((self.data_dir / "serve.log").read_text()[-3000:]) from e
 
 
 @pytest.fixture(scope="session")
