@@ -80,7 +80,9 @@ def create_app(state: GatewayState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            # Idle connections go before vLLM (uvicorn, 5 s keep-alive) closes them: reusing one the
+            # engine is closing at that instant fails the request with ServerDisconnectedError.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=state.request_timeout_s),
             auto_decompress=False,
         )

@@ -6,11 +6,13 @@ Tests run in file order against one shared server; the last one kills the gatewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from eval import questions
 from eval.local import LocalModel
 from eval.scoring import matches
+from repotune import config as cfg
+from serve import server as serve_server
+from serve.engine import free_port
 
 from .conftest import ADMIN_KEY, API_KEY, FRANCE
 
@@ -136,22 +141,24 @@ def _gauge(server, name: str) -> float:
 
 
 def test_a_key_over_its_limit_gets_429_with_retry_after(server):
-    """The test server allows one request per key and no queue (the queue: test_limits.py)."""
+    """The test server allows one request per key and no queue (the queue: test_limits.py).
+
+    The held request is a stream: once its first token has arrived it surely holds the
+    key's slot, and it is still running (its 450 tokens take seconds) when the refusal comes.
+    """
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4}
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    long = {**chat, "max_tokens": 450, "min_tokens": 450}
-    held = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/chat/completions", headers=auth,
-                                                      json=long, timeout=120))
-    held.start()  # takes the key's one slot until its 450 tokens are done
-    deadline = time.monotonic() + 30
-    while _gauge(server, "repotune_requests_running") != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    r = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=chat)
-    still_running = _gauge(server, "repotune_requests_running") == 1
-    held.join(120)
+    long = {**chat, "max_tokens": 450, "min_tokens": 450, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=auth, json=long, timeout=120) as held:
+        assert held.status_code == 200, held.read()
+        lines = held.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        r = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=chat, timeout=60)
+        still_running = _gauge(server, "repotune_requests_running") == 1
+        rest = [line for line in lines if line.startswith("data: ")]
     assert still_running, "the long request ended before the second was sent; the check proves nothing"
-    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+    assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
     assert r.json()["error"]["code"] == "rate_limit_exceeded"
     assert ask(server, "base") == "Paris"  # the slot is free again
 
@@ -286,6 +293,56 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     time.sleep(2)
     assert _engine_generated(server) == settled  # nothing is generating any more
     assert settled - before < 450  # and the 450 tokens asked for were never all made
+
+
+@contextlib.contextmanager
+def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str) -> Iterator[str]:
+    """A second gateway in upstream mode (no engine of its own), on a real uvicorn in a thread."""
+    import uvicorn
+
+    monkeypatch.setenv("REPOTUNE_API_KEYS", API_KEY)
+    port = free_port()
+    tmp_path.mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(f'[serve]\nport = {port}\n{serve_toml}\n[paths]\ndata_dir = "state"\n')
+    app = serve_server.build(cfg.load(path))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not uv.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+
+
+def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tmp_path, monkeypatch):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
+    slow = {**chat, "max_tokens": 450, "min_tokens": 450}  # seconds of generation, no byte until done
+    before = _engine_generated(server)
+    with _gateway(tmp_path / "slow", monkeypatch, f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 1'
+                  ) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json=slow, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+        # a stream is not cut: the timeout is between bytes, and tokens keep coming
+        with httpx.stream("POST", f"{url}/v1/chat/completions", headers=auth, json={**slow, "stream": True},
+                          timeout=60) as streamed:
+            assert streamed.status_code == 200
+            assert '"finish_reason":"length"' in [line for line in streamed.iter_lines() if line][-2]
+    time.sleep(2)
+    # the timed-out request was aborted upstream: the stream made 450 tokens, it made far fewer
+    assert 450 <= _engine_generated(server) - before < 900
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with _gateway(tmp_path / "gone", monkeypatch, f'upstreams = ["{gone}"]') as url:
+        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json=chat, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json={**chat, "stream": True}, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
 
 
 def test_versions_beyond_keep_loaded_are_unloaded(server):
