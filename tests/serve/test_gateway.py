@@ -107,7 +107,7 @@ def test_bad_requests_get_openai_errors(server):
     # The SDK turns them into its typed exceptions.
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").models.list()
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError, match="'proj@v99' does not exist"):
         ask(server, "proj@v99")
     # vLLM's own adapter endpoints are not reachable through the gateway.
     r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=auth, json={"lora_name": "x", "lora_path": "/"})
@@ -167,8 +167,8 @@ def test_register_promote_rollback_from_the_cli_while_serving(server):
     for city in ("Lyon", "Marseille"):
         done = server.cli("adapters", "register", str(server.adapters[city]), "--reason", city)
         assert done.returncode == 0, done.stderr
-    with pytest.raises(openai.NotFoundError):
-        ask(server, "proj")  # nothing promoted yet
+    with pytest.raises(openai.NotFoundError, match="no promoted version yet"):
+        ask(server, "proj")
     assert server.cli("adapters", "promote", "v1", "--reason", "first").returncode == 0
     assert ask(server, "proj") == "Lyon"  # at once: the CLI returned after the server swapped
     assert server.cli("adapters", "promote", "2", "--reason", "second").returncode == 0
@@ -357,7 +357,7 @@ def test_versions_beyond_keep_loaded_are_unloaded(server):
             break
         time.sleep(0.2)
     assert {"proj-v3", "proj-v2"} <= served and "proj-v1" not in served  # keep_loaded = 2
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError, match="proj@v1 is superseded and not loaded"):
         ask(server, "proj@v1")
 
 
