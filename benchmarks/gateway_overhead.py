@@ -61,9 +61,8 @@ class Run:
 class Target:
     runs: list[Run] = field(default_factory=list)
 
-    def throughput(self, runs: list[Run] | None = None) -> float:
-        runs = self.runs if runs is None else runs
-        return sum(r.tokens for r in runs) / sum(r.seconds for r in runs)
+    def throughput(self) -> float:
+        return sum(r.tokens for r in self.runs) / sum(r.seconds for r in self.runs)
 
     def percentile(self, q: float) -> float:
         xs = sorted(x for r in self.runs for x in r.latencies)

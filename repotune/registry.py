@@ -47,6 +47,10 @@ class RegistryError(Exception):
     """A registry operation that cannot be done; the message says why."""
 
 
+class NotFound(RegistryError):
+    """The lineage has no such version."""
+
+
 @dataclass(frozen=True)
 class Adapter:
     lineage: str
@@ -86,7 +90,7 @@ def parse_version(text: str | int) -> int:
 def get(db: sqlite_utils.Database, lineage: str, version: int) -> Adapter:
     rows = list(db.query("select * from adapters where lineage = ? and version = ?", [lineage, version]))
     if not rows:
-        raise RegistryError(f"{lineage} has no version v{version}")
+        raise NotFound(f"{lineage} has no version v{version}")
     return _adapter(rows[0])
 
 

@@ -18,13 +18,12 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -52,7 +51,6 @@ COMPLETION_PARAMS = COMMON | {"prompt", "echo", "suffix", "best_of"}
 @dataclass
 class GatewayState:
     manager: AdapterManager
-    client: httpx.AsyncClient
     api_keys: tuple[str, ...]
     admin_key: str | None
     auth: bool = True
@@ -142,34 +140,44 @@ def create_app(state: GatewayState) -> FastAPI:
     async def admin_promote(request: Request) -> JSONResponse:
         _admin_auth(state, request)
         body = await _json_object(request, state)
-        lineage, actor, reason = str(body.get("lineage", "")), str(body.get("actor", "admin")), body.get("reason", "")
-        try:
-            version = registry.parse_version(body.get("version", ""))
-            adapter = await state.manager.promote(lineage, version, actor, str(reason))
-        except registry.RegistryError as e:
-            raise APIError(409 if "already" in str(e) or "cannot become" in str(e) else 404, str(e)) from e
-        except SwapError as e:
-            raise APIError(409, str(e), "swap_failed") from e
-        return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})
+        return await _admin_swap(state, body, lambda lineage: _version(body.get("version"), "version"))
 
     @app.post("/admin/rollback")
     async def admin_rollback(request: Request) -> JSONResponse:
         _admin_auth(state, request)
         body = await _json_object(request, state)
-        lineage = str(body.get("lineage", ""))
         to = body.get("to")
-        try:
-            target = registry.rollback_target(state.manager.db(), lineage, registry.parse_version(to) if to else None)
-            adapter = await state.manager.promote(
-                lineage, target.version, str(body.get("actor", "admin")), str(body.get("reason") or "rollback")
-            )
-        except registry.RegistryError as e:
-            raise APIError(409 if "cannot become" in str(e) else 404, str(e)) from e
-        except SwapError as e:
-            raise APIError(409, str(e), "swap_failed") from e
-        return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})
+
+        def target(lineage: str) -> int:
+            version = _version(to, "to") if to else None
+            return registry.rollback_target(state.manager.db(), lineage, version).version
+
+        return await _admin_swap(state, {"reason": "rollback", **body}, target)
 
     return app
+
+
+def _version(value: Any, param: str) -> int:
+    try:
+        return registry.parse_version(value if isinstance(value, int | str) else "")
+    except registry.RegistryError as e:
+        raise APIError(400, str(e), "invalid_value", param) from None
+
+
+async def _admin_swap(state: GatewayState, body: dict[str, Any], version: Callable[[str], int]) -> JSONResponse:
+    """Promote `version(lineage)` through the manager: load, smoke, then record; errors by kind."""
+    lineage = str(body.get("lineage", ""))
+    try:
+        adapter = await state.manager.promote(
+            lineage, version(lineage), str(body.get("actor", "admin")), str(body.get("reason") or "")
+        )
+    except registry.NotFound as e:
+        raise APIError(404, str(e), "version_not_found") from e
+    except registry.RegistryError as e:
+        raise APIError(409, str(e), "invalid_transition") from e
+    except SwapError as e:
+        raise APIError(409, str(e), "swap_failed") from e
+    return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})
 
 
 async def _poll(state: GatewayState) -> None:
@@ -259,32 +267,28 @@ async def _complete(state: GatewayState, request: Request, path: str, allowed: s
         raise APIError(404, state.manager.missing(str(asked)), "model_not_found", "model") from None
     body["model"] = route.engine_name
     url = state.upstream() + path
-    limit = state.limits.slot(key)
-    await limit.__aenter__()
-    start = time.perf_counter()
-    done = _Done(state, path, asked, start, limit, state.manager.lease(route.engine_name))
-    await done.lease.__aenter__()
     payload = json.dumps(body).encode()
+    done = _Done(state, path, asked)
     try:
+        await done.held.enter_async_context(state.limits.slot(key))  # 429 when the key is over its limit
+        await done.held.enter_async_context(state.manager.lease(route.engine_name))
         if body.get("stream"):
             return await _stream(state, url, payload, done)
-        try:
+        with _engine_errors():
             async with _session(state).post(url, data=payload, headers=_JSON) as r:
                 status, content = r.status, await r.read()
-        except TimeoutError as e:
-            raise APIError(504, "the engine did not answer in time", "timeout") from e
-        except aiohttp.ClientError as e:
-            raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
     except BaseException:
         await done.finish(None)
         raise
+    await done.finish(status)
     if status != 200:
-        await done.finish(status)
-        state.metrics.errors.labels(errors.TYPES[status]).inc()
-        return errors.from_engine(status, _safe_json_bytes(content))
-    state.metrics.count_usage(content)
-    await done.finish(200)
-    return Response(_spec_clean(content), media_type="application/json")
+        return _engine_error(state, status, content)
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return Response(content, media_type="application/json")
+    state.metrics.add_usage(data.get("usage") if isinstance(data, dict) else None)
+    return Response(json.dumps(_drop_nulls(data), separators=(",", ":")).encode(), media_type="application/json")
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -295,6 +299,23 @@ def _session(state: GatewayState) -> aiohttp.ClientSession:
     return state.session
 
 
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The engine not answering in time is a 504; not answering at all, a 503."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise APIError(504, "the engine did not answer in time", "timeout") from e
+    except aiohttp.ClientError as e:
+        raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
+
+
+def _engine_error(state: GatewayState, status: int, content: bytes) -> Response:
+    """An error the engine answered with, counted and reshaped to OpenAI's body."""
+    state.metrics.errors.labels(errors.TYPES[status]).inc()
+    return errors.from_engine(status, _safe_json_bytes(content))
+
+
 @dataclass
 class _Done:
     """Releases a request's concurrency slot and version lease, and records its metrics, once."""
@@ -302,35 +323,28 @@ class _Done:
     state: GatewayState
     path: str
     model: str
-    start: float
-    limit: Any
-    lease: Any
+    start: float = field(default_factory=time.perf_counter)
+    held: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     finished: bool = False
 
     async def finish(self, status: int | None) -> None:
         if self.finished:
             return
         self.finished = True
-        await self.lease.__aexit__(None, None, None)
-        await self.limit.__aexit__(None, None, None)
+        await self.held.aclose()
         if status is not None:
             self.state.metrics.requests.labels(self.path, self.model, str(status)).inc()
             self.state.metrics.latency.labels(self.path).observe(time.perf_counter() - self.start)
 
 
 async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) -> Response:
-    try:
+    with _engine_errors():
         upstream = await _session(state).post(url, data=payload, headers=_JSON)
-    except TimeoutError as e:
-        raise APIError(504, "the engine did not answer in time", "timeout") from e
-    except aiohttp.ClientError as e:
-        raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
     if upstream.status != 200:
         content = await upstream.read()
         upstream.release()
         await done.finish(upstream.status)
-        state.metrics.errors.labels(errors.TYPES[upstream.status]).inc()
-        return errors.from_engine(upstream.status, _safe_json_bytes(content))
+        return _engine_error(state, upstream.status, content)
 
     async def relay() -> AsyncIterator[bytes]:
         status = 200
@@ -352,15 +366,6 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) ->
 
 # Fields the OpenAI spec requires even when null; other nulls are vLLM extras and go.
 _KEEP_NULL = frozenset({"content", "refusal", "logprobs", "finish_reason"})
-
-
-def _spec_clean(content: bytes) -> bytes:
-    """Drop the null fields vLLM adds that OpenAI's spec leaves out of a response."""
-    try:
-        data = json.loads(content)
-    except ValueError:
-        return content
-    return json.dumps(_drop_nulls(data), separators=(",", ":")).encode()
 
 
 def _drop_nulls(value: Any) -> Any:

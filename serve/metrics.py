@@ -44,9 +44,13 @@ class Metrics:
                 usage = json.loads(part).get("usage")
             except ValueError:
                 continue
-            if isinstance(usage, dict):
-                self.tokens.labels("prompt").inc(usage.get("prompt_tokens") or 0)
-                self.tokens.labels("completion").inc(usage.get("completion_tokens") or 0)
+            self.add_usage(usage)
+
+    def add_usage(self, usage: object) -> None:
+        """Add one response's `usage` object (anything else is ignored)."""
+        if isinstance(usage, dict):
+            self.tokens.labels("prompt").inc(usage.get("prompt_tokens") or 0)
+            self.tokens.labels("completion").inc(usage.get("completion_tokens") or 0)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -86,7 +86,6 @@ def build(settings: Settings) -> Any:
 
     state = GatewayState(
         manager=manager,
-        client=client,
         api_keys=settings.secrets.api_keys,
         admin_key=settings.secrets.admin_key,
         auth=serve.auth,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -356,6 +357,10 @@ def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tm
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
         r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json={**chat, "stream": True}, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        # without REPOTUNE_ADMIN_KEY the admin API is off, not open
+        monkeypatch.delenv("REPOTUNE_ADMIN_KEY", raising=False)
+        r = httpx.post(f"{url}/admin/reconcile", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
 
 
 def test_versions_beyond_keep_loaded_are_unloaded(server):
@@ -372,6 +377,33 @@ def test_versions_beyond_keep_loaded_are_unloaded(server):
     assert {"proj-v3", "proj-v2"} <= served and "proj-v1" not in served  # keep_loaded = 2
     with pytest.raises(openai.NotFoundError, match="proj@v1 is superseded and not loaded"):
         ask(server, "proj@v1")
+
+
+def test_the_admin_api_refuses_bad_swaps_by_kind(server):
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    cases = [
+        ("promote", {"lineage": "proj", "version": 99}, 404, "version_not_found"),
+        ("promote", {"lineage": "proj", "version": "latest"}, 400, "invalid_value"),
+        ("promote", {"lineage": "proj", "version": 3}, 409, "invalid_transition"),  # already promoted
+        ("rollback", {"lineage": "nobody"}, 409, "invalid_transition"),  # nothing to roll back to
+    ]
+    for action, body, status, code in cases:
+        r = httpx.post(f"{server.url}/admin/{action}", headers=admin, json=body, timeout=60)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
+    assert ask(server, "proj") == "Lyon"  # v3 still serves
+
+
+def test_a_version_that_will_not_load_is_marked_failed_and_the_alias_stays(server, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(server.adapters["Lyon"], broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    assert server.cli("adapters", "register", str(broken)).returncode == 0  # v4: the files are all there
+    done = server.cli("adapters", "promote", "v4", "--reason", "try it")
+    assert done.returncode != 0 and "v4 failed" in done.stderr, done.stderr
+    listed = json.loads(server.cli("adapters", "list", "--json").stdout)
+    status = {a["version"]: a["status"] for a in listed}
+    assert status[4] == "failed" and status[3] == "promoted"
+    assert ask(server, "proj") == "Lyon"
 
 
 def test_zz_the_engine_never_outlives_the_gateway(server):
