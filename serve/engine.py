@@ -103,8 +103,6 @@ class Supervisor:
     start_timeout_s: float = 600.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
-    starts: int = 0
-    last_exit: int | None = None
     _proc: asyncio.subprocess.Process | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -115,9 +113,6 @@ class Supervisor:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="engine-supervisor")
-
-    async def wait_ready(self, timeout: float) -> None:
-        await asyncio.wait_for(self.ready.wait(), timeout)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -143,11 +138,11 @@ class Supervisor:
             self.ready.clear()
             if self._stopping:
                 return
-            self.last_exit = self._proc.returncode if self._proc else None
+            code = self._proc.returncode if self._proc else None
             delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1
             self.restarts += 1
-            log.warning("engine exited (code %s); restarting in %.0f s", self.last_exit, delay)
+            log.warning("engine exited (code %s); restarting in %.0f s", code, delay)
             await asyncio.sleep(delay)
 
     async def _spawn_and_wait_healthy(self) -> bool:
@@ -157,7 +152,6 @@ class Supervisor:
                 sys.executable, "-m", "serve.guard", "--", *self.command,
                 env=self.env, stdout=log_file, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
             )
-        self.starts += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout_s
         async with httpx.AsyncClient(timeout=2.0) as client:
