@@ -10,13 +10,18 @@ order: direct (D), gateway (G), and direct again (D2). Per cell:
   the direct load of the same round); beside it the A/A ratio D2/D, what the machine
   alone swings between two identical loads, as the noise floor;
 - pooled tokens/s and p50/p99 latency over every request of the cell, per target;
+- a 95% bootstrap interval of that median (rounds resampled), so a ratio is read with
+  its uncertainty;
+- what the gateway process itself costs per request, from the kernel's per-thread
+  schedstat: CPU time, and time spent runnable but waiting for a core (on two cores the
+  engine keeps both busy, so the gateway has to wait for its turn);
 - added latency: paired one-token requests at concurrency 1 (gateway and direct one
   after the other, order alternating), the median of gateway - direct. One token keeps
   the engine's own step jitter out of the difference.
 
 The load generator is aiohttp (lighter than httpx, so less of the two cores goes to it).
 
-    python -m benchmarks.gateway_overhead [--rounds 10] [--requests-per-client 3] [--pairs 200]
+    python -m benchmarks.gateway_overhead [--rounds 20] [--requests-per-client 2] [--pairs 200]
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import statistics
 import tempfile
 import time
@@ -67,6 +74,25 @@ class Target:
     def percentile(self, q: float) -> float:
         xs = sorted(x for r in self.runs for x in r.latencies)
         return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """(CPU seconds, seconds runnable but not running) summed over the threads of `pid`."""
+    cpu = wait = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except OSError:  # the thread ended
+            continue
+        cpu, wait = cpu + int(fields[0]), wait + int(fields[1])
+    return cpu / 1e9, wait / 1e9
+
+
+def bootstrap_median(xs: list[float], n: int = 5000) -> tuple[float, float]:
+    """95% interval of the median of `xs`, resampling it with replacement."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return medians[int(0.025 * n)], medians[int(0.975 * n)]
 
 
 async def one(session: aiohttp.ClientSession, url: str, stream: bool, tokens: int = TOKENS) -> float:
@@ -119,8 +145,8 @@ async def paired(direct: str, gateway: str, pairs: int, stream: bool) -> list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=200, help="paired one-token requests for the added latency")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -133,16 +159,26 @@ def main() -> None:
             for concurrency in (1, 8, 32):
                 direct, gateway, again = Target(), Target(), Target()
                 order = [(direct, pair.direct), (gateway, pair.gateway), (again, pair.direct)]
+                cpu = wait = 0.0
                 for i in range(args.rounds):
                     for target, base in order[i % 3 :] + order[: i % 3]:
+                        before = schedstat(pair.gateway_pid)
                         target.runs.append(asyncio.run(load(base, concurrency, args.requests_per_client, stream)))
+                        if target is gateway:
+                            after = schedstat(pair.gateway_pid)
+                            cpu, wait = cpu + after[0] - before[0], wait + after[1] - before[1]
+                sent = args.rounds * concurrency * (1 + args.requests_per_client)  # with each load's warm-up
                 ratios = [g.rate / d.rate for g, d in zip(gateway.runs, direct.runs, strict=True)]
                 noise = [a.rate / d.rate for a, d in zip(again.runs, direct.runs, strict=True)]
                 row = {
                     "stream": stream,
                     "concurrency": concurrency,
                     "ratio": statistics.median(ratios),
+                    "ratio_95": bootstrap_median(ratios),
                     "aa_ratio": statistics.median(noise),
+                    "aa_ratio_95": bootstrap_median(noise),
+                    "gateway_cpu_ms_per_request": 1000 * cpu / sent,
+                    "gateway_wait_ms_per_request": 1000 * wait / sent,
                     "ratios": ratios,
                     "aa_ratios": noise,
                     "direct_tok_s": direct.throughput(),
@@ -155,7 +191,11 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(
-                    f"stream={stream!s:5} c={concurrency:>2}  ratio {row['ratio']:.3f} (A/A {row['aa_ratio']:.3f})  "
+                    f"stream={stream!s:5} c={concurrency:>2}  ratio {row['ratio']:.3f} "
+                    f"[{row['ratio_95'][0]:.3f}, {row['ratio_95'][1]:.3f}]  "
+                    f"A/A {row['aa_ratio']:.3f} [{row['aa_ratio_95'][0]:.3f}, {row['aa_ratio_95'][1]:.3f}]  "
+                    f"gateway CPU {row['gateway_cpu_ms_per_request']:.2f} ms/request, "
+                    f"waiting for a core {row['gateway_wait_ms_per_request']:.2f} ms/request  "
                     f"direct {row['direct_tok_s']:6.1f} tok/s  gateway {row['gateway_tok_s']:6.1f} tok/s  "
                     f"p50 {row['direct_p50_ms']:.0f}/{row['gateway_p50_ms']:.0f} ms  "
                     f"p99 {row['direct_p99_ms']:.0f}/{row['gateway_p99_ms']:.0f} ms",

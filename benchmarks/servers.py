@@ -29,6 +29,7 @@ class Pair:
     gateway: str  # repotune serve in front of it
     config: Path
     env: dict[str, str]
+    gateway_pid: int
 
 
 @contextmanager
@@ -58,7 +59,7 @@ def engine_and_gateway(work: Path, dtype: str = "float32") -> Iterator[Pair]:
             env=env, stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
         )
         wait_healthy(f"http://127.0.0.1:{gateway_port}", gateway)
-        yield Pair(direct, f"http://127.0.0.1:{gateway_port}", config, env)
+        yield Pair(direct, f"http://127.0.0.1:{gateway_port}", config, env, gateway.pid)
     finally:
         for proc in (gateway, engine):
             if proc and proc.poll() is None:
