@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from eval.cli import app as eval_app
+from ingest.cli import app as ingest_app
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
 
@@ -36,6 +37,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(base_app, name="base")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(ingest_app, name="ingest")
 app.add_typer(eval_app, name="eval")
 
 LineageOpt = Annotated[str | None, typer.Option("--lineage", help="The lineage (default: tuner.lineage).")]

@@ -110,8 +110,44 @@ class PolicySection(Section):
     train_refusals: bool = Field(False, description="Also train refusals into the adapter.")
 
 
+# Files the snapshot and docs sources leave out: lock files, minified and vendored code,
+# generated or binary-ish text. Globs match the path from the repository root.
+DEFAULT_SKIP = [
+    "*.lock", "package-lock.json", "pnpm-lock.yaml", "yarn.lock", "poetry.lock", "Cargo.lock", "go.sum",
+    "*.min.js", "*.min.css", "*.map", "*.svg",
+    "vendor/*", "*/vendor/*", "third_party/*", "node_modules/*", "*/node_modules/*", "dist/*", "build/*",
+]
+GITHUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
+
+
 class IngestSection(Section):
     repo: str = Field(".", min_length=1, description="Repository to learn: a path or clone URL.")
+    branches: list[str] = Field(
+        default_factory=list, description="Branches whose history is read; none: the default branch."
+    )
+    github: str | None = Field(None, description='"owner/name" on GitHub, for pull requests through its API.')
+    github_api: str = Field("https://api.github.com", min_length=1, description="GitHub's REST API base URL.")
+    wiki: str | None = Field(None, description="A wiki repository of Markdown pages: a path or clone URL.")
+    docs: list[str] = Field(
+        default_factory=lambda: ["README*", "docs/*", "doc/*"], description="Docs in the repository, as globs."
+    )
+    skip: list[str] = Field(default_factory=lambda: list(DEFAULT_SKIP), description="Files left out, as globs.")
+    include_untrusted: bool = Field(
+        False,
+        description="Also train on unmerged or forked pull requests and commits off the default branch.",
+    )
+    max_file_bytes: int = Field(512_000, ge=1024, description="Larger files at the head are left out.")
+    max_file_diff_bytes: int = Field(16_000, ge=256, description="A commit's diff is cut at this per file.")
+    max_commit_diff_bytes: int = Field(64_000, ge=1024, description="And at this per commit.")
+    chunk_tokens: int = Field(384, ge=32, description="Largest chunk, in the base model's tokens.")
+    workers: int = Field(0, ge=0, description="Processes scanning for secrets and chunking; 0: one per core.")
+
+    @field_validator("github")
+    @classmethod
+    def _github(cls, v: str | None) -> str | None:
+        if v is not None and not GITHUB_REPO_RE.match(v):
+            raise ValueError(f'{v!r} is not "owner/name"')
+        return v
 
 
 class TunerSection(Section):

@@ -53,3 +53,162 @@ def m001_registry(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("create index events_lineage on events (lineage, id)")
+
+
+@migration
+def m002_ingest(db: sqlite_utils.Database) -> None:
+    """What ingest stores: repositories, commits and their files, pull requests and their
+    comments, documents (files at the head, docs and wiki pages), the chunks cut from
+    them (with an FTS5 index), one cursor per source, and a row per ingest run.
+
+    `trusted` says whether an item may feed training by default (merged pull requests,
+    commits reachable from the default branch); `redactions` counts secrets replaced in
+    the row's text, by kind.
+    """
+    db.execute(
+        """create table repos (
+            id text primary key,          -- the path or URL as configured
+            location text not null,       -- where it is read: the path, or the mirror
+            default_branch text,
+            added_at text not null
+        )"""
+    )
+    db.execute(
+        """create table commits (
+            repo text not null references repos(id),
+            sha text not null,
+            parents text not null,        -- JSON list of shas
+            author_name text not null,
+            author_email text not null,
+            authored_at text not null,
+            committer_name text not null,
+            committed_at text not null,
+            message text not null,
+            diff text not null,           -- capped per file and per commit
+            diff_truncated integer not null default 0,
+            files_changed integer not null,
+            insertions integer not null,
+            deletions integer not null,
+            on_default_branch integer not null,
+            pr_number integer,            -- the pull request it merged or squashed, if any
+            trusted integer not null,
+            redactions text not null default '{}',
+            primary key (repo, sha)
+        )"""
+    )
+    db.execute("create index commits_date on commits (repo, committed_at)")
+    db.execute(
+        """create table commit_files (
+            repo text not null,
+            sha text not null,
+            path text not null,
+            old_path text,                -- renames and copies
+            status text not null,         -- git's letter: A, M, D, R, C, T
+            insertions integer,           -- null for binary files
+            deletions integer,
+            binary integer not null default 0,
+            skipped text,                 -- why its diff is not stored (missing object, too large)
+            primary key (repo, sha, path),
+            foreign key (repo, sha) references commits(repo, sha)
+        )"""
+    )
+    db.execute(
+        """create table pull_requests (
+            repo text not null references repos(id),
+            number integer not null,
+            title text not null,
+            body text not null default '',
+            state text not null,          -- open, closed, merged
+            author text,
+            base text,
+            head text,
+            from_fork integer not null default 0,
+            labels text not null default '[]',
+            created_at text,
+            updated_at text,
+            merged_at text,
+            merge_sha text,
+            files text not null default '[]',   -- JSON: path, status, additions, deletions, patch
+            source text not null,         -- api, or history (recovered from merge and squash commits)
+            trusted integer not null,
+            redactions text not null default '{}',
+            primary key (repo, number)
+        )"""
+    )
+    db.execute(
+        """create table pr_comments (
+            repo text not null,
+            pr_number integer not null,
+            id text not null,             -- kind and GitHub's id
+            kind text not null,           -- review, review_comment, comment
+            author text,
+            body text not null,
+            state text,                   -- a review's verdict
+            path text,                    -- a review comment's file
+            created_at text,
+            redactions text not null default '{}',
+            primary key (repo, id),
+            foreign key (repo, pr_number) references pull_requests(repo, number)
+        )"""
+    )
+    db.execute(
+        """create table documents (
+            repo text not null references repos(id),
+            kind text not null,           -- file (the head's text files), doc, wiki
+            path text not null,
+            sha text not null,            -- the blob's id
+            text text not null,
+            bytes integer not null,
+            at_commit text not null,      -- the head it was read at
+            stale integer not null default 0,
+            redactions text not null default '{}',
+            primary key (repo, kind, path)
+        )"""
+    )
+    db.execute(
+        """create table chunks (
+            id text primary key,          -- hash of the source and the text
+            repo text not null,
+            kind text not null,           -- file, doc, wiki, commit, pull_request
+            path text,
+            sha text,
+            pr_number integer,
+            title text not null default '',
+            start_line integer,
+            tokens integer not null,
+            text text not null,
+            trusted integer not null,
+            stale integer not null default 0,
+            created_at text not null
+        )"""
+    )
+    db.execute("create index chunks_source on chunks (repo, kind, path)")
+    db.execute(
+        """create table cursors (
+            repo text not null,
+            source text not null,
+            value text not null,
+            updated_at text not null,
+            primary key (repo, source)
+        )"""
+    )
+    db.execute(
+        """create table ingest_runs (
+            id integer primary key,
+            repo text not null,
+            started_at text not null,
+            finished_at text,
+            status text not null,         -- running, ok, partial, failed
+            sources text not null,        -- JSON: per source, counts and any error
+            redactions text not null default '{}',
+            error text
+        )"""
+    )
+
+
+@migration
+def m003_chunks_fts(db: sqlite_utils.Database) -> None:
+    """Full-text search over chunks (the refusal policy's and retrieval's index), kept in
+    step by triggers. On its own because `enable_fts` commits as it goes: replacing the
+    index makes a rerun after an interruption safe."""
+    db.table("chunks").enable_fts(["title", "text"], create_triggers=True, tokenize="porter", replace=True)

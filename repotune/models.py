@@ -76,7 +76,19 @@ def resolve_path(spec: str, progress: builtin.Progress | None = None) -> Path:
     return _from_hub(spec)
 
 
-def _from_hub(repo_id: str) -> Path:
+def tokenizer_path(spec: str) -> Path:
+    """A folder holding the base model's tokenizer, without building or fetching the weights."""
+    if spec.startswith("builtin:"):
+        if spec not in BUILTIN:
+            raise ModelError(f"unknown built-in model {spec!r}; built-in models: {', '.join(sorted(BUILTIN))}")
+        return builtin.build_tokenizer().path
+    local = Path(spec).expanduser()
+    if local.exists():
+        return resolve_path(spec)
+    return _from_hub(spec, ["tokenizer*", "special_tokens_map.json", "*.tiktoken", "vocab*", "merges.txt"])
+
+
+def _from_hub(repo_id: str, patterns: list[str] | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -86,7 +98,7 @@ def _from_hub(repo_id: str) -> Path:
     )
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns or _HUB_FILES))
     except HFValidationError as e:
         raise ModelError(f"{repo_id!r} is neither a local model folder nor a Hugging Face model id") from e
     except GatedRepoError as e:

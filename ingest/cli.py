@@ -1,0 +1,117 @@
+"""`repotune ingest` (run the sources) and `repotune ingest status`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
+from repotune.ui import err, out, print_json
+
+app = typer.Typer(help="Read the repository into the store: commits, files and docs, secrets redacted.")
+
+
+@app.callback(invoke_without_command=True)
+def ingest_command(
+    ctx: typer.Context,
+    full: Annotated[bool, typer.Option("--full", help="Read everything again, ignoring the cursors.")] = False,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Run only this source (repeatable): git, snapshot.")
+    ] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="A path or clone URL instead of ingest.repo.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest what is new since the last run (a command group: see `ingest status`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ingest.run import IngestError, ingest
+
+    settings = load_settings(config, as_json)
+    try:
+        with _progress(quiet=as_json) as progress:
+            result = ingest(settings, full=full, sources=source, repo=repo, progress=progress)
+    except IngestError as e:
+        fail(str(e))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        _print_result(result)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """What the store holds: counts, cursors, the last run and the secrets redacted."""
+    from ingest.store import status
+    from repotune import db as store
+
+    settings = load_settings(config, as_json)
+    try:
+        info = status(store.open_db(store.db_path(settings.data_dir)))
+    except store.StoreError as e:
+        fail(str(e))
+    if as_json:
+        print_json(info)
+        return
+    from rich.table import Table
+
+    counts = Table("what", "count")
+    for key, value in info["counts"].items():
+        counts.add_row(key.replace("_", " "), f"{value:,}")
+    out.print(counts)
+    for cursor in info["cursors"]:
+        out.print(f"cursor {cursor['source']} ({cursor['repo']}): updated {cursor['updated_at']}", highlight=False)
+    if info["redactions"]:
+        out.print("redacted: " + ", ".join(f"{k} {v}" for k, v in sorted(info["redactions"].items())),
+                  highlight=False)
+    run = info["last_run"]
+    if run:
+        out.print(f"last run #{run['id']}: {run['status']}, {run['started_at']} → {run['finished_at']}",
+                  highlight=False)
+        if run["error"]:
+            out.print(f"  error: {run['error']}", highlight=False, markup=False)
+
+
+def _print_result(result: Any) -> None:
+    for name, report in result.reports.items():
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items()))
+        line = f"{name}: {report.items:,} stored" + (f"; skipped: {skipped}" if skipped else "")
+        out.print(line + (f" ({report.note})" if report.note else ""), highlight=False, markup=False)
+    for name, error in result.errors.items():
+        err.print(f"{name}: failed: {error}", highlight=False, markup=False)
+    if result.redactions:
+        out.print("secrets redacted: " + ", ".join(f"{k} {v}" for k, v in sorted(result.redactions.items())),
+                  highlight=False)
+
+
+class _progress:
+    """A rich progress display with a bar per source, drawn on stderr once work starts."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        return self.update
+
+    def update(self, name: str, done: int, total: int | None, note: str) -> None:
+        if self.quiet or not name:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                                console=err)
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total, note=note)
+        self.bar.update(self.tasks[name], completed=done, total=total, note=note)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,393 @@
+"""Reading a git repository with git itself: mirrors of remote ones, and history as records.
+
+Everything here runs the git CLI and reads its output; nothing parses git's object
+format. History is read in one streamed `git log --raw --numstat -p` pass (the same work
+as `git log -p`), commit by commit, so a 10,000-commit history or a 200 MB diff never
+sits in memory: diffs are cut per file and per commit while they stream by. A remote
+repository is kept as a bare mirror under `paths.data_dir/repos` and fetched on each run.
+
+Objects can be missing (a partial or shallow clone, a copy without some large blobs).
+The streamed pass then fails; the commits are read again with `--raw` only (which needs
+trees, not blobs), the missing blobs are found with `git cat-file --batch-check`, and
+each affected commit's diff is made without those files, which are recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Each commit's header in `git log` output: a record separator at the start of a line,
+# then fields split by unit separators (a patch line never starts with 0x1e).
+_FIELDS = ("sha", "parents", "author_name", "author_email", "authored_at", "committer_name", "committed_at", "message")
+LOG_FORMAT = "%x1e" + "%x1f".join(("%H", "%P", "%an", "%ae", "%aI", "%cn", "%cI", "%B")) + "%x1f"
+# Never prompt for credentials, never fetch a partial clone's missing objects behind our back.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_NO_LAZY_FETCH": "1", "LC_ALL": "C", "GIT_PAGER": "cat"}
+_MISSING = re.compile(rb"unable to read|missing blob|bad object|does not exist|is corrupt|not a valid object")
+
+
+class GitError(Exception):
+    """git could not do what was asked; the message says what and why."""
+
+
+class MissingObjects(GitError):
+    """The history refers to objects the repository does not have."""
+
+
+@dataclass
+class FileChange:
+    path: str
+    old_path: str | None
+    status: str  # A, M, D, R, C, T
+    old_blob: str
+    new_blob: str
+    insertions: int | None = None  # None: binary
+    deletions: int | None = None
+    skipped: str | None = None  # why its diff is not stored
+
+    @property
+    def binary(self) -> bool:
+        return self.insertions is None and self.skipped is None
+
+
+@dataclass
+class Commit:
+    sha: str
+    parents: list[str]
+    author_name: str
+    author_email: str
+    authored_at: str
+    committer_name: str
+    committed_at: str
+    message: str
+    files: list[FileChange] = field(default_factory=list)
+    diff: str = ""
+    diff_truncated: bool = False
+    diff_bytes: int = 0  # before the caps
+
+
+@dataclass
+class Caps:
+    file_bytes: int = 16_000
+    commit_bytes: int = 64_000
+
+
+class Repo:
+    """A git repository on disk (a work tree or a bare mirror)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def run(self, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
+        proc = subprocess.run(
+            ["git", "-C", str(self.path), *args], input=input, capture_output=True, env=_env()
+        )
+        if check and proc.returncode != 0:
+            raise _error(args, proc.stderr)
+        return proc.stdout
+
+    def text(self, *args: str) -> str:
+        return self.run(*args).decode("utf-8", "replace").strip()
+
+    def default_branch(self) -> str:
+        """The branch HEAD names (a mirror's HEAD is the remote's default branch)."""
+        ref = self.run("symbolic-ref", "-q", "HEAD", check=False).decode().strip()
+        if ref.startswith("refs/heads/"):
+            return ref.removeprefix("refs/heads/")
+        raise GitError(f"{self.path}: HEAD is not on a branch; name the branches in ingest.branches")
+
+    def heads(self, branches: list[str]) -> dict[str, str]:
+        """Each branch's commit; a branch that does not exist is an error naming it."""
+        out = {}
+        for branch in branches:
+            sha = self.run("rev-parse", "-q", "--verify", f"refs/heads/{branch}^{{commit}}", check=False)
+            if not sha.strip():
+                raise GitError(f"{self.path}: no branch {branch!r}")
+            out[branch] = sha.decode().strip()
+        return out
+
+    def has_commit(self, sha: str) -> bool:
+        return bool(self.run("rev-parse", "-q", "--verify", f"{sha}^{{commit}}", check=False).strip())
+
+    def count(self, heads: Iterable[str], done: Iterable[str]) -> int:
+        return int(self.text("rev-list", "--count", *heads, "--not", *done, "--"))
+
+    def reachable(self, head: str) -> set[str]:
+        """Every commit reachable from `head`."""
+        return set(self.text("rev-list", head).split())
+
+    def missing_blobs(self, blobs: Iterable[str]) -> set[str]:
+        wanted = "".join(f"{b}\n" for b in set(blobs) if b and set(b) != {"0"})
+        if not wanted:
+            return set()
+        out = self.run("cat-file", "--batch-check", input=wanted.encode())
+        return {line.split()[0].decode() for line in out.splitlines() if line.endswith(b" missing")}
+
+    def log(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
+        """Commits reachable from `heads` and not from `done`, parents before children."""
+        args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "--numstat", "-p", "-M",
+                "--no-color", "--no-ext-diff", "--no-textconv", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
+        yield from _parse_log(self._stream(args), caps)
+
+    def log_without(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
+        """As `log`, when blobs are missing: their files are skipped and marked, the rest diffed."""
+        args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-M", "--no-color",
+                f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
+        commits = list(_parse_log(self._stream(args), caps))
+        missing = self.missing_blobs(b for c in commits for f in c.files for b in (f.old_blob, f.new_blob))
+        for commit in commits:
+            lost = {f.path for f in commit.files if {f.old_blob, f.new_blob} & missing}
+            for f in commit.files:
+                if f.path in lost:
+                    f.skipped = "missing object"
+            if len(commit.parents) <= 1:  # merges have no diff in `git log -p` either
+                self._diff_one(commit, lost, caps)
+            yield commit
+
+    def _diff_one(self, commit: Commit, lost: set[str], caps: Caps) -> None:
+        exclude = [f":(exclude,literal){p}" for p in sorted(lost)]
+        args = ["diff-tree", "--root", "--no-commit-id", "-r", "--raw", "--no-abbrev", "--numstat", "-p", "-M",
+                "--no-color", "--no-ext-diff", "--no-textconv", commit.sha, "--", ".", *exclude]
+        header = f"\x1e{commit.sha}\x1f\x1f\x1f\x1f\x1f\x1f\x1f\x1f\n".encode()
+        parsed = next(_parse_log(iter([header, *self.run(*args).splitlines(keepends=True)]), caps))
+        stats = {f.path: f for f in parsed.files}
+        for f in commit.files:
+            if f.path in stats:
+                f.insertions, f.deletions = stats[f.path].insertions, stats[f.path].deletions
+        commit.diff, commit.diff_truncated, commit.diff_bytes = parsed.diff, parsed.diff_truncated, parsed.diff_bytes
+
+    def _stream(self, args: list[str]) -> Iterator[bytes]:
+        proc = subprocess.Popen(
+            ["git", "-c", "core.quotePath=false", "-C", str(self.path), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), bufsize=1 << 20,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            yield from proc.stdout
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read()
+            code = proc.wait()
+        if code != 0:
+            raise _error(args, err)
+
+    def files_at(self, commit: str) -> list[tuple[str, str, int]]:
+        """(path, blob, size) of every file in `commit`'s tree; size -1 when the blob is missing."""
+        out = self.run("ls-tree", "-r", "-l", "-z", "--full-tree", commit)
+        files = []
+        for entry in out.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.partition(b"\t")
+            mode, kind, blob, size = meta.split()
+            if kind == b"blob" and mode != b"120000":  # not symlinks, not submodules
+                files.append((path.decode("utf-8", "replace"), blob.decode(), int(size) if size != b"-" else -1))
+        return files
+
+    def blobs(self, ids: list[str]) -> Iterator[tuple[str, bytes | None]]:
+        """The contents of blobs by id, in order, through one `cat-file --batch`; None if missing."""
+        proc = subprocess.Popen(
+            ["git", "-C", str(self.path), "cat-file", "--batch"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(),
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            for blob in ids:
+                proc.stdin.write(f"{blob}\n".encode())
+                proc.stdin.flush()
+                header = proc.stdout.readline().split()
+                if len(header) < 3 or header[1] == b"missing":
+                    yield blob, None
+                    continue
+                data = proc.stdout.read(int(header[2]))
+                proc.stdout.read(1)  # the newline after each object
+                yield blob, data
+        finally:
+            proc.stdin.close()
+            proc.stdout.close()
+            proc.wait()
+
+
+def open_repo(spec: str, mirrors: Path, fetch: bool = True) -> Repo:
+    """A local repository as it is, or a remote one through its mirror (cloned or fetched)."""
+    if not is_url(spec):
+        path = Path(spec)
+        if not path.exists():
+            raise GitError(f"{spec}: no such folder")
+        try:
+            top = Repo(path).text("rev-parse", "--absolute-git-dir")
+        except GitError:
+            raise GitError(f"{spec} is not a git repository") from None
+        return Repo(Path(top).parent if Path(top).name == ".git" else Path(top))
+    mirror = mirrors / mirror_name(spec)
+    if not (mirror / "HEAD").exists():
+        mirrors.mkdir(parents=True, exist_ok=True)
+        tmp = mirror.with_name(mirror.name + ".partial")
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        proc = subprocess.run(["git", "clone", "--mirror", "--quiet", spec, str(tmp)], capture_output=True, env=_env())
+        if proc.returncode != 0:
+            raise GitError(f"cannot clone {redact_url(spec)}: {_last_line(proc.stderr)}")
+        tmp.rename(mirror)
+    elif fetch:
+        proc = subprocess.run(
+            ["git", "-C", str(mirror), "fetch", "--prune", "--quiet", "origin"], capture_output=True, env=_env()
+        )
+        if proc.returncode != 0:
+            raise GitError(f"cannot fetch {redact_url(spec)}: {_last_line(proc.stderr)}")
+    return Repo(mirror)
+
+
+def is_url(spec: str) -> bool:
+    return "://" in spec or bool(re.match(r"^[\w.-]+@[\w.-]+:", spec))
+
+
+def mirror_name(url: str) -> str:
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))[:40]
+    return f"{tail}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
+
+
+def redact_url(url: str) -> str:
+    """A URL without any credentials in it, for messages."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **GIT_ENV}
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return redact_url(lines[-1].strip()) if lines else "git failed"
+
+
+def _error(args: Iterable[str], stderr: bytes) -> GitError:
+    message = f"git {next(iter(args), '')}: {_last_line(stderr)}"
+    return MissingObjects(message) if _MISSING.search(stderr) else GitError(message)
+
+
+# --- reading `git log --raw --numstat -p` ------------------------------------------------
+
+
+def _parse_log(lines: Iterator[bytes], caps: Caps) -> Iterator[Commit]:
+    commit: Commit | None = None
+    diff = _DiffBuilder(caps)
+    header: list[bytes] = []
+    numstat = 0
+    for line in lines:
+        if header or line.startswith(b"\x1e"):
+            header.append(line)
+            joined = b"".join(header)
+            if joined.count(b"\x1f") < len(_FIELDS):
+                continue
+            if commit is not None:
+                yield diff.finish(commit)
+            commit, header, numstat = _header(joined), [], 0
+            diff = _DiffBuilder(caps)
+            continue
+        if commit is None:
+            continue
+        if diff.started or line.startswith(b"diff --git "):
+            diff.add(line)
+        elif line.startswith(b":"):
+            commit.files.append(_raw(line))
+        elif line[:1].isdigit() or line.startswith(b"-\t"):
+            if numstat < len(commit.files):
+                _numstat(commit.files[numstat], line)
+            numstat += 1
+    if commit is not None:
+        yield diff.finish(commit)
+
+
+def _header(data: bytes) -> Commit:
+    values = data.lstrip(b"\x1e").split(b"\x1f")[: len(_FIELDS)]
+    text = dict(zip(_FIELDS, (v.decode("utf-8", "replace") for v in values), strict=True))
+    return Commit(
+        sha=text["sha"].strip(),
+        parents=text["parents"].split(),
+        author_name=text["author_name"],
+        author_email=text["author_email"],
+        authored_at=text["authored_at"],
+        committer_name=text["committer_name"],
+        committed_at=text["committed_at"],
+        message=text["message"].strip(),
+    )
+
+
+def _raw(line: bytes) -> FileChange:
+    # ":100644 100644 <old> <new> M\tpath" or ":… R086\told\tnew"
+    meta, *paths = line.rstrip(b"\n").split(b"\t")
+    _, _, old_blob, new_blob, status = meta.split()
+    names = [_unquote(p) for p in paths]
+    return FileChange(
+        path=names[-1], old_path=names[0] if len(names) > 1 else None, status=status[:1].decode(),
+        old_blob=old_blob.decode(), new_blob=new_blob.decode(),
+    )
+
+
+def _numstat(change: FileChange, line: bytes) -> None:
+    added, deleted, _ = line.split(b"\t", 2)
+    if added != b"-":
+        change.insertions, change.deletions = int(added), int(deleted)
+
+
+def _unquote(path: bytes) -> str:
+    """git's C-quoted path ("a\\tb") back to text; unquoted paths pass through."""
+    if path.startswith(b'"') and path.endswith(b'"'):
+        path = path[1:-1].decode("unicode_escape").encode("latin-1")
+    return path.decode("utf-8", "replace")
+
+
+class _DiffBuilder:
+    """One commit's diff as it streams by, cut at `caps` without holding what is cut."""
+
+    def __init__(self, caps: Caps):
+        self.caps = caps
+        self.parts: list[bytes] = []
+        self.kept = 0  # bytes kept for the commit
+        self.file_kept = 0
+        self.total = 0  # bytes seen
+        self.cut_files = 0
+        self.truncated = False
+        self.started = False
+        self.file_cut_noted = True
+
+    def add(self, line: bytes) -> None:
+        self.started = True
+        self.total += len(line)
+        if line.startswith(b"diff --git "):
+            self._end_file()
+            self.file_kept, self.file_cut_noted = 0, False
+            if self.kept >= self.caps.commit_bytes:
+                self.cut_files += 1
+                self.truncated = True
+                return
+        elif self.kept >= self.caps.commit_bytes:
+            return
+        room = min(self.caps.file_bytes - self.file_kept, self.caps.commit_bytes - self.kept)
+        if room <= 0:
+            self.truncated = True
+            return
+        piece = line if len(line) <= room else line[:room] + b"\n"
+        self.parts.append(piece)
+        self.kept += len(piece)
+        self.file_kept += len(piece)
+        if len(piece) < len(line):
+            self.truncated = True
+
+    def _end_file(self) -> None:
+        if self.file_kept >= self.caps.file_bytes and not self.file_cut_noted:
+            self.parts.append(b"[... the rest of this file's diff is cut]\n")
+            self.file_cut_noted = True
+
+    def finish(self, commit: Commit) -> Commit:
+        self._end_file()
+        if self.cut_files:
+            self.parts.append(f"[... {self.cut_files} more files' diffs cut]\n".encode())
+        commit.diff = b"".join(self.parts).decode("utf-8", "replace")
+        commit.diff_truncated, commit.diff_bytes = self.truncated, self.total
+        return commit

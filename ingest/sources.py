@@ -1,0 +1,212 @@
+"""The ingest sources, each a small named implementation: `git` (history) and `snapshot`
+(the text files at the head of the default branch).
+
+A source reads what is new since its cursor, hands the texts to the worker pool
+(redaction, chunks) and writes the results in batches, each with the cursor that covers
+it. `SOURCES` maps the names `repotune ingest --source` accepts to them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ingest import workers
+from ingest.git import Caps, Commit, MissingObjects, Repo
+from ingest.secrets import is_secret_file
+from ingest.store import Batch, Store
+from repotune.config import IngestSection
+from repotune.db import now
+
+BATCH = 200  # items per committed batch: short transactions, little lost to an interruption
+_SNIFF = 8000  # bytes looked at for a NUL to call a file binary, as git does
+
+
+@dataclass
+class Report:
+    items: int = 0  # stored by this run
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    redactions: Counter[str] = field(default_factory=Counter)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "skipped": dict(self.skipped), "redactions": dict(self.redactions),
+                "note": self.note}
+
+
+@dataclass
+class Job:
+    """What a source needs: the repository, the store, the workers, and where to report."""
+
+    repo: Repo
+    store: Store
+    pool: workers.Pool
+    config: IngestSection
+    default_branch: str
+    full: bool = False
+    progress: Callable[[str, int, int | None, str], None] = lambda name, done, total, note: None
+
+
+class Source(Protocol):
+    name: str
+
+    def ingest(self, job: Job) -> Report: ...
+
+
+def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Report, total: int | None = None,
+               cursor_after: Callable[[int], Any] | None = None) -> None:
+    """Write results in batches; with `cursor_after`, each batch also moves the source's cursor."""
+    source = name if cursor_after else None
+    batch, n = Batch(), 0
+    for done in results:
+        for table, rows in done.rows.items():
+            batch.add(table, *rows)
+        report.redactions.update(done.redactions)
+        n += 1
+        if n % BATCH == 0:
+            job.store.write(batch, source, cursor_after(n) if cursor_after else None)
+            batch = Batch()
+            job.progress(name, n, total, "")
+    if len(batch):
+        job.store.write(batch, source, cursor_after(n) if cursor_after else None)
+    job.progress(name, n, total, "")
+    report.items += n
+
+
+class GitSource:
+    """The history of the configured branches: commits, their files and their diffs."""
+
+    name = "git"
+
+    def ingest(self, job: Job) -> Report:
+        report = Report()
+        branches = job.config.branches or [job.default_branch]
+        heads = job.repo.heads(branches)
+        cursor = (job.store.cursor(self.name) or {}) if not job.full else {}
+        done = [sha for sha in cursor.get("done", []) if job.repo.has_commit(sha)]
+        total = job.repo.count(heads.values(), done)
+        final = {"heads": heads, "done": sorted(set(heads.values()))}
+        if total == 0:
+            if cursor != final:
+                job.store.write(Batch(), self.name, final)
+            report.note = "nothing new"
+            return report
+        on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
+            "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
+        ctx = workers.Context(repo=job.store.repo, trusted=on_default, now=now())
+        trust_all = job.config.include_untrusted
+        caps = Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes)
+        job.progress(self.name, 0, total, "")
+        try:
+            self._run(job, job.repo.log(list(heads.values()), done, caps), ctx, done, total, report, trust_all)
+        except MissingObjects as e:
+            # Read again without the missing blobs; what was written so far stays (upserts).
+            report.note = f"objects missing ({e}); their files were skipped"
+            done = [sha for sha in (job.store.cursor(self.name) or {}).get("done", done) if job.repo.has_commit(sha)]
+            commits = job.repo.log_without(list(heads.values()), done, caps)
+            self._run(job, commits, ctx, done, total, report, trust_all, skipped=report.skipped)
+        job.store.write(Batch(), self.name, final)
+        return report
+
+    def _run(self, job: Job, commits: Iterator[Commit], ctx: workers.Context, done: list[str], total: int,
+             report: Report, trust_all: bool, skipped: Counter[str] | None = None) -> None:
+        last: list[str] = []
+
+        def items() -> Iterator[tuple[Commit, workers.Context]]:
+            for c in commits:
+                last.append(c.sha)
+                if skipped is not None:
+                    skipped["missing object"] += sum(1 for f in c.files if f.skipped == "missing object")
+                yield c, ctx
+
+        results = (_trust(r, trust_all) for r in job.pool.map(workers.commit, items()))
+        # Parents come before children, so after commit N every ancestor of it is stored too.
+        _write_all(job, self.name, results, report, total, lambda n: {"done": sorted({*done, last[n - 1]})})
+
+
+def _trust(done: workers.Done, trust_all: bool) -> workers.Done:
+    if trust_all:
+        for table in ("commits", "chunks"):
+            for row in done.rows.get(table, []):
+                row["trusted"] = 1
+    return done
+
+
+class SnapshotSource:
+    """The text files at the head of the default branch (docs among them marked as docs)."""
+
+    name = "snapshot"
+
+    def ingest(self, job: Job) -> Report:
+        report = Report()
+        head = job.repo.heads([job.default_branch])[job.default_branch]
+        settings = hashlib.sha256(json.dumps(
+            [job.config.skip, job.config.docs, job.config.max_file_bytes, job.config.chunk_tokens]
+        ).encode()).hexdigest()[:16]
+        cursor = {"head": head, "settings": settings}
+        if not job.full and job.store.cursor(self.name) == cursor:
+            report.note = "nothing new"
+            return report
+        wanted = self._select(job, job.repo.files_at(head), report)
+        job.progress(self.name, 0, len(wanted), "")
+        ctx = workers.Context(repo=job.store.repo, now=now())
+        docs = list(self._read(job, wanted, head, report))
+        kept_chunks: set[str] = set()
+
+        def results() -> Iterator[workers.Done]:
+            for done in job.pool.map(workers.document, ((d, ctx) for d in docs)):
+                kept_chunks.update(r["id"] for r in done.rows.get("chunks", []))
+                yield done
+
+        _write_all(job, self.name, results(), report, len(wanted))
+        job.store.mark_stale(("file", "doc"), {d.path for d in docs}, kept_chunks)
+        job.store.write(Batch(), self.name, cursor)
+        return report
+
+    def _select(self, job: Job, files: list[tuple[str, str, int]], report: Report) -> list[tuple[str, str]]:
+        wanted = []
+        for path, blob, size in files:
+            if is_secret_file(path):
+                report.skipped["secret file"] += 1
+                report.redactions["secret-file"] += 1
+            elif _matches(path, job.config.skip):
+                report.skipped["skipped by ingest.skip"] += 1
+            elif size < 0:
+                report.skipped["missing object"] += 1
+            elif size > job.config.max_file_bytes:
+                report.skipped["larger than ingest.max_file_bytes"] += 1
+            else:
+                wanted.append((path, blob))
+        return wanted
+
+    def _read(self, job: Job, wanted: list[tuple[str, str]], head: str, report: Report) -> Iterator[workers.Document]:
+        paths = dict(wanted)
+        by_blob: dict[str, list[str]] = {}
+        for path, blob in wanted:
+            by_blob.setdefault(blob, []).append(path)
+        for blob, data in job.repo.blobs(list(by_blob)):
+            for path in by_blob[blob]:
+                if data is None:
+                    report.skipped["missing object"] += 1
+                elif b"\0" in data[:_SNIFF]:
+                    report.skipped["binary"] += 1
+                else:
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        report.skipped["not UTF-8 text"] += 1
+                        continue
+                    kind = "doc" if _matches(path, job.config.docs) else "file"
+                    yield workers.Document(kind, path, paths[path], text, head)
+
+
+def _matches(path: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, g) for g in globs)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (GitSource(), SnapshotSource())}

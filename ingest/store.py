@@ -1,0 +1,151 @@
+"""Ingest's writes and reads of the store: batches, cursors, runs and status.
+
+Each batch of a source (its rows, its chunks and its cursor) is one short transaction,
+so a long ingest never holds the write lock for long, and a cursor only ever says what
+has been committed: a run that is killed resumes after its last batch, and a rerun with
+nothing new reads the cursors and stops. Upserts key on the natural ids (repo and sha,
+number, path; a chunk on the hash of its source and text), so running twice stores
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from repotune.db import now, transaction
+
+# table -> primary key
+KEYS: dict[str, tuple[str, ...]] = {
+    "commits": ("repo", "sha"),
+    "commit_files": ("repo", "sha", "path"),
+    "pull_requests": ("repo", "number"),
+    "pr_comments": ("repo", "id"),
+    "documents": ("repo", "kind", "path"),
+    "chunks": ("id",),
+}
+
+
+@dataclass
+class Batch:
+    """Rows for several tables, written together with the cursor that covers them."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, table: str, *rows: dict[str, Any]) -> None:
+        self.rows.setdefault(table, []).extend(rows)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+class Store:
+    def __init__(self, db: sqlite_utils.Database, repo: str):
+        self.db = db
+        self.repo = repo
+
+    def add_repo(self, location: str, default_branch: str | None) -> None:
+        with transaction(self.db):
+            existing = self.db.table("repos").count_where("id = ?", [self.repo])
+            row = {"id": self.repo, "location": location, "default_branch": default_branch}
+            if existing:
+                self.db.table("repos").update(self.repo, row)
+            else:
+                self.db.table("repos").insert({**row, "added_at": now()})
+
+    def cursor(self, source: str) -> Any:
+        rows = list(self.db.query("select value from cursors where repo = ? and source = ?", [self.repo, source]))
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def write(self, batch: Batch, source: str | None = None, cursor: Any = None) -> None:
+        """Upsert `batch` and, in the same transaction, move `source`'s cursor."""
+        with transaction(self.db):
+            for table, rows in batch.rows.items():
+                if rows:
+                    self.db.table(table).upsert_all(rows, pk=KEYS[table])
+            if source is not None:
+                self._set_cursor(source, cursor)
+
+    def _set_cursor(self, source: str, value: Any) -> None:
+        self.db.table("cursors").upsert(
+            {"repo": self.repo, "source": source, "value": json.dumps(value), "updated_at": now()},
+            pk=("repo", "source"),
+        )
+
+    def mark_stale(self, kinds: tuple[str, ...], keep_paths: set[str], keep_chunks: set[str]) -> int:
+        """Documents and chunks of `kinds` not in the new head: stale, kept for provenance."""
+        marks = ",".join("?" * len(kinds))
+        with transaction(self.db):
+            self.db.execute("create temp table if not exists keep_paths (path text primary key)")
+            self.db.execute("create temp table if not exists keep_chunks (id text primary key)")
+            self.db.execute("delete from keep_paths")
+            self.db.execute("delete from keep_chunks")
+            self.db.table("keep_paths").insert_all(({"path": p} for p in keep_paths), batch_size=5000)
+            self.db.table("keep_chunks").insert_all(({"id": c} for c in keep_chunks), batch_size=5000)
+            args = [self.repo, *kinds]
+            self.db.execute(
+                f"update documents set stale = 1 where repo = ? and kind in ({marks}) and stale = 0 "
+                "and path not in (select path from keep_paths)", args,
+            )
+            cur = self.db.execute(
+                f"update chunks set stale = 1 where repo = ? and kind in ({marks}) and stale = 0 "
+                "and id not in (select id from keep_chunks)", args,
+            )
+            return int(cur.rowcount)
+
+    # --- runs -----------------------------------------------------------------------
+
+    def start_run(self, sources: list[str]) -> int:
+        with transaction(self.db):
+            table = self.db.table("ingest_runs")
+            table.insert(
+                {"repo": self.repo, "started_at": now(), "status": "running",
+                 "sources": json.dumps({s: {} for s in sources}), "redactions": "{}"}
+            )
+            return int(table.last_pk or 0)
+
+    def finish_run(self, run_id: int, status: str, sources: dict[str, Any], redactions: Counter[str],
+                   error: str | None = None) -> None:
+        with transaction(self.db):
+            self.db.table("ingest_runs").update(
+                run_id,
+                {"finished_at": now(), "status": status, "sources": json.dumps(sources),
+                 "redactions": json.dumps(dict(redactions)), "error": error},
+            )
+
+
+def status(db: sqlite_utils.Database) -> dict[str, Any]:
+    """What `repotune ingest status` shows: counts, cursors, the last run, redactions."""
+
+    def count(table: str, where: str = "1") -> int:
+        return int(next(db.query(f"select count(*) as n from {table} where {where}"))["n"])
+
+    redactions: Counter[str] = Counter()
+    for table in ("commits", "pull_requests", "pr_comments", "documents"):
+        for row in db.query(f"select redactions from {table} where redactions != '{{}}'"):
+            redactions.update(json.loads(row["redactions"]))
+    last = list(db.query("select * from ingest_runs order by id desc limit 1"))
+    run = None
+    if last:
+        run = {**last[0], "sources": json.loads(last[0]["sources"]), "redactions": json.loads(last[0]["redactions"])}
+    return {
+        "repos": [dict(r) for r in db.query("select id, location, default_branch, added_at from repos")],
+        "counts": {
+            "commits": count("commits"),
+            "pull_requests": count("pull_requests"),
+            "documents": count("documents", "stale = 0"),
+            "chunks": count("chunks", "stale = 0"),
+            "stale_chunks": count("chunks", "stale = 1"),
+            "redactions": sum(redactions.values()),
+        },
+        "redactions": dict(redactions),
+        "cursors": [
+            {**r, "value": json.loads(r["value"])}
+            for r in db.query("select repo, source, value, updated_at from cursors order by repo, source")
+        ],
+        "last_run": run,
+    }

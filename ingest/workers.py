@@ -1,0 +1,169 @@
+"""The CPU-heavy part of ingest, in worker processes: redacting secrets and cutting chunks.
+
+git streams commits and files to the parent, which hands them to a pool of processes
+(`ingest.workers`, one per core by default) and writes what comes back in batches. Each
+worker sets up detect-secrets and the tokenizer once. Work items and results are plain
+picklable data; a row leaves a worker only after redaction, so nothing unredacted is
+ever written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
+from ingest.git import Commit
+from ingest.secrets import Scanner, diff_blocks
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_MERGE_PR = re.compile(r"^Merge pull request #(\d+) from (\S+)")
+_SQUASH_PR = re.compile(r"\(#(\d+)\)\s*$")
+
+
+@dataclass
+class Document:
+    kind: str  # file, doc, wiki
+    path: str
+    sha: str
+    text: str
+    at_commit: str
+
+
+@dataclass
+class Done:
+    """One item's rows, ready to write, and what was redacted in them."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    redactions: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Context:
+    repo: str
+    trusted: set[str] | None = None  # commits on the default branch; None: all
+    now: str = ""
+
+
+_scanner: Scanner | None = None
+_chunker: Chunker | None = None
+
+
+def setup(tokenizer: Path, max_tokens: int) -> None:
+    global _scanner, _chunker
+    _scanner = Scanner()
+    _chunker = Chunker(Tokens(tokenizer), max_tokens)
+
+
+def teardown() -> None:
+    global _scanner, _chunker
+    if _scanner is not None:
+        _scanner.close()
+    _scanner = _chunker = None
+
+
+def pr_number(message: str) -> int | None:
+    """The pull request a merge ("Merge pull request #N from …") or squash ("Title (#N)") commit closed."""
+    first = message.split("\n", 1)[0]
+    m = _MERGE_PR.match(first) or _SQUASH_PR.search(first)
+    return int(m.group(1)) if m else None
+
+
+def commit(item: tuple[Commit, Context]) -> Done:
+    c, ctx = item
+    assert _scanner is not None and _chunker is not None, "setup() first"
+    message = _scanner.redact(c.message, "COMMIT_EDITMSG")
+    diff = _scanner.redact_diff(c.diff)
+    trusted = ctx.trusted is None or c.sha in ctx.trusted
+    number = pr_number(message.text)
+    out = Done(redactions=message.counts + diff.counts)
+    out.rows["commits"] = [{
+        "repo": ctx.repo, "sha": c.sha, "parents": " ".join(c.parents), "author_name": c.author_name,
+        "author_email": c.author_email, "authored_at": c.authored_at, "committer_name": c.committer_name,
+        "committed_at": c.committed_at, "message": message.text, "diff": diff.text,
+        "diff_truncated": int(c.diff_truncated), "files_changed": len(c.files),
+        "insertions": sum(f.insertions or 0 for f in c.files), "deletions": sum(f.deletions or 0 for f in c.files),
+        "on_default_branch": int(trusted), "pr_number": number, "trusted": int(trusted),
+        "redactions": _json(out.redactions),
+    }]
+    out.rows["commit_files"] = [
+        {"repo": ctx.repo, "sha": c.sha, "path": f.path, "old_path": f.old_path, "status": f.status,
+         "insertions": f.insertions, "deletions": f.deletions, "binary": int(f.binary), "skipped": f.skipped}
+        for f in c.files
+    ]
+    files = "".join(
+        f"  {f.path} ({'binary' if f.binary else f'+{f.insertions or 0} -{f.deletions or 0}'})\n" for f in c.files
+    )
+    head = (f"Commit {c.sha[:12]} by {c.author_name} on {c.committed_at[:10]}\n\n{message.text}\n\n"
+            + (f"Files changed:\n{files}\n" if files else ""))
+    units = [Unit(head, 1)] + [Unit(block, 1) for block in diff_blocks(diff.text)]
+    title = message.text.split("\n", 1)[0][:200]
+    chunks = _chunker.cut(units, "commit", sha=c.sha, pr_number=number, title=title)
+    out.rows["chunks"] = [ch.row(ctx.repo, trusted, ctx.now) for ch in chunks]
+    return out
+
+
+def document(item: tuple[Document, Context]) -> Done:
+    d, ctx = item
+    assert _scanner is not None and _chunker is not None, "setup() first"
+    redacted = _scanner.redact(d.text, d.path)
+    out = Done(redactions=redacted.counts)
+    out.rows["documents"] = [{
+        "repo": ctx.repo, "kind": d.kind, "path": d.path, "sha": d.sha, "text": redacted.text,
+        "bytes": len(d.text.encode()), "at_commit": d.at_commit, "stale": 0, "redactions": _json(redacted.counts),
+    }]
+    units = section_units(redacted.text) if d.kind in ("doc", "wiki") else file_units(d.path, redacted.text)
+    chunks = _chunker.cut(units, d.kind, path=d.path, sha=d.sha, title=d.path)
+    out.rows["chunks"] = [ch.row(ctx.repo, True, ctx.now) for ch in chunks]
+    return out
+
+
+class Pool:
+    """`map` over worker processes, started on first use (a run with nothing new starts none)."""
+
+    def __init__(self, tokenizer: Callable[[], Path], max_tokens: int, processes: int = 0):
+        self.tokenizer = tokenizer  # resolved on first use: building builtin:tiny's takes seconds
+        self.max_tokens = max_tokens
+        self.processes = processes or os.cpu_count() or 1
+        self._pool: Any = None
+        self._local = False
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], chunksize: int = 8) -> Iterator[R]:
+        if self.processes <= 1:
+            if not self._local:
+                setup(self.tokenizer(), self.max_tokens)
+                self._local = True
+            yield from map(fn, items)
+            return
+        if self._pool is None:
+            # fork: the workers start in milliseconds and share the parent's imports
+            self._pool = multiprocessing.get_context("fork").Pool(
+                self.processes, setup, (self.tokenizer(), self.max_tokens)
+            )
+        # A window at a time: imap alone would read every item (a whole history) into memory.
+        it = iter(items)
+        while window := list(itertools.islice(it, self.processes * chunksize * 16)):
+            yield from self._pool.imap(fn, window, chunksize)
+
+    def close(self) -> None:
+        if self._local:
+            teardown()
+            self._local = False
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def _json(counts: Counter[str]) -> str:
+    return json.dumps(dict(counts), sort_keys=True)

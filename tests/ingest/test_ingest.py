@@ -1,0 +1,166 @@
+"""Ingest on real git repositories: what is stored, what is redacted, reruns and resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ingest import sources as sources_mod
+from ingest.run import ingest
+from ingest.store import Store, status
+from repotune import db as store_db
+from tests.ingest.conftest import PLANTED, GitRepo
+
+
+def _db(settings):
+    return store_db.open_db(store_db.db_path(settings.data_dir))
+
+
+def _all_text(db) -> str:
+    """Every text column of every ingest table, concatenated."""
+    parts = []
+    for table in ("commits", "commit_files", "pull_requests", "pr_comments", "documents", "chunks"):
+        for row in db.query(f"select * from {table}"):
+            parts += [str(v) for v in row.values()]
+    return "\n".join(parts)
+
+
+def test_history_is_stored_as_git_reports_it(history: GitRepo, settings_for) -> None:
+    settings = settings_for(history.path, workers=1, branches=["main", "wip"])
+    result = ingest(settings, sources=["git"])
+    assert result.status == "ok", result.errors
+    db = _db(settings)
+    shas = history.git("rev-list", "--all").split()
+    assert {r["sha"] for r in db.query("select sha from commits")} == set(shas)
+    # line stats as git counts them, file by file
+    numstat = history.git("log", "--all", "--numstat", "--format=%H", "-M").splitlines()
+    sha, expected = None, {}
+    for line in numstat:
+        if len(line) == 40 and "\t" not in line:
+            sha = line
+        elif line:
+            added, deleted, _ = line.split("\t", 2)
+            expected.setdefault(sha, []).append((None if added == "-" else int(added)))
+    for sha, adds in expected.items():
+        stored = [r["insertions"] for r in db.query("select insertions from commit_files where sha = ?", [sha])]
+        assert sorted(stored, key=str) == sorted(adds, key=str), sha
+    rename = next(db.query("select * from commit_files where status = 'R'"))
+    assert (rename["old_path"], rename["path"]) == ("calc.py", "calculator.py")
+    logo = next(db.query("select * from commit_files where path = 'logo.png'"))
+    assert logo["binary"] == 1 and logo["insertions"] is None
+    merge = next(db.query("select * from commits where message like 'Merge pull request%'"))
+    assert merge["pr_number"] == 7 and len(merge["parents"].split()) == 2
+    squash = next(db.query("select * from commits where message like 'Document subtraction%'"))
+    assert squash["pr_number"] == 9
+    # trust: the unmerged branch's commit is kept but not trusted; merged work is
+    wip = next(db.query("select * from commits where message = 'Unmerged experiment'"))
+    assert (wip["on_default_branch"], wip["trusted"]) == (0, 0)
+    mul = next(db.query("select * from commits where message = 'Add multiply'"))
+    assert mul["trusted"] == 1
+    assert "def mul(a, b):" in mul["diff"]
+
+
+def test_planted_secrets_are_redacted_everywhere_and_counted(history: GitRepo, settings_for) -> None:
+    settings = settings_for(history.path, workers=2)
+    result = ingest(settings)
+    assert result.status == "ok", result.errors
+    db = _db(settings)
+    stored = _all_text(db)
+    for secret in PLANTED:
+        assert secret not in stored
+    kinds = result.redactions
+    for kind in ("aws-key", "github-token", "private-key", "password-in-url", "secret-file"):
+        assert kinds[kind] >= 1, kinds
+    assert "[REDACTED:aws-key]" in stored and "[REDACTED:private-key]" in stored
+    # the .env file and the key file are not stored at all, at the head or in history
+    paths = {r["path"] for r in db.query("select path from documents")}
+    assert ".env" not in paths and "deploy/id_rsa" not in paths
+    assert status(db)["counts"]["redactions"] >= 5
+
+
+def test_a_rerun_stores_nothing_twice_and_a_new_commit_is_all_it_reads(history: GitRepo, settings_for) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings)
+    db = _db(settings)
+    before = status(db)["counts"]
+    again = ingest(settings)
+    assert {k: r.items for k, r in again.reports.items()} == {"git": 0, "snapshot": 0}
+    assert status(db)["counts"] == before
+    history.commit("Add divide", {"calculator.py": (history.path / "calculator.py").read_text()
+                                  + "\n\ndef div(a, b):\n    return a / b\n"})
+    third = ingest(settings)
+    assert third.reports["git"].items == 1
+    assert third.reports["snapshot"].items == len(history.git("ls-files").split()) - 3  # .env, key, png
+    after = status(db)["counts"]
+    assert after["commits"] == before["commits"] + 1
+    # the old version of calculator.py's chunks are stale, not deleted
+    assert after["stale_chunks"] >= 1
+    full = ingest(settings, full=True)
+    assert full.reports["git"].items == after["commits"]
+    assert status(db)["counts"]["commits"] == after["commits"]
+
+
+def test_a_run_killed_halfway_resumes_after_its_last_batch(tmp_path, settings_for, monkeypatch) -> None:
+    repo = GitRepo(tmp_path / "long")
+    for i in range(30):
+        repo.commit(f"Change {i}", {"notes.txt": f"line {i}\n" * (i + 1)})
+    settings = settings_for(repo.path, workers=1)
+    monkeypatch.setattr(sources_mod, "BATCH", 10)
+    writes = []
+    real_write = Store.write
+
+    def dying_write(self, batch, source=None, cursor=None):
+        if source == "git" and len(writes) == 2:
+            raise KeyboardInterrupt  # killed while the third batch is being written
+        writes.append(len(batch))
+        real_write(self, batch, source, cursor)
+
+    monkeypatch.setattr(Store, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, sources=["git"])
+    db = _db(settings)
+    assert db.execute("select count(*) from commits").fetchone()[0] == 20
+    run = next(db.query("select * from ingest_runs order by id desc limit 1"))
+    assert run["status"] == "interrupted"
+    monkeypatch.setattr(Store, "write", real_write)
+    resumed = ingest(settings, sources=["git"])
+    assert resumed.reports["git"].items == 10  # only what the killed run had not committed
+    assert db.execute("select count(*) from commits").fetchone()[0] == 30
+
+
+def test_chunks_fit_the_token_budget_and_keep_definitions_whole(history: GitRepo, settings_for) -> None:
+    settings = settings_for(history.path, workers=1, chunk_tokens=64)
+    ingest(settings, sources=["snapshot"])
+    db = _db(settings)
+    chunks = list(db.query("select * from chunks where stale = 0"))
+    assert chunks and all(c["tokens"] <= 64 for c in chunks)
+    calc = [c for c in chunks if c["path"] == "calculator.py"]
+    assert any(c["text"].startswith("class Calculator:") or "\nclass Calculator:" in c["text"] for c in calc)
+    assert not any("def add" in c["text"] and not c["text"].count("return a + b") for c in calc)
+    readme = [c for c in chunks if c["path"] == "README.md"]
+    assert readme[0]["kind"] == "doc" and readme[0]["title"] == "Calculator"
+    # the policy's full-text index finds chunks by their words
+    hits = list(db.query("select chunks.path from chunks_fts join chunks on chunks.rowid = chunks_fts.rowid "
+                         "where chunks_fts match 'multiply OR mul'"))
+    assert any(h["path"] == "calculator.py" for h in hits)
+    ids = {c["id"] for c in chunks}
+    ingest(settings, sources=["snapshot"], full=True)
+    assert {c["id"] for c in db.query("select id from chunks where stale = 0")} == ids
+
+
+def test_the_cli_runs_ingest_and_reports_status_as_json(history: GitRepo, tmp_path, clean_env) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "cli-state"}"\n[ingest]\nrepo = "{history.path}"\n')
+    run = subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config), "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    on_main = len(history.git("rev-list", "main").split())
+    assert result["status"] == "ok" and result["sources"]["git"]["items"] == on_main
+    shown = subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "status", "--config", str(config), "--json"],
+                           capture_output=True, text=True)
+    counts = json.loads(shown.stdout)["counts"]
+    assert set(counts) >= {"commits", "pull_requests", "documents", "chunks", "redactions"}
+    assert counts["commits"] == on_main and counts["chunks"] > 0 and counts["redactions"] > 0
