@@ -177,7 +177,7 @@ class Repo:
             raise _error(args, err)
 
     def files_at(self, commit: str) -> list[tuple[str, str, int]]:
-        """(path, blob, size) of every file in `commit`'s tree; size -1 when the blob is missing."""
+        """(path, blob, size) of every file in `commit`'s tree; size -1 when git cannot read the blob."""
         out = self.run("ls-tree", "-r", "-l", "-z", "--full-tree", commit)
         files = []
         for entry in out.split(b"\0"):
@@ -186,7 +186,7 @@ class Repo:
             meta, _, path = entry.partition(b"\t")
             mode, kind, blob, size = meta.split()
             if kind == b"blob" and mode != b"120000":  # not symlinks, not submodules
-                files.append((path.decode("utf-8", "replace"), blob.decode(), int(size) if size != b"-" else -1))
+                files.append((path.decode("utf-8", "replace"), blob.decode(), int(size) if size.isdigit() else -1))
         return files
 
     def blobs(self, ids: list[str]) -> Iterator[tuple[str, bytes | None]]:

@@ -16,7 +16,7 @@ from .conftest import ROOT
 def leaf_commands(cmd, prefix: str = "repotune") -> dict:
     if hasattr(cmd, "list_commands"):  # a group
         ctx = typer.Context(cmd)
-        found: dict = {}
+        found: dict = {prefix: cmd} if cmd.invoke_without_command and prefix != "repotune" else {}
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
             assert sub is not None

@@ -42,8 +42,8 @@ def test_history_is_stored_as_git_reports_it(history: GitRepo, settings_for) -> 
         if len(line) == 40 and "\t" not in line:
             sha = line
         elif line:
-            added, deleted, _ = line.split("\t", 2)
-            expected.setdefault(sha, []).append((None if added == "-" else int(added)))
+            added, _deleted, _ = line.split("\t", 2)
+            expected.setdefault(sha, []).append(None if added == "-" else int(added))
     for sha, adds in expected.items():
         stored = [r["insertions"] for r in db.query("select insertions from commit_files where sha = ?", [sha])]
         assert sorted(stored, key=str) == sorted(adds, key=str), sha
@@ -89,8 +89,10 @@ def test_a_rerun_stores_nothing_twice_and_a_new_commit_is_all_it_reads(history: 
     again = ingest(settings)
     assert {k: r.items for k, r in again.reports.items()} == {"git": 0, "snapshot": 0}
     assert status(db)["counts"] == before
-    history.commit("Add divide", {"calculator.py": (history.path / "calculator.py").read_text()
-                                  + "\n\ndef div(a, b):\n    return a / b\n"})
+    history.commit(
+        "Add divide",
+        {"calculator.py": (history.path / "calculator.py").read_text() + "\n\ndef div(a, b):\n    return a / b\n"},
+    )
     third = ingest(settings)
     assert third.reports["git"].items == 1
     assert third.reports["snapshot"].items == len(history.git("ls-files").split()) - 3  # .env, key, png
@@ -143,8 +145,12 @@ def test_chunks_fit_the_token_budget_and_keep_definitions_whole(history: GitRepo
     readme = [c for c in chunks if c["path"] == "README.md"]
     assert readme[0]["kind"] == "doc" and readme[0]["title"] == "Calculator"
     # the policy's full-text index finds chunks by their words
-    hits = list(db.query("select chunks.path from chunks_fts join chunks on chunks.rowid = chunks_fts.rowid "
-                         "where chunks_fts match 'multiply OR mul'"))
+    hits = list(
+        db.query(
+            "select chunks.path from chunks_fts join chunks on chunks.rowid = chunks_fts.rowid "
+            "where chunks_fts match 'multiply OR mul'"
+        )
+    )
     assert any(h["path"] == "calculator.py" for h in hits)
     ids = {c["id"] for c in chunks}
     ingest(settings, sources=["snapshot"], full=True)
@@ -154,13 +160,20 @@ def test_chunks_fit_the_token_budget_and_keep_definitions_whole(history: GitRepo
 def test_the_cli_runs_ingest_and_reports_status_as_json(history: GitRepo, tmp_path, clean_env) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[paths]\ndata_dir = "{tmp_path / "cli-state"}"\n[ingest]\nrepo = "{history.path}"\n')
-    run = subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config), "--json"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     on_main = len(history.git("rev-list", "main").split())
     assert result["status"] == "ok" and result["sources"]["git"]["items"] == on_main
-    shown = subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "status", "--config", str(config), "--json"],
-                           capture_output=True, text=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "repotune.cli", "ingest", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+    )
     counts = json.loads(shown.stdout)["counts"]
     assert set(counts) >= {"commits", "pull_requests", "documents", "chunks", "redactions"}
     assert counts["commits"] == on_main and counts["chunks"] > 0 and counts["redactions"] > 0
