@@ -11,15 +11,21 @@ Three things are added around it:
 - a private key is redacted as a whole block, BEGIN to END, not just its first line;
 - files that are secrets by nature (`.env`, key and certificate stores) are dropped
   whole: `is_secret_file` tells ingest not to store them at all;
-- a cheap pre-filter sends only lines that could hold a secret to the plugins (a run of
-  16 or more token characters, or a credential word, `://`, or `BEGIN`): most lines of a
-  diff have neither, and the plugins cost far more per line than the filter.
+- a pre-filter made from the plugins' own patterns: each pattern (a regex plugin's
+  denylist, the keyword plugin's keywords, an entropy plugin's quoted-string pattern
+  with the shortest length that can reach its entropy limit) runs once over the whole
+  text, and only the lines where one matches go through detect-secrets, line by line,
+  with its filters. A plugin can only report a line its own pattern matches, so nothing
+  is missed; and most lines match none, where detect-secrets' per-line machinery costs
+  a hundred times the regex.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fnmatch
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,12 +61,8 @@ DISABLED_PLUGINS = {"IPPublicDetector"}
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?(-----END[A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\Z)", re.S
 )
-_CANDIDATE = re.compile(
-    r"[A-Za-z0-9+/=_.\-]{16,}|://|BEGIN|key|secret|token|passw|pwd|auth|cred|private",
-    re.I,
-)
 # In a unified diff, content lines start with one of these; the prefix is not scanned.
-_DIFF_PREFIX = ("+", "-", " ")
+_DIFF_PREFIX = re.compile(r"^[+\- ]", re.M)
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Scanner:
     def __init__(self) -> None:
         from detect_secrets.core import scan
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-        from detect_secrets.settings import transient_settings
+        from detect_secrets.settings import get_plugins, transient_settings
 
         names = [plugin.__name__ for plugin in get_mapping_from_secret_type_to_class().values()]
         plugins = [{"name": name} for name in names if name not in DISABLED_PLUGINS]
@@ -93,9 +95,27 @@ class Scanner:
         # The line-based scan that `detect-secrets scan` runs on a file, filters included;
         # its public wrapper wants a file on disk.
         self._scan_lines = scan._process_line_based_plugins
+        self._prefilter = _Prefilter(get_plugins())
 
     def close(self) -> None:
         self._settings.close()
+
+    def candidates(self, text: str) -> list[int]:
+        """0-based numbers of the lines where some plugin's pattern matches."""
+        starts = [0, *(m.end() for m in re.finditer("\n", text))]
+        lines: set[int] = set()
+        hinted = self._prefilter.hinted_lines(text.lower(), starts)
+        for pattern, hints in self._prefilter.patterns:
+            if hints is None:
+                lines.update(_matching_lines(pattern, text, starts))
+                continue
+            # a line must hold a literal of every set the pattern requires
+            maybe = set.intersection(*(set().union(*(hinted.get(h, ()) for h in need)) for need in hints))
+            for line in sorted(maybe):
+                end = starts[line + 1] if line + 1 < len(starts) else len(text)
+                if pattern.search(text, starts[line], end):
+                    lines.add(line)
+        return sorted(lines)
 
     def redact(self, text: str, filename: str = "text.txt", diff: bool = False) -> Redacted:
         """`text` with every secret found replaced by `[REDACTED:<kind>]`, and the counts."""
@@ -103,16 +123,13 @@ class Scanner:
         if not text:
             return out
         out.text = _PRIVATE_KEY.sub(lambda m: _count(out.counts, "private-key"), out.text)
-        lines = out.text.split("\n")
-        candidates = []
-        for i, line in enumerate(lines):
-            body = line[1:] if diff and line.startswith(_DIFF_PREFIX) else line
-            if _CANDIDATE.search(body):
-                candidates.append((i + 1, body))
-        if not candidates:
+        body = _DIFF_PREFIX.sub("", out.text) if diff else out.text
+        numbers = self.candidates(body)
+        if not numbers:
             return out
+        lines, bodies = out.text.split("\n"), body.split("\n")
         found: dict[int, set[tuple[str, str]]] = {}
-        for secret in self._scan_lines(candidates, filename):
+        for secret in self._scan_lines([(n + 1, bodies[n]) for n in numbers], filename):
             if secret.secret_value:
                 found.setdefault(secret.line_number, set()).add((secret.secret_value, kind_of(secret.type)))
         for number, secrets in found.items():
@@ -143,6 +160,111 @@ class Scanner:
 
     def __getstate__(self) -> Any:  # pragma: no cover - a Scanner is made in each worker, never sent
         raise TypeError("make a Scanner in each process")
+
+
+class _Prefilter:
+    """Each plugin's patterns, and for each the literals one of which every match contains.
+
+    The literals of all patterns are found in one pass over the lower-cased text; a
+    pattern then runs only on the lines holding one of its literals (most lines hold
+    none). A pattern with no such literal runs over the whole text.
+    """
+
+    def __init__(self, plugins: list[Any]):
+        self.patterns = [(p, _required_literals(p)) for p in _plugin_patterns(plugins)]
+        hints = sorted({h for _, needs in self.patterns for need in needs or () for h in need}, key=len, reverse=True)
+        self.hints = re.compile("|".join(map(re.escape, hints))) if hints else None
+        # a match of "password" is also one of "pass": every hint inside another counts too
+        self.implied = {h: [o for o in hints if o in h] for h in hints}
+
+    def hinted_lines(self, lowered: str, starts: list[int]) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        if self.hints is None:
+            return found
+        pos = 0
+        while (m := self.hints.search(lowered, pos)) is not None:
+            line = bisect.bisect_right(starts, m.start()) - 1
+            for hint in self.implied[m.group()]:
+                found.setdefault(hint, set()).add(line)
+            pos = m.start() + 1  # overlapping: "passkey" holds "pass" and "skey"
+        return found
+
+
+def _plugin_patterns(plugins: list[Any]) -> list[re.Pattern[str]]:
+    """For each plugin, patterns that together match every line the plugin could report."""
+    from detect_secrets.plugins import keyword
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
+
+    patterns = []
+    for plugin in plugins:
+        if isinstance(plugin, RegexBasedDetector):
+            patterns += [re.compile(p.pattern, p.flags | re.M) for p in plugin.denylist]
+        elif isinstance(plugin, keyword.KeywordDetector):
+            patterns.append(re.compile("|".join(keyword.DENYLIST), re.I))
+        elif isinstance(plugin, HighEntropyStringsPlugin):
+            # n distinct characters carry at most log2(n) bits each: a string shorter than
+            # 2**limit characters cannot pass the plugin's entropy limit.
+            shortest = math.ceil(2**plugin.entropy_limit)
+            charset = re.escape(plugin.charset)
+            patterns.append(re.compile(rf"([\'\"])[{charset}]{{{shortest},}}\1"))
+        else:  # a plugin we know nothing of: every line is a candidate
+            patterns.append(re.compile(r"^", re.M))
+    return patterns
+
+
+def _required_literals(pattern: re.Pattern[str]) -> list[set[str]] | None:
+    """Sets of lower-cased strings: every match of `pattern` contains one string of each set.
+    None when no such set of strings of two characters or more is found."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    try:
+        found = _required(_parser.parse(pattern.pattern, pattern.flags), _parser)
+    except Exception:  # an unusual construct: no prefilter for this pattern
+        return None
+    found = [need for need in found if min(map(len, need)) >= 2]
+    return found or None
+
+
+def _required(seq: Any, parser: Any) -> list[set[str]]:
+    """The necessary-literal sets of a parsed sequence: its literal runs, and the best set
+    of each group, alternation and repeat that must match at least once."""
+    const = parser
+    options: list[set[str]] = []
+    run: list[str] = []
+    for op, av in [*seq, (None, None)]:
+        if op is const.LITERAL:
+            run.append(chr(av).lower())
+            continue
+        if run:
+            options.append({"".join(run)})
+            run = []
+        if op is const.SUBPATTERN:
+            options += _required(av[-1], parser)
+        elif op is const.BRANCH:
+            branches = [_best(_required(b, parser)) for b in av[1]]
+            if all(branches):
+                options.append(set().union(*branches))  # type: ignore[arg-type]
+        elif op in (const.MAX_REPEAT, const.MIN_REPEAT) and av[0] >= 1:
+            options += _required(av[2], parser)
+    return options
+
+
+def _best(options: list[set[str]]) -> set[str] | None:
+    """The most selective of several necessary sets: longest shortest string, fewest strings."""
+    return max(options, key=lambda o: (min(map(len, o)), -len(o)), default=None)
+
+
+def _matching_lines(pattern: re.Pattern[str], text: str, starts: list[int]) -> set[int]:
+    lines: set[int] = set()
+    pos = 0
+    while (m := pattern.search(text, pos)) is not None:
+        line = bisect.bisect_right(starts, m.start()) - 1
+        lines.add(line)
+        if line + 1 >= len(starts):
+            break
+        pos = starts[line + 1]  # the next line: a match that spans lines hides nothing
+    return lines
 
 
 def _count(counts: Counter[str], kind: str) -> str:

@@ -136,29 +136,28 @@ class Pool:
         self.max_tokens = max_tokens
         self.processes = processes or os.cpu_count() or 1
         self._pool: Any = None
-        self._local = False
+        self._ready = False
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], chunksize: int = 8) -> Iterator[R]:
+        if not self._ready:
+            # Set up here, then fork: the workers inherit detect-secrets' compiled plugins and
+            # the tokenizer instead of spending seconds each on building them again.
+            setup(self.tokenizer(), self.max_tokens)
+            self._ready = True
         if self.processes <= 1:
-            if not self._local:
-                setup(self.tokenizer(), self.max_tokens)
-                self._local = True
             yield from map(fn, items)
             return
         if self._pool is None:
-            # fork: the workers start in milliseconds and share the parent's imports
-            self._pool = multiprocessing.get_context("fork").Pool(
-                self.processes, setup, (self.tokenizer(), self.max_tokens)
-            )
+            self._pool = multiprocessing.get_context("fork").Pool(self.processes)
         # A window at a time: imap alone would read every item (a whole history) into memory.
         it = iter(items)
         while window := list(itertools.islice(it, self.processes * chunksize * 16)):
             yield from self._pool.imap(fn, window, chunksize)
 
     def close(self) -> None:
-        if self._local:
+        if self._ready:
             teardown()
-            self._local = False
+            self._ready = False
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
