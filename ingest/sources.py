@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ingest import workers
 from ingest.git import Caps, Commit, MissingObjects, Repo
@@ -23,6 +24,7 @@ from ingest.store import Batch, Store
 from repotune.config import IngestSection
 from repotune.db import now
 
+T = TypeVar("T")
 BATCH = 200  # items per committed batch: short transactions, little lost to an interruption
 _SNIFF = 8000  # bytes looked at for a NUL to call a file binary, as git does
 
@@ -124,9 +126,16 @@ class GitSource:
                     skipped["missing object"] += sum(1 for f in c.files if f.skipped == "missing object")
                 yield c, ctx
 
-        results = (_trust(r, trust_all) for r in job.pool.map(workers.commit, items()))
+        finished = (d for batch in job.pool.map(workers.commits, _batches(items(), 16), chunksize=1) for d in batch)
+        results = (_trust(r, trust_all) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, results, report, total, lambda n: {"done": sorted({*done, last[n - 1]})})
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 def _trust(done: workers.Done, trust_all: bool) -> workers.Done:
@@ -159,7 +168,8 @@ class SnapshotSource:
         kept_chunks: set[str] = set()
 
         def results() -> Iterator[workers.Done]:
-            for done in job.pool.map(workers.document, ((d, ctx) for d in docs)):
+            batches = _batches(((d, ctx) for d in docs), 16)
+            for done in (d for batch in job.pool.map(workers.documents, batches, chunksize=1) for d in batch):
                 kept_chunks.update(r["id"] for r in done.rows.get("chunks", []))
                 yield done
 

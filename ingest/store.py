@@ -47,6 +47,10 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, repo: str):
         self.db = db
         self.repo = repo
+        # Ingest commits many batches. In WAL mode, NORMAL skips the fsync at each commit:
+        # a crash of the process loses nothing, a power cut can roll back the last batches
+        # (with their cursor, so the next run reads them again), and never corrupts the file.
+        db.execute("PRAGMA synchronous = NORMAL")
 
     def add_repo(self, location: str, default_branch: str | None) -> None:
         with transaction(self.db):
@@ -66,9 +70,20 @@ class Store:
         with transaction(self.db):
             for table, rows in batch.rows.items():
                 if rows:
-                    self.db.table(table).upsert_all(rows, pk=KEYS[table])
+                    self._upsert(table, rows)
             if source is not None:
                 self._set_cursor(source, cursor)
+
+    def _upsert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        # One INSERT … ON CONFLICT DO UPDATE per row through executemany: the rows are flat
+        # and typed already, and sqlite-utils' upsert_all (two statements per row, each
+        # value inspected for JSON) cost more than the writing itself on long histories.
+        columns = list(rows[0])
+        keys = KEYS[table]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        sql = (f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))}) "
+               f"on conflict ({', '.join(keys)}) do " + (f"update set {updates}" if updates else "nothing"))
+        self.db.conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
 
     def _set_cursor(self, source: str, value: Any) -> None:
         self.db.table("cursors").upsert(

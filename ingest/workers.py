@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
 from ingest.git import Commit
-from ingest.secrets import Scanner, diff_blocks
+from ingest.secrets import Redacted, Scanner, diff_blocks
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,11 +79,16 @@ def pr_number(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def commit(item: tuple[Commit, Context]) -> Done:
-    c, ctx = item
+def commits(batch: list[tuple[Commit, Context]]) -> list[Done]:
+    """Rows and chunks of a batch of commits (secrets are scanned for the batch at once)."""
     assert _scanner is not None and _chunker is not None, "setup() first"
-    message = _scanner.redact(c.message, "COMMIT_EDITMSG")
-    diff = _scanner.redact_diff(c.diff)
+    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _ in batch])
+    diffs = _scanner.redact_diffs([c.diff for c, _ in batch])
+    return [_commit(c, ctx, m, d) for (c, ctx), m, d in zip(batch, messages, diffs, strict=True)]
+
+
+def _commit(c: Commit, ctx: Context, message: Redacted, diff: Redacted) -> Done:
+    assert _chunker is not None
     trusted = ctx.trusted is None or c.sha in ctx.trusted
     number = pr_number(message.text)
     out = Done(redactions=message.counts + diff.counts)
@@ -113,10 +118,15 @@ def commit(item: tuple[Commit, Context]) -> Done:
     return out
 
 
-def document(item: tuple[Document, Context]) -> Done:
-    d, ctx = item
+def documents(batch: list[tuple[Document, Context]]) -> list[Done]:
+    """Rows and chunks of a batch of documents (secrets are scanned for the batch at once)."""
     assert _scanner is not None and _chunker is not None, "setup() first"
-    redacted = _scanner.redact(d.text, d.path)
+    redacted = _scanner.redact_many([(d.text, d.path, False) for d, _ in batch])
+    return [_document(d, ctx, r) for (d, ctx), r in zip(batch, redacted, strict=True)]
+
+
+def _document(d: Document, ctx: Context, redacted: Redacted) -> Done:
+    assert _chunker is not None
     out = Done(redactions=redacted.counts)
     out.rows["documents"] = [{
         "repo": ctx.repo, "kind": d.kind, "path": d.path, "sha": d.sha, "text": redacted.text,
