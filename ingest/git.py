@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,12 +70,14 @@ class Commit:
     diff: str = ""
     diff_truncated: bool = False
     diff_bytes: int = 0  # before the caps
+    diff_files: int = 0  # files whose diff git's output reached
 
 
 @dataclass
 class Caps:
     file_bytes: int = 16_000
     commit_bytes: int = 64_000
+    block_bytes: int = 32 << 20  # a commit's raw log output kept: file list and the start of the diff
 
 
 class Repo:
@@ -130,15 +133,47 @@ class Repo:
 
     def log(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
         """Commits reachable from `heads` and not from `done`, parents before children."""
+        for block, cut in self.log_blocks(heads, done, caps):
+            yield parse_block(block, cut, caps)
+
+    def log_blocks(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[tuple[bytes, bool]]:
+        """`log`'s output unparsed, one commit's bytes at a time, so that workers can parse it.
+
+        A block is cut (and says so) beyond `caps.block_bytes`: its header and file list
+        come first and are kept, and the diff kept from it is smaller than that anyway.
+        """
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "--numstat", "-p", "-M",
                 "--no-color", "--no-ext-diff", "--no-textconv", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
-        yield from _parse_log(self._stream(args), caps)
+        current, cut = bytearray(), False
+
+        def add(part: bytes) -> None:
+            nonlocal cut
+            room = caps.block_bytes - len(current)
+            current.extend(part[: max(room, 0)])
+            cut = cut or len(part) > room
+
+        pending = b""
+        for chunk in self._stream(args):
+            data = pending + chunk
+            start = 0
+            while (i := data.find(b"\n\x1e", start)) != -1:  # a commit header starts a line
+                add(data[start : i + 1])
+                if current:
+                    yield bytes(current), cut
+                current, cut = bytearray(), False
+                start = i + 1
+            rest = data[start:]
+            pending = b"\n" if rest.endswith(b"\n") else b""  # it may precede the next header
+            add(rest[: len(rest) - len(pending)])
+        add(pending)
+        if current:
+            yield bytes(current), cut
 
     def log_without(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
         """As `log`, when blobs are missing: their files are skipped and marked, the rest diffed."""
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-M", "--no-color",
                 f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
-        commits = list(_parse_log(self._stream(args), caps))
+        commits = list(_parse_log(_lines(self._stream(args)), caps))
         missing = self.missing_blobs(b for c in commits for f in c.files for b in (f.old_blob, f.new_blob))
         for commit in commits:
             lost = {f.path for f in commit.files if {f.old_blob, f.new_blob} & missing}
@@ -154,7 +189,7 @@ class Repo:
         args = ["diff-tree", "--root", "--no-commit-id", "-r", "--raw", "--no-abbrev", "--numstat", "-p", "-M",
                 "--no-color", "--no-ext-diff", "--no-textconv", commit.sha, "--", ".", *exclude]
         header = f"\x1e{commit.sha}\x1f\x1f\x1f\x1f\x1f\x1f\x1f\x1f\n".encode()
-        parsed = next(_parse_log(iter([header, *self.run(*args).splitlines(keepends=True)]), caps))
+        parsed = parse_block(header + self.run(*args), False, caps)
         stats = {f.path: f for f in parsed.files}
         for f in commit.files:
             if f.path in stats:
@@ -162,19 +197,22 @@ class Repo:
         commit.diff, commit.diff_truncated, commit.diff_bytes = parsed.diff, parsed.diff_truncated, parsed.diff_bytes
 
     def _stream(self, args: list[str]) -> Iterator[bytes]:
-        proc = subprocess.Popen(
-            ["git", "-c", "core.quotePath=false", "-C", str(self.path), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), bufsize=1 << 20,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            yield from proc.stdout
-        finally:
-            proc.stdout.close()
-            err = proc.stderr.read()
-            code = proc.wait()
-        if code != 0:
-            raise _error(args, err)
+        """git's output in large chunks; its exit status checked at the end."""
+        with tempfile.TemporaryFile() as stderr:
+            proc = subprocess.Popen(
+                ["git", "-c", "core.quotePath=false", "-C", str(self.path), *args],
+                stdout=subprocess.PIPE, stderr=stderr, env=_env(),
+            )
+            assert proc.stdout is not None
+            try:
+                while chunk := proc.stdout.read(1 << 20):
+                    yield chunk
+            finally:
+                proc.stdout.close()
+                code = proc.wait()
+            if code != 0:
+                stderr.seek(0)
+                raise _error(args, stderr.read())
 
     def files_at(self, commit: str) -> list[tuple[str, str, int]]:
         """(path, blob, size) of every file in `commit`'s tree; size -1 when git cannot read the blob."""
@@ -273,6 +311,28 @@ def _error(args: Iterable[str], stderr: bytes) -> GitError:
 # --- reading `git log --raw --numstat -p` ------------------------------------------------
 
 
+def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
+    """One commit from its bytes of `git log` output (see `Repo.log_blocks`)."""
+    commit = next(_parse_log(iter(block.splitlines(keepends=True)), caps))
+    if cut:
+        commit.diff_truncated = True
+        unseen = len(commit.files) - commit.diff_files
+        if unseen > 0:
+            commit.diff += f"[... {unseen} more files' diffs cut]\n"
+    return commit
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
 def _parse_log(lines: Iterator[bytes], caps: Caps) -> Iterator[Commit]:
     commit: Commit | None = None
     diff = _DiffBuilder(caps)
@@ -352,6 +412,7 @@ class _DiffBuilder:
         self.file_kept = 0
         self.total = 0  # bytes seen
         self.cut_files = 0
+        self.files = 0
         self.truncated = False
         self.started = False
         self.file_cut_noted = True
@@ -360,6 +421,7 @@ class _DiffBuilder:
         self.started = True
         self.total += len(line)
         if line.startswith(b"diff --git "):
+            self.files += 1
             self._end_file()
             self.file_kept, self.file_cut_noted = 0, False
             if self.kept >= self.caps.commit_bytes:
@@ -389,5 +451,5 @@ class _DiffBuilder:
         if self.cut_files:
             self.parts.append(f"[... {self.cut_files} more files' diffs cut]\n".encode())
         commit.diff = b"".join(self.parts).decode("utf-8", "replace")
-        commit.diff_truncated, commit.diff_bytes = self.truncated, self.total
+        commit.diff_truncated, commit.diff_bytes, commit.diff_files = self.truncated, self.total, self.files
         return commit

@@ -61,21 +61,22 @@ class Source(Protocol):
 
 
 def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Report, total: int | None = None,
-               cursor_after: Callable[[int], Any] | None = None) -> None:
+               cursor_after: Callable[[workers.Done], Any] | None = None) -> None:
     """Write results in batches; with `cursor_after`, each batch also moves the source's cursor."""
     source = name if cursor_after else None
     batch, n = Batch(), 0
+    done = workers.Done()
     for done in results:
         for table, rows in done.rows.items():
             batch.add(table, *rows)
         report.redactions.update(done.redactions)
         n += 1
         if n % BATCH == 0:
-            job.store.write(batch, source, cursor_after(n) if cursor_after else None)
+            job.store.write(batch, source, cursor_after(done) if cursor_after else None)
             batch = Batch()
             job.progress(name, n, total, "")
     if len(batch):
-        job.store.write(batch, source, cursor_after(n) if cursor_after else None)
+        job.store.write(batch, source, cursor_after(done) if cursor_after else None)
     job.progress(name, n, total, "")
     report.items += n
 
@@ -100,36 +101,37 @@ class GitSource:
             return report
         on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
             "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
-        ctx = workers.Context(repo=job.store.repo, trusted=on_default, now=now())
-        trust_all = job.config.include_untrusted
         caps = Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes)
+        ctx = workers.Context(repo=job.store.repo, trusted=on_default, now=now(), caps=caps)
+        trust_all = job.config.include_untrusted
         job.progress(self.name, 0, total, "")
         try:
-            self._run(job, job.repo.log(list(heads.values()), done, caps), ctx, done, total, report, trust_all)
+            self._run(job, job.repo.log_blocks(list(heads.values()), done, caps), ctx, done, total, report, trust_all)
         except MissingObjects as e:
             # Read again without the missing blobs; what was written so far stays (upserts).
             report.note = f"objects missing ({e}); their files were skipped"
             done = [sha for sha in (job.store.cursor(self.name) or {}).get("done", done) if job.repo.has_commit(sha)]
             commits = job.repo.log_without(list(heads.values()), done, caps)
-            self._run(job, commits, ctx, done, total, report, trust_all, skipped=report.skipped)
+            self._run(job, commits, ctx, done, total, report, trust_all)
         job.store.write(Batch(), self.name, final)
         return report
 
-    def _run(self, job: Job, commits: Iterator[Commit], ctx: workers.Context, done: list[str], total: int,
-             report: Report, trust_all: bool, skipped: Counter[str] | None = None) -> None:
-        last: list[str] = []
-
-        def items() -> Iterator[tuple[Commit, workers.Context]]:
-            for c in commits:
-                last.append(c.sha)
-                if skipped is not None:
-                    skipped["missing object"] += sum(1 for f in c.files if f.skipped == "missing object")
-                yield c, ctx
-
-        finished = (d for batch in job.pool.map(workers.commits, _batches(items(), 16), chunksize=1) for d in batch)
+    def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
+             done: list[str], total: int, report: Report, trust_all: bool) -> None:
+        items = ((c, ctx) for c in commits)
+        finished = (d for batch in job.pool.map(workers.commits, _batches(items, 16), chunksize=1) for d in batch)
         results = (_trust(r, trust_all) for r in finished)
+        for_report = (_count_skipped(r, report) for r in results)
         # Parents come before children, so after commit N every ancestor of it is stored too.
-        _write_all(job, self.name, results, report, total, lambda n: {"done": sorted({*done, last[n - 1]})})
+        _write_all(job, self.name, for_report, report, total,
+                   lambda last: {"done": sorted({*done, last.rows["commits"][0]["sha"]})})
+
+
+def _count_skipped(done: workers.Done, report: Report) -> workers.Done:
+    for row in done.rows.get("commit_files", []):
+        if row["skipped"]:
+            report.skipped[row["skipped"]] += 1
+    return done
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

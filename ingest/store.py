@@ -51,6 +51,7 @@ class Store:
         # a crash of the process loses nothing, a power cut can roll back the last batches
         # (with their cursor, so the next run reads them again), and never corrupts the file.
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA cache_size = -65536")  # 64 MiB: chunk ids are hashes, so inserts land all over the index
 
     def add_repo(self, location: str, default_branch: str | None) -> None:
         with transaction(self.db):

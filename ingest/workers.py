@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
-from ingest.git import Commit
+from ingest.git import Caps, Commit, parse_block
 from ingest.secrets import Redacted, Scanner, diff_blocks
 
 T = TypeVar("T")
@@ -53,6 +53,7 @@ class Context:
     repo: str
     trusted: set[str] | None = None  # commits on the default branch; None: all
     now: str = ""
+    caps: Caps = field(default_factory=Caps)
 
 
 _scanner: Scanner | None = None
@@ -79,12 +80,14 @@ def pr_number(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def commits(batch: list[tuple[Commit, Context]]) -> list[Done]:
-    """Rows and chunks of a batch of commits (secrets are scanned for the batch at once)."""
+def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context]]) -> list[Done]:
+    """Rows and chunks of a batch of commits, given parsed or as `git log` bytes (parsed
+    here, in the worker); secrets are scanned for the batch at once."""
     assert _scanner is not None and _chunker is not None, "setup() first"
-    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _ in batch])
-    diffs = _scanner.redact_diffs([c.diff for c, _ in batch])
-    return [_commit(c, ctx, m, d) for (c, ctx), m, d in zip(batch, messages, diffs, strict=True)]
+    parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx) for c, ctx in batch]
+    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _ in parsed])
+    diffs = _scanner.redact_diffs([c.diff for c, _ in parsed])
+    return [_commit(c, ctx, m, d) for (c, ctx), m, d in zip(parsed, messages, diffs, strict=True)]
 
 
 def _commit(c: Commit, ctx: Context, message: Redacted, diff: Redacted) -> Done:
