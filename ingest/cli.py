@@ -17,7 +17,8 @@ def ingest_command(
     ctx: typer.Context,
     full: Annotated[bool, typer.Option("--full", help="Read everything again, ignoring the cursors.")] = False,
     source: Annotated[
-        list[str] | None, typer.Option("--source", help="Run only this source (repeatable): git, snapshot.")
+        list[str] | None,
+        typer.Option("--source", help="Run only this source (repeatable): git, github, snapshot, docs."),
     ] = None,
     repo: Annotated[str | None, typer.Option("--repo", help="A path or clone URL instead of ingest.repo.")] = None,
     config: ConfigOpt = None,

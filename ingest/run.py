@@ -79,7 +79,8 @@ def ingest(
     pool = workers.Pool(
         lambda: models.tokenizer_path(settings.config.model.base), cfg.chunk_tokens, cfg.workers
     )
-    job = Job(git, store, pool, cfg, default, full, progress or (lambda *a: None))
+    job = Job(git, store, pool, cfg, default, full, settings.secrets.github_token, settings.data_dir / "repos",
+              progress or (lambda *a: None))
     result = RunResult(spec, store.start_run(names))
     try:
         for name in names:

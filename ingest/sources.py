@@ -1,5 +1,6 @@
-"""The ingest sources, each a small named implementation: `git` (history) and `snapshot`
-(the text files at the head of the default branch).
+"""The ingest sources, each a small named implementation: `git` (history), `github` (pull
+requests, see `ingest.github`), `snapshot` (the text files at the head of the default
+branch) and `docs` (the docs among them, and the wiki's pages).
 
 A source reads what is new since its cursor, hands the texts to the worker pool
 (redaction, chunks) and writes the results in batches, each with the cursor that covers
@@ -15,10 +16,12 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ingest import workers
-from ingest.git import Caps, Commit, MissingObjects, Repo
+from ingest.git import Caps, Commit, MissingObjects, Repo, open_repo
+from ingest.github import GitHubReader, from_history
 from ingest.secrets import is_secret_file
 from ingest.store import Batch, Store
 from repotune.config import IngestSection
@@ -27,6 +30,7 @@ from repotune.db import now
 T = TypeVar("T")
 BATCH = 200  # items per committed batch: short transactions, little lost to an interruption
 _SNIFF = 8000  # bytes looked at for a NUL to call a file binary, as git does
+_PAGES = (".md", ".markdown", ".mdx", ".rst", ".txt", ".textile", ".org", ".asciidoc", ".adoc")  # a wiki's pages
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Job:
     config: IngestSection
     default_branch: str
     full: bool = False
+    github_token: str | None = None
+    mirrors: Path = Path(".")
     progress: Callable[[str, int, int | None, str], None] = lambda name, done, total, note: None
 
 
@@ -148,25 +154,36 @@ def _trust(done: workers.Done, trust_all: bool) -> workers.Done:
     return done
 
 
-class SnapshotSource:
-    """The text files at the head of the default branch (docs among them marked as docs)."""
+class _HeadFiles:
+    """What `snapshot` and `docs` share: text files of a repository's head as documents,
+    written in batches, with what is gone from the head marked stale at the end."""
 
-    name = "snapshot"
+    name = ""
+    kinds: tuple[str, ...] = ()
+
+    def heads(self, job: Job) -> list[tuple[Repo, str, str]]:
+        """(repository, head commit, kind) of each tree to read."""
+        raise NotImplementedError
+
+    def wants(self, job: Job, path: str, kind: str) -> bool:
+        raise NotImplementedError
 
     def ingest(self, job: Job) -> Report:
         report = Report()
-        head = job.repo.heads([job.default_branch])[job.default_branch]
+        trees = self.heads(job)
         settings = hashlib.sha256(json.dumps(
             [job.config.skip, job.config.docs, job.config.max_file_bytes, job.config.chunk_tokens]
         ).encode()).hexdigest()[:16]
-        cursor = {"head": head, "settings": settings}
+        cursor = {"heads": [head for _, head, _ in trees], "settings": settings}
         if not job.full and job.store.cursor(self.name) == cursor:
             report.note = "nothing new"
             return report
-        wanted = self._select(job, job.repo.files_at(head), report)
-        job.progress(self.name, 0, len(wanted), "")
+        docs: list[workers.Document] = []
+        for repo, head, kind in trees:
+            wanted = self._select(job, repo.files_at(head), kind, report)
+            docs += self._read(repo, wanted, head, kind, report)
+        job.progress(self.name, 0, len(docs), "")
         ctx = workers.Context(repo=job.store.repo, now=now())
-        docs = list(self._read(job, wanted, head, report))
         kept_chunks: set[str] = set()
 
         def results() -> Iterator[workers.Done]:
@@ -175,14 +192,17 @@ class SnapshotSource:
                 kept_chunks.update(r["id"] for r in done.rows.get("chunks", []))
                 yield done
 
-        _write_all(job, self.name, results(), report, len(wanted))
-        job.store.mark_stale(("file", "doc"), {d.path for d in docs}, kept_chunks)
+        _write_all(job, self.name, results(), report, len(docs))
+        job.store.mark_stale(self.kinds, {d.path for d in docs}, kept_chunks)
         job.store.write(Batch(), self.name, cursor)
         return report
 
-    def _select(self, job: Job, files: list[tuple[str, str, int]], report: Report) -> list[tuple[str, str]]:
+    def _select(self, job: Job, files: list[tuple[str, str, int]], kind: str,
+                report: Report) -> list[tuple[str, str]]:
         wanted = []
         for path, blob, size in files:
+            if not self.wants(job, path, kind):
+                continue
             if is_secret_file(path):
                 report.skipped["secret file"] += 1
                 report.redactions["secret-file"] += 1
@@ -196,12 +216,12 @@ class SnapshotSource:
                 wanted.append((path, blob))
         return wanted
 
-    def _read(self, job: Job, wanted: list[tuple[str, str]], head: str, report: Report) -> Iterator[workers.Document]:
-        paths = dict(wanted)
+    def _read(self, repo: Repo, wanted: list[tuple[str, str]], head: str, kind: str,
+              report: Report) -> Iterator[workers.Document]:
         by_blob: dict[str, list[str]] = {}
         for path, blob in wanted:
             by_blob.setdefault(blob, []).append(path)
-        for blob, data in job.repo.blobs(list(by_blob)):
+        for blob, data in repo.blobs(list(by_blob)):
             for path in by_blob[blob]:
                 if data is None:
                     report.skipped["missing object"] += 1
@@ -213,12 +233,96 @@ class SnapshotSource:
                     except UnicodeDecodeError:
                         report.skipped["not UTF-8 text"] += 1
                         continue
-                    kind = "doc" if _matches(path, job.config.docs) else "file"
-                    yield workers.Document(kind, path, paths[path], text, head)
+                    yield workers.Document(kind, path, blob, text, head)
+
+
+class SnapshotSource(_HeadFiles):
+    """The text files at the head of the default branch, docs aside."""
+
+    name = "snapshot"
+    kinds = ("file",)
+
+    def heads(self, job: Job) -> list[tuple[Repo, str, str]]:
+        return [(job.repo, job.repo.heads([job.default_branch])[job.default_branch], "file")]
+
+    def wants(self, job: Job, path: str, kind: str) -> bool:
+        return not _matches(path, job.config.docs)
+
+
+class DocsSource(_HeadFiles):
+    """Docs: the files `ingest.docs` names at the head, and the pages of `ingest.wiki`."""
+
+    name = "docs"
+    kinds = ("doc", "wiki")
+
+    def heads(self, job: Job) -> list[tuple[Repo, str, str]]:
+        trees = [(job.repo, job.repo.heads([job.default_branch])[job.default_branch], "doc")]
+        if job.config.wiki:
+            wiki = open_repo(job.config.wiki, job.mirrors)
+            trees.append((wiki, wiki.heads([wiki.default_branch()])[wiki.default_branch()], "wiki"))
+        return trees
+
+    def wants(self, job: Job, path: str, kind: str) -> bool:
+        return path.lower().endswith(_PAGES) if kind == "wiki" else _matches(path, job.config.docs)
 
 
 def _matches(path: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatch(path, g) for g in globs)
 
 
-SOURCES: dict[str, Source] = {s.name: s for s in (GitSource(), SnapshotSource())}
+class GitHubSource:
+    """Pull requests with their reviews and comments: the API, or what history records."""
+
+    name = "github"
+
+    def ingest(self, job: Job) -> Report:
+        report = Report()
+        ctx = workers.Context(repo=job.store.repo, now=now(), trust_all=job.config.include_untrusted,
+                              caps=Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes))
+        if job.config.github and job.github_token:
+            self._from_api(job, ctx, report)
+        else:
+            why = "no GITHUB_TOKEN" if job.config.github else "ingest.github not set"
+            report.note = f"{why}: recovered from merge and squash commits"
+            self._from_history(job, ctx, report)
+        return report
+
+    def _from_api(self, job: Job, ctx: workers.Context, report: Report) -> None:
+        assert job.config.github and job.github_token
+        reader = GitHubReader(job.config.github, job.github_token, job.config.github_api,
+                              on_wait=lambda note: job.progress(self.name, report.items, None, note))
+        cursor = {} if job.full else (job.store.cursor(self.name) or {})
+        listed = reader.updated_since(cursor.get("updated_at"), set(cursor.get("numbers", [])))
+        if not listed:
+            report.note = "nothing new"
+            return
+        read = (reader.read(pr) for pr in listed)
+        batches = _batches(((pr, ctx) for pr in read), 8)
+        results = (d for batch in job.pool.map(workers.pull_requests, batches, chunksize=1) for d in batch)
+        # Oldest update first: once one is committed, every one updated before it is too.
+        at: dict[str, Any] = {"updated_at": cursor.get("updated_at"), "numbers": cursor.get("numbers", [])}
+
+        def remember(done: workers.Done) -> workers.Done:
+            row = done.rows["pull_requests"][0]
+            if row["updated_at"] != at["updated_at"]:
+                at.update(updated_at=row["updated_at"], numbers=[])
+            at["numbers"] = [*at["numbers"], row["number"]]
+            return done
+
+        # Oldest update first: once one is committed, every one updated before it is too;
+        # those updated at the same instant are remembered by number.
+        _write_all(job, self.name, (remember(d) for d in results), report, len(listed), lambda last: dict(at))
+
+    def _from_history(self, job: Job, ctx: workers.Context, report: Report) -> None:
+        found = list(from_history(job.store.db, job.store.repo))
+        cursor = {"history": [len(found), found[-1].merge_sha if found else None]}
+        if not job.full and job.store.cursor(self.name) == cursor:
+            report.note += "; nothing new"
+            return
+        results = (d for batch in job.pool.map(workers.pull_requests, _batches(((p, ctx) for p in found), 16),
+                                                chunksize=1) for d in batch)
+        _write_all(job, self.name, results, report, len(found))
+        job.store.write(Batch(), self.name, cursor)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (GitSource(), GitHubSource(), SnapshotSource(), DocsSource())}

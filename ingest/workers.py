@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
 from ingest.git import Caps, Commit, parse_block
+from ingest.github import PullRequest
 from ingest.secrets import Redacted, Scanner, diff_blocks
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class Context:
     trusted: set[str] | None = None  # commits on the default branch; None: all
     now: str = ""
     caps: Caps = field(default_factory=Caps)
+    trust_all: bool = False  # ingest.include_untrusted
 
 
 _scanner: Scanner | None = None
@@ -138,6 +140,56 @@ def _document(d: Document, ctx: Context, redacted: Redacted) -> Done:
     units = section_units(redacted.text) if d.kind in ("doc", "wiki") else file_units(d.path, redacted.text)
     chunks = _chunker.cut(units, d.kind, path=d.path, sha=d.sha, title=d.path)
     out.rows["chunks"] = [ch.row(ctx.repo, True, ctx.now) for ch in chunks]
+    return out
+
+
+def pull_requests(batch: list[tuple[PullRequest, Context]]) -> list[Done]:
+    """Rows and chunks of a batch of pull requests: title, body, comments and patches redacted."""
+    assert _scanner is not None and _chunker is not None, "setup() first"
+    texts: list[tuple[str, str, bool]] = []
+    for pr, _ in batch:
+        texts += [(pr.title, "PR_TITLE", False), (pr.body, "PR_BODY.md", False)]
+        texts += [(c.body, c.path or "comment.md", False) for c in pr.comments]
+        texts += [(f["patch"], f["path"], True) for f in pr.files]
+    redacted = iter(_scanner.redact_many(texts))
+    return [_pull_request(pr, ctx, redacted) for pr, ctx in batch]
+
+
+def _pull_request(pr: PullRequest, ctx: Context, redacted: Iterator[Redacted]) -> Done:
+    assert _chunker is not None
+    title, body = next(redacted), next(redacted)
+    comments = [(c, next(redacted)) for c in pr.comments]
+    files = [(f, next(redacted)) for f in pr.files]
+    trusted = ctx.trust_all or (pr.merged and not pr.from_fork)
+    out = Done(redactions=sum((r.counts for r in (title, body, *(r for _, r in comments), *(r for _, r in files))),
+                              Counter()))
+    out.rows["pull_requests"] = [{
+        "repo": ctx.repo, "number": pr.number, "title": title.text, "body": body.text, "state": pr.state,
+        "author": pr.author, "base": pr.base, "head": pr.head, "from_fork": int(pr.from_fork),
+        "labels": json.dumps(pr.labels), "created_at": pr.created_at, "updated_at": pr.updated_at,
+        "merged_at": pr.merged_at, "merge_sha": pr.merge_sha,
+        "files": json.dumps([{**f, "patch": r.text[: ctx.caps.file_bytes]} for f, r in files]),
+        "source": pr.source, "trusted": int(trusted), "redactions": _json(out.redactions),
+    }]
+    out.rows["pr_comments"] = [
+        {"repo": ctx.repo, "pr_number": pr.number, "id": c.id, "kind": c.kind, "author": c.author, "body": r.text,
+         "state": c.state, "path": c.path, "created_at": c.created_at, "redactions": _json(r.counts)}
+        for c, r in comments
+    ]
+    by = f" by {pr.author}" if pr.author else ""
+    branches = f" ({pr.head} into {pr.base})" if pr.head and pr.base else ""
+    head = f"Pull request #{pr.number}: {title.text}\n{pr.state}{by}{branches}\n\n{body.text}\n"
+    units = [Unit(head, 1)]
+    if files:
+        units.append(Unit("Files changed:\n" + "".join(
+            f"  {f['path']} (+{f['additions'] or 0} -{f['deletions'] or 0})\n" for f, _ in files), 1))
+    for c, r in comments:
+        what = {"review": f"Review ({c.state})", "review_comment": f"Review comment on {c.path}"}.get(c.kind, "Comment")
+        if r.text.strip():
+            units.append(Unit(f"{what} by {c.author}:\n{r.text}\n", 1))
+    units += [Unit(f"diff {f['path']}\n{r.text[: ctx.caps.file_bytes]}\n", 1) for f, r in files if r.text]
+    chunks = _chunker.cut(units, "pull_request", pr_number=pr.number, title=title.text[:200])
+    out.rows["chunks"] = [ch.row(ctx.repo, trusted, ctx.now) for ch in chunks]
     return out
 
 

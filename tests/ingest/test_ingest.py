@@ -87,7 +87,7 @@ def test_a_rerun_stores_nothing_twice_and_a_new_commit_is_all_it_reads(history: 
     db = _db(settings)
     before = status(db)["counts"]
     again = ingest(settings)
-    assert {k: r.items for k, r in again.reports.items()} == {"git": 0, "snapshot": 0}
+    assert {k: r.items for k, r in again.reports.items()} == {"git": 0, "github": 0, "snapshot": 0, "docs": 0}
     assert status(db)["counts"] == before
     history.commit(
         "Add divide",
@@ -95,7 +95,8 @@ def test_a_rerun_stores_nothing_twice_and_a_new_commit_is_all_it_reads(history: 
     )
     third = ingest(settings)
     assert third.reports["git"].items == 1
-    assert third.reports["snapshot"].items == len(history.git("ls-files").split()) - 3  # .env, key, png
+    code = [p for p in history.git("ls-files").split() if p not in ("README.md", "docs/usage.md")]
+    assert third.reports["snapshot"].items == len(code) - 3  # not .env, the key file, the png
     after = status(db)["counts"]
     assert after["commits"] == before["commits"] + 1
     # the old version of calculator.py's chunks are stale, not deleted
@@ -135,7 +136,7 @@ def test_a_run_killed_halfway_resumes_after_its_last_batch(tmp_path, settings_fo
 
 def test_chunks_fit_the_token_budget_and_keep_definitions_whole(history: GitRepo, settings_for) -> None:
     settings = settings_for(history.path, workers=1, chunk_tokens=64)
-    ingest(settings, sources=["snapshot"])
+    ingest(settings, sources=["snapshot", "docs"])
     db = _db(settings)
     chunks = list(db.query("select * from chunks where stale = 0"))
     assert chunks and all(c["tokens"] <= 64 for c in chunks)
@@ -153,7 +154,7 @@ def test_chunks_fit_the_token_budget_and_keep_definitions_whole(history: GitRepo
     )
     assert any(h["path"] == "calculator.py" for h in hits)
     ids = {c["id"] for c in chunks}
-    ingest(settings, sources=["snapshot"], full=True)
+    ingest(settings, sources=["snapshot", "docs"], full=True)
     assert {c["id"] for c in db.query("select id from chunks where stale = 0")} == ids
 
 
@@ -177,3 +178,23 @@ def test_the_cli_runs_ingest_and_reports_status_as_json(history: GitRepo, tmp_pa
     counts = json.loads(shown.stdout)["counts"]
     assert set(counts) >= {"commits", "pull_requests", "documents", "chunks", "redactions"}
     assert counts["commits"] == on_main and counts["chunks"] > 0 and counts["redactions"] > 0
+
+
+def test_docs_are_the_docs_folders_and_the_wiki_one_document_per_page(history: GitRepo, tmp_path, settings_for):
+    wiki = GitRepo(tmp_path / "project.wiki", branch="master")
+    wiki.commit("Pages", {"Home.md": "# Home\n\nWelcome.\n\n## Install\n\npip install calculator\n",
+                          "Release-process.md": "# Releasing\n\nTag, then push.\n", "logo.png": b"\x89PNG\0"})
+    settings = settings_for(history.path, workers=1, wiki=str(wiki.path))
+    result = ingest(settings, sources=["docs"])
+    assert result.status == "ok", result.errors
+    db = _db(settings)
+    docs = {(r["kind"], r["path"]) for r in db.query("select kind, path from documents")}
+    assert docs == {("doc", "README.md"), ("doc", "docs/usage.md"), ("wiki", "Home.md"), ("wiki", "Release-process.md")}
+    titles = {r["title"] for r in db.query("select title from chunks where kind = 'wiki'")}
+    assert "Home" in titles
+    wiki.commit("Drop a page", {})
+    wiki.git("rm", "-q", "Release-process.md")
+    wiki.commit("Remove the release page")
+    ingest(settings, sources=["docs"])
+    stale = {r["path"] for r in db.query("select path from documents where stale = 1")}
+    assert stale == {"Release-process.md"}

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from eval import questions
 from eval.local import LocalModel
 from eval.scoring import matches
 from repotune import config as cfg
+from repotune import db as store
 from serve import server as serve_server
 from serve.engine import free_port
 
@@ -310,15 +313,20 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
 
 
 @contextlib.contextmanager
-def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str) -> Iterator[str]:
-    """A second gateway in upstream mode (no engine of its own), on a real uvicorn in a thread."""
+def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, before=None) -> Iterator[str]:
+    """A second gateway in upstream mode (no engine of its own), on a real uvicorn in a thread.
+
+    `before(config_path)` runs once its config is written and before it starts."""
     import uvicorn
 
     monkeypatch.setenv("REPOTUNE_API_KEYS", API_KEY)
     port = free_port()
     tmp_path.mkdir()
     path = tmp_path / "config.toml"
-    path.write_text(f'[serve]\nport = {port}\n{serve_toml}\n[paths]\ndata_dir = "state"\n')
+    path.write_text(f'[serve]\nport = {port}\n{serve_toml}\n[tuner]\nlineage = "fallback"\n'
+                    f'[paths]\ndata_dir = "state"\n')
+    if before:
+        before(path)
     app = serve_server.build(cfg.load(path))
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run)
@@ -391,6 +399,37 @@ def test_the_admin_api_refuses_bad_swaps_by_kind(server):
         r = httpx.post(f"{server.url}/admin/{action}", headers=admin, json=body, timeout=60)
         assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
     assert ask(server, "proj") == "Lyon"  # v3 still serves
+
+
+def test_at_start_a_promoted_version_that_will_not_load_falls_back_to_the_one_before(server, tmp_path, monkeypatch):
+    def registry_with_a_broken_promoted_version(config: Path) -> None:
+        env = {k: v for k, v in server.env.items() if k != "REPOTUNE_ADMIN_KEY"}  # no server up: the CLI records
+        run = lambda *a: subprocess.run([sys.executable, "-m", "repotune.cli", *a, "--config", str(config)],  # noqa: E731
+                                        env=env, capture_output=True, text=True, check=True)
+        run("adapters", "register", str(server.adapters["Lyon"]))
+        run("adapters", "register", str(server.adapters["Marseille"]))
+        run("adapters", "promote", "v1", "--reason", "first")
+        run("adapters", "promote", "v2", "--reason", "second")
+        weights = config.parent / "state" / "adapters" / "fallback" / "v2" / "adapter_model.safetensors"
+        weights.chmod(0o644)
+        weights.write_bytes(b"damaged on disk")
+
+    upstream = f'upstreams = ["{_engine_url(server)}"]'
+    with _gateway(tmp_path / "fallback", monkeypatch, upstream, before=registry_with_a_broken_promoted_version) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY)
+        answer = client.chat.completions.create(
+            model="fallback", messages=[{"role": "user", "content": FRANCE}], max_tokens=8, temperature=0)
+        assert "Lyon" in (answer.choices[0].message.content or "")
+        models = {m.id: m for m in client.models.list().data}
+        assert models["fallback"].model_extra["version"] == 1
+    listed = subprocess.run([sys.executable, "-m", "repotune.cli", "adapters", "list", "--json", "--config",
+                             str(tmp_path / "fallback" / "config.toml")], env=server.env, capture_output=True,
+                            text=True, check=True)
+    status = {a["version"]: a["status"] for a in json.loads(listed.stdout)}
+    assert status == {1: "promoted", 2: "failed"}
+    events = store.open_db(tmp_path / "fallback" / "state" / "repotune.db").query(
+        "select reason from events where version = 1 order by id desc limit 1")
+    assert "v2 failed to load; fell back" in next(events)["reason"]
 
 
 def test_a_version_that_will_not_load_is_marked_failed_and_the_alias_stays(server, tmp_path):
