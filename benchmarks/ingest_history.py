@@ -194,7 +194,7 @@ def main() -> None:
     config.write_text(f'[paths]\ndata_dir = "{root / "state"}"\n[ingest]\nrepo = "{repo}"\n')
     cli = [sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config), "--json"]
     start = time.perf_counter()
-    first = json.loads(subprocess.run(cli + ["--full"], check=True, capture_output=True, text=True).stdout)
+    first = json.loads(subprocess.run([*cli, "--full"], check=True, capture_output=True, text=True).stdout)
     full = time.perf_counter() - start
     rerun = timed(cli)
     again = json.loads(subprocess.run(cli, check=True, capture_output=True, text=True).stdout)

@@ -314,11 +314,14 @@ class GitHubSource:
         _write_all(job, self.name, (remember(d) for d in results), report, len(listed), lambda last: dict(at))
 
     def _from_history(self, job: Job, ctx: workers.Context, report: Report) -> None:
-        found = list(from_history(job.store.db, job.store.repo))
-        cursor = {"history": [len(found), found[-1].merge_sha if found else None]}
+        count, last = job.store.db.execute(
+            "select count(*), max(committed_at) from commits where repo = ? and pr_number is not null "
+            "and on_default_branch = 1", [job.store.repo]).fetchone()
+        cursor = {"history": [count, last]}
         if not job.full and job.store.cursor(self.name) == cursor:
             report.note += "; nothing new"
             return
+        found = list(from_history(job.store.db, job.store.repo))
         results = (d for batch in job.pool.map(workers.pull_requests, _batches(((p, ctx) for p in found), 16),
                                                 chunksize=1) for d in batch)
         _write_all(job, self.name, results, report, len(found))
