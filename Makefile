@@ -33,7 +33,7 @@ $(STAMP):
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy repotune serve
+	$(BIN)/mypy repotune serve ingest
 
 test: lint
 	$(BIN)/pytest

@@ -91,7 +91,8 @@ class Scanner:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
         from detect_secrets.settings import get_plugins, transient_settings
 
-        names = [plugin.__name__ for plugin in get_mapping_from_secret_type_to_class().values()]
+        mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
+        names = [plugin.__name__ for plugin in mapping.values()]
         plugins = [{"name": name} for name in names if name not in DISABLED_PLUGINS]
         self._settings = contextlib.ExitStack()
         self._settings.enter_context(transient_settings({"plugins_used": plugins}))
