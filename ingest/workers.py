@@ -9,6 +9,7 @@ ever written.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import multiprocessing
@@ -213,6 +214,9 @@ class Pool:
             yield from map(fn, items)
             return
         if self._pool is None:
+            # Frozen before the fork, the objects the workers inherit are never walked (and so
+            # never copied page by page) by their garbage collector.
+            gc.freeze()
             self._pool = multiprocessing.get_context("fork").Pool(self.processes)
         # A window at a time: imap alone would read every item (a whole history) into memory.
         it = iter(items)
@@ -227,6 +231,7 @@ class Pool:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+            gc.unfreeze()
 
 
 def _json(counts: Counter[str]) -> str:
