@@ -108,29 +108,35 @@ class GitSource:
         on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
             "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
         caps = Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes)
-        ctx = workers.Context(repo=job.store.repo, trusted=on_default, now=now(), caps=caps)
-        trust_all = job.config.include_untrusted
+        # The set of commits on the default branch stays here: sent with each batch, it would be
+        # pickled hundreds of times over a long history.
+        ctx = workers.Context(repo=job.store.repo, now=now(), caps=caps, trust_all=job.config.include_untrusted)
         job.progress(self.name, 0, total, "")
         try:
-            self._run(job, job.repo.log_blocks(list(heads.values()), done, caps), ctx, done, total, report, trust_all)
+            self._run(job, job.repo.log_blocks(list(heads.values()), done, caps), ctx, done, total, report,
+                      on_default)
         except MissingObjects as e:
             # Read again without the missing blobs; what was written so far stays (upserts).
             report.note = f"objects missing ({e}); their files were skipped"
             done = [sha for sha in (job.store.cursor(self.name) or {}).get("done", done) if job.repo.has_commit(sha)]
             commits = job.repo.log_without(list(heads.values()), done, caps)
-            self._run(job, commits, ctx, done, total, report, trust_all)
+            self._run(job, commits, ctx, done, total, report, on_default)
         job.store.write(Batch(), self.name, final)
         return report
 
     def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
-             done: list[str], total: int, report: Report, trust_all: bool) -> None:
-        items = ((c, ctx) for c in commits)
+             done: list[str], total: int, report: Report, on_default: set[str]) -> None:
+        items = ((c, ctx, _sha(c) in on_default) for c in commits)
         finished = (d for batch in job.pool.map(workers.commits, _batches(items, 16), chunksize=1) for d in batch)
-        results = (_trust(r, trust_all) for r in finished)
-        for_report = (_count_skipped(r, report) for r in results)
+        for_report = (_count_skipped(r, report) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, for_report, report, total,
                    lambda last: {"done": sorted({*done, last.rows["commits"][0]["sha"]})})
+
+
+def _sha(commit: Commit | tuple[bytes, bool]) -> str:
+    """A commit's sha, parsed or not (its `git log` block starts with 0x1e and the sha)."""
+    return commit.sha if isinstance(commit, Commit) else commit[0][1:41].decode()
 
 
 def _count_skipped(done: workers.Done, report: Report) -> workers.Done:
@@ -144,14 +150,6 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
         yield batch
-
-
-def _trust(done: workers.Done, trust_all: bool) -> workers.Done:
-    if trust_all:
-        for table in ("commits", "chunks"):
-            for row in done.rows.get(table, []):
-                row["trusted"] = 1
-    return done
 
 
 class _HeadFiles:

@@ -53,7 +53,6 @@ class Done:
 @dataclass
 class Context:
     repo: str
-    trusted: set[str] | None = None  # commits on the default branch; None: all
     now: str = ""
     caps: Caps = field(default_factory=Caps)
     trust_all: bool = False  # ingest.include_untrusted
@@ -83,19 +82,20 @@ def pr_number(message: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context]]) -> list[Done]:
+def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context, bool]]) -> list[Done]:
     """Rows and chunks of a batch of commits, given parsed or as `git log` bytes (parsed
-    here, in the worker); secrets are scanned for the batch at once."""
+    here, in the worker), each with whether it is on the default branch; secrets are
+    scanned for the batch at once."""
     assert _scanner is not None and _chunker is not None, "setup() first"
-    parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx) for c, ctx in batch]
-    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _ in parsed])
-    diffs = _scanner.redact_diffs([c.diff for c, _ in parsed])
-    return [_commit(c, ctx, m, d) for (c, ctx), m, d in zip(parsed, messages, diffs, strict=True)]
+    parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx, on) for c, ctx, on in batch]
+    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _, _ in parsed])
+    diffs = _scanner.redact_diffs([c.diff for c, _, _ in parsed])
+    return [_commit(c, ctx, on, m, d) for (c, ctx, on), m, d in zip(parsed, messages, diffs, strict=True)]
 
 
-def _commit(c: Commit, ctx: Context, message: Redacted, diff: Redacted) -> Done:
+def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: Redacted) -> Done:
     assert _chunker is not None
-    trusted = ctx.trusted is None or c.sha in ctx.trusted
+    trusted = on_default or ctx.trust_all
     number = pr_number(message.text)
     out = Done(redactions=message.counts + diff.counts)
     out.rows["commits"] = [{
@@ -104,7 +104,7 @@ def _commit(c: Commit, ctx: Context, message: Redacted, diff: Redacted) -> Done:
         "committed_at": c.committed_at, "message": message.text, "diff": diff.text,
         "diff_truncated": int(c.diff_truncated), "files_changed": len(c.files),
         "insertions": sum(f.insertions or 0 for f in c.files), "deletions": sum(f.deletions or 0 for f in c.files),
-        "on_default_branch": int(trusted), "pr_number": number, "trusted": int(trusted),
+        "on_default_branch": int(on_default), "pr_number": number, "trusted": int(trusted),
         "redactions": _json(out.redactions),
     }]
     out.rows["commit_files"] = [
