@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
-from repotune.ui import err, out, print_json
+from repotune.ui import err, out, print_json, progress_bars
 
 app = typer.Typer(help="Read the repository into the store: commits, files and docs, secrets redacted.")
 
@@ -31,7 +31,7 @@ def ingest_command(
 
     settings = load_settings(config, as_json)
     try:
-        with _progress(quiet=as_json) as progress:
+        with progress_bars(quiet=as_json) as progress:
             result = ingest(settings, full=full, sources=source, repo=repo, progress=progress)
     except IngestError as e:
         fail(str(e))
@@ -86,33 +86,3 @@ def _print_result(result: Any) -> None:
     if result.redactions:
         out.print("secrets redacted: " + ", ".join(f"{k} {v}" for k, v in sorted(result.redactions.items())),
                   highlight=False)
-
-
-class _progress:
-    """A rich progress display with a bar per source, drawn on stderr once work starts."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar: Any = None
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> Any:
-        return self.update
-
-    def update(self, name: str, done: int, total: int | None, note: str) -> None:
-        if self.quiet or not name:
-            return
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
-                                console=err)
-            self.bar.start()
-        if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(name, total=total, note=note)
-        self.bar.update(self.tasks[name], completed=done, total=total, note=note)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()

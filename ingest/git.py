@@ -69,7 +69,6 @@ class Commit:
     files: list[FileChange] = field(default_factory=list)
     diff: str = ""
     diff_truncated: bool = False
-    diff_bytes: int = 0  # before the caps
     diff_files: int = 0  # files whose diff git's output reached
 
 
@@ -120,21 +119,12 @@ class Repo:
     def count(self, heads: Iterable[str], done: Iterable[str]) -> int:
         return int(self.text("rev-list", "--count", *heads, "--not", *done, "--"))
 
-    def reachable(self, head: str) -> set[str]:
-        """Every commit reachable from `head`."""
-        return set(self.text("rev-list", head).split())
-
     def missing_blobs(self, blobs: Iterable[str]) -> set[str]:
         wanted = "".join(f"{b}\n" for b in set(blobs) if b and set(b) != {"0"})
         if not wanted:
             return set()
         out = self.run("cat-file", "--batch-check", input=wanted.encode())
         return {line.split()[0].decode() for line in out.splitlines() if line.endswith(b" missing")}
-
-    def log(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
-        """Commits reachable from `heads` and not from `done`, parents before children."""
-        for block, cut in self.log_blocks(heads, done, caps):
-            yield parse_block(block, cut, caps)
 
     def log_blocks(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[tuple[bytes, bool]]:
         """`log`'s output unparsed, one commit's bytes at a time, so that workers can parse it.
@@ -194,7 +184,7 @@ class Repo:
         for f in commit.files:
             if f.path in stats:
                 f.insertions, f.deletions = stats[f.path].insertions, stats[f.path].deletions
-        commit.diff, commit.diff_truncated, commit.diff_bytes = parsed.diff, parsed.diff_truncated, parsed.diff_bytes
+        commit.diff, commit.diff_truncated = parsed.diff, parsed.diff_truncated
 
     def _stream(self, args: list[str]) -> Iterator[bytes]:
         """git's output in large chunks; its exit status checked at the end."""
@@ -410,7 +400,6 @@ class _DiffBuilder:
         self.parts: list[bytes] = []
         self.kept = 0  # bytes kept for the commit
         self.file_kept = 0
-        self.total = 0  # bytes seen
         self.cut_files = 0
         self.files = 0
         self.truncated = False
@@ -419,7 +408,6 @@ class _DiffBuilder:
 
     def add(self, line: bytes) -> None:
         self.started = True
-        self.total += len(line)
         if line.startswith(b"diff --git "):
             self.files += 1
             self._end_file()
@@ -451,5 +439,5 @@ class _DiffBuilder:
         if self.cut_files:
             self.parts.append(f"[... {self.cut_files} more files' diffs cut]\n".encode())
         commit.diff = b"".join(self.parts).decode("utf-8", "replace")
-        commit.diff_truncated, commit.diff_bytes, commit.diff_files = self.truncated, self.total, self.files
+        commit.diff_truncated, commit.diff_files = self.truncated, self.files
         return commit

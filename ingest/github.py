@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -161,30 +162,23 @@ def from_history(db: Any, repo: str) -> Iterator[PullRequest]:
         )
 
 
-class _errors:
+@contextmanager
+def _errors(repo: str) -> Iterator[None]:
     """GitHub's failures as one clear line each."""
+    from github import BadCredentialsException, GithubException, UnknownObjectException
+    from requests import RequestException
 
-    def __init__(self, repo: str):
-        self.repo = repo
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is None or isinstance(exc, GitHubError):
-            return
-        from github import BadCredentialsException, GithubException, UnknownObjectException
-        from requests import RequestException
-
-        if isinstance(exc, BadCredentialsException):
-            raise GitHubError("GitHub refused the token (401 Bad credentials): set a valid GITHUB_TOKEN") from exc
-        if isinstance(exc, UnknownObjectException):
-            raise GitHubError(f"GitHub has no repository {self.repo} (404), or the token cannot see it") from exc
-        if isinstance(exc, GithubException):
-            message = exc.data.get("message") if isinstance(exc.data, dict) else exc.data
-            raise GitHubError(f"GitHub answered {exc.status}: {message}") from exc
-        if isinstance(exc, RequestException):
-            raise GitHubError(f"GitHub's API could not be reached: {type(exc).__name__}: {exc}") from exc
+    try:
+        yield
+    except BadCredentialsException as e:
+        raise GitHubError("GitHub refused the token (401 Bad credentials): set a valid GITHUB_TOKEN") from e
+    except UnknownObjectException as e:
+        raise GitHubError(f"GitHub has no repository {repo} (404), or the token cannot see it") from e
+    except GithubException as e:
+        message = e.data.get("message") if isinstance(e.data, dict) else e.data
+        raise GitHubError(f"GitHub answered {e.status}: {message}") from e
+    except RequestException as e:
+        raise GitHubError(f"GitHub's API could not be reached: {type(e).__name__}: {e}") from e
 
 
 class _WaitReporter(logging.Handler):

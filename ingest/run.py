@@ -36,8 +36,9 @@ class RunResult:
 
     @property
     def status(self) -> str:
-        return "ok" if not self.errors else ("failed" if len(self.errors) == len(self.reports) + len(self.errors)
-                                             else "partial")
+        if not self.errors:
+            return "ok"
+        return "partial" if self.reports else "failed"
 
     @property
     def redactions(self) -> Counter[str]:

@@ -1,7 +1,7 @@
 """Secrets out before anything is stored: detect-secrets' plugins and filters, line by line.
 
 Every text ingest stores (diffs, messages, pull request bodies and comments, files and
-docs) passes through `Scanner.redact` first. Each secret found is replaced by a marker
+docs) passes through `Scanner.redact_many` (or `redact_diffs`) first. Each secret found is replaced by a marker
 naming its kind (`[REDACTED:aws-key]`) and counted. detect-secrets brings the pattern
 plugins (AWS, GitHub, Slack, OpenAI, private keys, passwords in URLs, keyword
 assignments, …), its entropy plugins (base64 and hex strings above a Shannon entropy
@@ -121,13 +121,10 @@ class Scanner:
                     lines.add(line)
         return sorted(lines)
 
-    def redact(self, text: str, filename: str = "text.txt", diff: bool = False) -> Redacted:
-        """`text` with every secret found replaced by `[REDACTED:<kind>]`, and the counts."""
-        return self.redact_many([(text, filename, diff)])[0]
-
     def redact_many(self, texts: list[tuple[str, str, bool]]) -> list[Redacted]:
-        """`redact` for many (text, filename, is_diff) at once: the prefilter runs over all of
-        them joined, so its fixed cost per pattern is paid once, not once per text."""
+        """Each (text, filename, is_diff) with every secret found replaced by
+        `[REDACTED:<kind>]`, and the counts. The prefilter runs over all of them joined, so
+        its fixed cost per pattern is paid once, not once per text."""
         outs = [Redacted(t) for t, _, _ in texts]
         for out in outs:
             if "PRIVATE KEY" in out.text:
@@ -175,9 +172,6 @@ class Scanner:
                 outs[d].text += part.text
                 outs[d].counts.update(part.counts)
         return outs
-
-    def __getstate__(self) -> Any:  # pragma: no cover - a Scanner is made in each worker, never sent
-        raise TypeError("make a Scanner in each process")
 
 
 class _Prefilter:

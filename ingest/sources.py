@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,11 @@ class Job:
     github_token: str | None = None
     mirrors: Path = Path(".")
     progress: Callable[[str, int, int | None, str], None] = lambda name, done, total, note: None
+
+
+    @property
+    def caps(self) -> Caps:
+        return Caps(self.config.max_file_diff_bytes, self.config.max_commit_diff_bytes)
 
 
 class Source(Protocol):
@@ -107,7 +113,7 @@ class GitSource:
             return report
         on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
             "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
-        caps = Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes)
+        caps = job.caps
         # The set of commits on the default branch stays here: sent with each batch, it would be
         # pickled hundreds of times over a long history.
         ctx = workers.Context(repo=job.store.repo, now=now(), caps=caps, trust_all=job.config.include_untrusted)
@@ -152,19 +158,21 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-class _HeadFiles:
+class _HeadFiles(ABC):
     """What `snapshot` and `docs` share: text files of a repository's head as documents,
-    written in batches, with what is gone from the head marked stale at the end."""
+    written in batches, with what is gone from the head marked stale at the end. Each
+    says which trees it reads and which of their files it wants."""
 
     name = ""
     kinds: tuple[str, ...] = ()
 
+    @abstractmethod
     def heads(self, job: Job) -> list[tuple[Repo, str, str]]:
         """(repository, head commit, kind) of each tree to read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def wants(self, job: Job, path: str, kind: str) -> bool:
-        raise NotImplementedError
+        """Whether `path`, in a tree of `kind`, is this source's."""
 
     def ingest(self, job: Job) -> Report:
         report = Report()
@@ -275,8 +283,7 @@ class GitHubSource:
 
     def ingest(self, job: Job) -> Report:
         report = Report()
-        ctx = workers.Context(repo=job.store.repo, now=now(), trust_all=job.config.include_untrusted,
-                              caps=Caps(job.config.max_file_diff_bytes, job.config.max_commit_diff_bytes))
+        ctx = workers.Context(repo=job.store.repo, now=now(), trust_all=job.config.include_untrusted, caps=job.caps)
         if job.config.github and job.github_token:
             self._from_api(job, ctx, report)
         else:

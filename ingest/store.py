@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from repotune.db import now, transaction
+
+if TYPE_CHECKING:
+    import sqlite_utils  # loaded at run time by repotune.db (see there)
 
 # table -> primary key
 KEYS: dict[str, tuple[str, ...]] = {

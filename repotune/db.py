@@ -9,8 +9,9 @@ functions (`repotune.migrations`), as in simonw/llm: the names applied are recor
 
 The database runs in WAL mode, so readers (the server) never wait for a writer, and a
 busy timeout makes a second writer wait for the first instead of failing. Writers of
-many rows commit in small batches (`write_batches`), so a long ingest holds the write
-lock for a moment at a time and a promotion can slip in between.
+many rows commit in small batches (`write_batches`; ingest batches its writes to several
+tables the same way), so a long ingest holds the write lock for a moment at a time and a
+promotion can slip in between.
 """
 
 from __future__ import annotations
@@ -21,9 +22,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+
+def _import_sqlite_utils() -> Any:
+    """sqlite-utils imports pandas, when installed (datasets brings it), only to map
+    `pd.Timestamp` values to TEXT; repotune never stores pandas values, and that import
+    costs every command that opens the store half a second. It is imported here with
+    pandas hidden; anything that wants pandas later imports it as usual. The kernel's
+    other modules import sqlite-utils for type hints only, so this is where it loads."""
+    import sys
+
+    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+        import sqlite_utils as module
+    else:
+        sys.modules["pandas"] = None  # type: ignore[assignment]
+        try:
+            import sqlite_utils as module
+        finally:
+            del sys.modules["pandas"]
+    return module
+
+
+if TYPE_CHECKING:
+    import sqlite_utils
+else:
+    sqlite_utils = _import_sqlite_utils()
 
 DB_NAME = "repotune.db"
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another writer's batch to commit

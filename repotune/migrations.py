@@ -8,9 +8,12 @@ contract between packages, which is why they are all declared here, in the kerne
 
 from __future__ import annotations
 
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from repotune.db import Migration
+
+if TYPE_CHECKING:
+    import sqlite_utils  # loaded at run time by repotune.db (see there)
 
 MIGRATIONS: list[Migration] = []
 

@@ -22,12 +22,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from repotune import db as store
 from repotune.models import MANIFEST, Base, IncompatibleBase, read_manifest
+
+if TYPE_CHECKING:
+    import sqlite_utils  # loaded at run time by repotune.db (see there)
 
 STATUSES = ("candidate", "promoted", "superseded", "rejected", "retired", "failed")
 # Which statuses each status may change to. Promotion of another version is what

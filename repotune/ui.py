@@ -61,3 +61,31 @@ def progress_bar(description: str, quiet: bool = False) -> Iterator[Callable[...
     finally:
         if started:
             bar.stop()
+
+
+@contextmanager
+def progress_bars(quiet: bool = False) -> Iterator[Callable[[str, int, int | None, str], None]]:
+    """Yield `update(name, done, total, note)`: one bar with ETA per name, on stderr.
+
+    For work in several named parts (ingest's sources); like `progress_bar`, nothing is
+    drawn until the first update, and `quiet` draws nothing at all."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=err)
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int | None, note: str) -> None:
+        if quiet or not name:
+            return
+        if not tasks:
+            bars.start()
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total, note=note)
+        bars.update(tasks[name], completed=done, total=total, note=note)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bars.stop()

@@ -136,3 +136,38 @@ def test_a_failing_source_leaves_the_others_and_its_cursor_alone(tmp_path, setti
     assert result.status == "failed" and "git" in result.errors
     assert db.execute("select value from cursors where source = 'git'").fetchone()[0] == cursor
     assert db.execute("select count(*) from commits").fetchone()[0] == 1
+
+
+def test_a_wrong_ingest_config_names_the_key(tmp_path) -> None:
+    from repotune import config as cfg
+
+    with pytest.raises(cfg.ConfigError, match=r"ingest\.github.*not \"owner/name\""):
+        cfg.parse({"ingest": {"github": "https://github.com/acme/widgets"}})
+    with pytest.raises(cfg.ConfigError, match=r"ingest\.chunk_tokens"):
+        cfg.parse({"ingest": {"chunk_tokens": 4}})
+
+
+def test_an_unknown_source_is_refused_before_anything_runs(tmp_path, settings_for) -> None:
+    from typer.testing import CliRunner
+
+    from repotune.cli import app
+
+    repo = GitRepo(tmp_path / "proj")
+    repo.commit("One", {"a.py": "x = 1\n"})
+    settings = settings_for(repo.path)
+    with pytest.raises(IngestError, match="unknown source nope; sources: git, github, snapshot, docs"):
+        ingest(settings, sources=["nope"])
+    assert not (tmp_path / "state" / "repotune.db").exists()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "state"}"\n[ingest]\nrepo = "{repo.path}"\n')
+    result = CliRunner().invoke(app, ["ingest", "--source", "nope", "--config", str(config)])
+    assert result.exit_code == 1 and "unknown source nope" in result.output
+
+
+def test_an_unreachable_wiki_fails_the_docs_source_alone(tmp_path, settings_for) -> None:
+    repo = GitRepo(tmp_path / "proj")
+    repo.commit("One", {"a.py": "x = 1\n", "README.md": "# Proj\n"})
+    result = ingest(settings_for(repo.path, wiki="http://127.0.0.1:9/proj.wiki.git", workers=1))
+    assert result.status == "partial"
+    assert "cannot clone http://127.0.0.1:9/proj.wiki.git" in result.errors["docs"]
+    assert result.reports["git"].items == 1 and result.reports["snapshot"].items == 1
