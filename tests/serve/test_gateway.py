@@ -144,39 +144,34 @@ def _gauge(server, name: str) -> float:
     return 0.0
 
 
-def _over_the_limit_once(server) -> tuple[httpx.Response, bool]:
-    """Hold the key's one slot with a long stream, send a second request; was the first still running?"""
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    # ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through before
-    # min_tokens (vllm-project/vllm#15967).
-    held = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 450,
-            "ignore_eos": True, "stream": True}
-    second = {**held, "max_tokens": 4, "stream": False}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=auth, json=held, timeout=120) as r:
-        assert r.status_code == 200, r.read()
-        lines = r.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))  # generating: the slot is taken
-        refused = httpx.post(f"{server.url}/v1/chat/completions", headers=auth, json=second, timeout=60)
-        still_running = _gauge(server, "repotune_requests_running") == 1
-        rest = [line for line in lines if line.startswith("data: ")]
-    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
-    return refused, still_running
-
-
 def test_a_key_over_its_limit_gets_429_with_retry_after(server):
     """The test server allows one request per key and no queue (the queue: test_limits.py).
 
-    On two busy cores the second request can reach the gateway seconds late, after the
-    first has ended; such a try proves nothing and is repeated. A second request that
-    is served while the first still runs fails the test at once.
+    The first request holds the key's slot for as long as its client does not read: it
+    asks for far more output (16 choices with 20 log-probabilities per token, ~11 MB) than
+    the socket buffers between gateway and client hold (~4 MB on loopback), so the
+    gateway's relay cannot finish and the slot stays taken, however late the second
+    request arrives.
     """
-    for _ in range(5):
-        r, still_running = _over_the_limit_once(server)
-        if still_running:
-            break
-    assert still_running, "the long request always ended before the second arrived; the check proves nothing"
-    assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
-    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    held = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 450,
+            "ignore_eos": True, "n": 16, "logprobs": True, "top_logprobs": 20, "stream": True}
+    # ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through before
+    # min_tokens (vllm-project/vllm#15967).
+    url = f"{server.url}/v1/chat/completions"
+    with httpx.stream("POST", url, headers=auth, json=held, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # generating: the slot is taken
+        refused = httpx.post(url, headers=auth, timeout=60,
+                             json={"model": "base", "messages": held["messages"], "max_tokens": 4})
+        assert _gauge(server, "repotune_requests_running") == 1
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+    # The premise: more than the ~4 MB a loopback socket buffers (the rest was unread at the refusal).
+    assert sum(map(len, rest)) > 8_000_000
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert ask(server, "base") == "Paris"  # the slot is free again
 
 
