@@ -29,9 +29,10 @@ import itertools
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 # Files never stored, whatever their content.
 SECRET_FILES = (
@@ -106,20 +107,15 @@ class Scanner:
 
     def candidates(self, text: str) -> list[int]:
         """0-based numbers of the lines where some plugin's pattern matches."""
-        starts = [0, *(m.end() for m in re.finditer("\n", text))]
-        lines: set[int] = set()
-        hinted = self._prefilter.hinted_lines(text.lower(), starts)
-        for pattern, hints in self._prefilter.patterns:
-            if hints is None:
-                lines.update(_matching_lines(pattern, text, starts))
-                continue
-            # a line must hold a literal of every set the pattern requires
-            maybe = set.intersection(*(set().union(*(hinted.get(h, ()) for h in need)) for need in hints))
-            for line in sorted(maybe):
-                end = starts[line + 1] if line + 1 < len(starts) else len(text)
-                if pattern.search(text, starts[line], end):
-                    lines.add(line)
-        return sorted(lines)
+        pf = self._prefilter
+        found: set[int] = set()
+        # Patterns with a long run look only at the lines that have one (few do), joined.
+        long = sorted(pf.long_run_lines(text))
+        every = text.split("\n") if long else []
+        part = "\n".join(every[n] for n in long)
+        found.update(long[n] for n in pf.matching_lines(part, runs=True))
+        found.update(pf.matching_lines(text, runs=False))
+        return sorted(found)
 
     def redact_many(self, texts: list[tuple[str, str, bool]]) -> list[Redacted]:
         """Each (text, filename, is_diff) with every secret found replaced by
@@ -175,31 +171,93 @@ class Scanner:
 
 
 class _Prefilter:
-    """Each plugin's patterns, and for each the literals one of which every match contains.
+    """Each plugin's patterns, and what every match of each must contain.
 
-    The literals of all patterns are found in one pass over the lower-cased text; a
-    pattern then runs only on the lines holding one of its literals (most lines hold
-    none). A pattern with no such literal runs over the whole text.
+    Two necessary conditions: literals (for each of a few sets, one of its strings; folded
+    to lower case for a case-insensitive pattern) and, for a pattern with a long repeat
+    of a character class (a 40-character key), a run of that class as long. The lines
+    with a long run of any such class are found first, in one pass over the text's
+    bytes, and the patterns that need one look only there. The literals are found in one
+    pass (Aho-Corasick) over the text. A pattern then runs only on the lines that pass
+    (most lines pass none); one with neither condition runs over all its lines.
     """
 
     def __init__(self, plugins: list[Any]):
-        self.patterns = [(p, _required_literals(p)) for p in _plugin_patterns(plugins)]
-        hints = sorted({h for _, needs in self.patterns for need in needs or () for h in need}, key=len, reverse=True)
-        self.hints = re.compile("|".join(map(re.escape, hints))) if hints else None
-        # a match of "password" is also one of "pass": every hint inside another counts too
-        self.implied = {h: [o for o in hints if o in h] for h in hints}
+        self.patterns: list[tuple[re.Pattern[str], list[set[str]] | None, _Run | None, bool]] = []
+        for p in _plugin_patterns(plugins):
+            fold = bool(p.flags & re.I)
+            self.patterns.append((p, _required_literals(p, fold), _longest_run(p), fold))
+        self.literals = {runs: _Literals({(h, fold) for _, needs, run, fold in self.patterns
+                                          if (run is not None) == runs for need in needs or () for h in need})
+                         for runs in (True, False)}
+        runs = [run for _, _, run, _ in self.patterns if run is not None]
+        # Bytes of UTF-8 beyond ASCII all count as run characters: a class like \w matches
+        # letters of any script, and a run of n characters is a run of at least n bytes.
+        members = {c for c in range(128) if any(r.char.fullmatch(chr(c)) for r in runs)}
+        self.run_bytes = bytes(1 if c in members or c >= 128 else 0 for c in range(256))
+        self.shortest_run = re.compile(re.escape(b"\x01" * min((r.length for r in runs), default=1 << 20)))
 
-    def hinted_lines(self, lowered: str, starts: list[int]) -> dict[str, set[int]]:
-        found: dict[str, set[int]] = {}
-        if self.hints is None:
-            return found
-        pos = 0
-        while (m := self.hints.search(lowered, pos)) is not None:
-            line = bisect.bisect_right(starts, m.start()) - 1
-            for hint in self.implied[m.group()]:
-                found.setdefault(hint, set()).add(line)
-            pos = m.start() + 1  # overlapping: "passkey" holds "pass" and "skey"
+    def long_run_lines(self, text: str) -> set[int]:
+        """The lines holding a run of run characters as long as the shortest run looked for."""
+        data = text.encode()
+        return _lines_at(data, (m.start() for m in self.shortest_run.finditer(data.translate(self.run_bytes))))
+
+    def matching_lines(self, text: str, runs: bool) -> set[int]:
+        """The lines of `text` where a pattern with (or without) a long run matches."""
+        starts = [0, *(m.end() for m in re.finditer("\n", text))]
+        ends = [*(s - 1 for s in starts[1:]), len(text)]
+        hinted = self.literals[runs].lines(text)
+        lines: set[int] = set()
+        for pattern, needs, run, fold in self.patterns:
+            if (run is not None) != runs:
+                continue
+            if needs is None:
+                lines.update(_matching_lines(pattern, text, starts))
+                continue
+            maybe = set.intersection(*(set().union(*(hinted.get((h, fold), ()) for h in need)) for need in needs))
+            lines.update(line for line in maybe
+                         if (run is None or run.regex.search(text, starts[line], ends[line]))
+                         and pattern.search(text, starts[line], ends[line]))
+        return lines
+
+
+class _Literals:
+    """Where each of a set of (literal, folded) is, in one Aho-Corasick pass per case mode."""
+
+    def __init__(self, literals: set[tuple[str, bool]]):
+        import ahocorasick
+
+        self.automata = {}
+        for fold in (False, True):
+            words = sorted(h for h, f in literals if f == fold)
+            if words:
+                automaton = ahocorasick.Automaton()
+                for word in words:
+                    automaton.add_word(word, word)
+                automaton.make_automaton()
+                self.automata[fold] = automaton
+
+    def lines(self, text: str) -> dict[tuple[str, bool], set[int]]:
+        found: dict[tuple[str, bool], set[int]] = {}
+        for fold, automaton in self.automata.items():
+            source = text.lower() if fold else text  # lower() keeps the newlines, so the line numbers
+            line = previous = 0
+            for end, word in automaton.iter(source):  # every match, overlaps included, by end
+                line += source.count("\n", previous, end)
+                previous = end
+                found.setdefault((word, fold), set()).add(line)
         return found
+
+
+def _lines_at(data: bytes, positions: Iterable[int]) -> set[int]:
+    """The 0-based line numbers of sorted positions in `data`."""
+    lines: set[int] = set()
+    line = previous = 0
+    for pos in positions:
+        line += data.count(b"\n", previous, pos)
+        previous = pos
+        lines.add(line)
+    return lines
 
 
 def _plugin_patterns(plugins: list[Any]) -> list[re.Pattern[str]]:
@@ -225,46 +283,163 @@ def _plugin_patterns(plugins: list[Any]) -> list[re.Pattern[str]]:
     return patterns
 
 
-def _required_literals(pattern: re.Pattern[str]) -> list[set[str]] | None:
-    """Sets of lower-cased strings: every match of `pattern` contains one string of each set.
-    None when no such set of strings of two characters or more is found."""
+_EXPAND = 64  # the most strings a run of literals is expanded to
+
+
+def _required_literals(pattern: re.Pattern[str], fold: bool) -> list[set[str]] | None:
+    """Sets of strings (lower-cased with `fold`): every match of `pattern` contains one string
+    of each set. None when no such set of strings of two characters or more is found."""
     from re import _parser  # type: ignore[attr-defined]
 
     try:
-        found = _required(_parser.parse(pattern.pattern, pattern.flags), _parser)
+        found = _required(_parser.parse(pattern.pattern, pattern.flags), _parser, fold)
     except Exception:  # an unusual construct: no prefilter for this pattern
         return None
     found = [need for need in found if min(map(len, need)) >= 2]
     return found or None
 
 
-def _required(seq: Any, parser: Any) -> list[set[str]]:
-    """The necessary-literal sets of a parsed sequence: its literal runs, and the best set
-    of each group, alternation and repeat that must match at least once."""
+def _required(seq: Any, parser: Any, fold: bool) -> list[set[str]]:
+    """The necessary-literal sets of a parsed sequence. A stretch of literals, small
+    alternations and optional literals (`api_?key`, `(?:_|-|)`) is expanded to the strings
+    it can match (`apikey`, `api_key`), up to `_EXPAND` of them; inside anything else the
+    best set of each group, alternation and repeat that must match at least once."""
     const = parser
     options: list[set[str]] = []
-    run: list[str] = []
+    run: set[str] = {""}
+
+    def close() -> None:
+        nonlocal run
+        if min(map(len, run)) > 0:
+            options.append(_minimal(run))
+        run = {""}
+
     for op, av in [*seq, (None, None)]:
-        if op is const.LITERAL:
-            run.append(chr(av).lower())
+        alternatives = _strings([(op, av)], parser, fold) if op is not None else None
+        if alternatives is not None:
+            longer = {a + b for a in run for b in alternatives}
+            if len(longer) <= _EXPAND:
+                run = longer
+            else:
+                close()
+                run = alternatives
             continue
-        if run:
-            options.append({"".join(run)})
-            run = []
+        close()
         if op is const.SUBPATTERN:
-            options += _required(av[-1], parser)
+            options += _required(av[-1], parser, fold)
         elif op is const.BRANCH:
-            branches = [_best(_required(b, parser)) for b in av[1]]
+            branches = [_best(_required(b, parser, fold)) for b in av[1]]
             if all(branches):
                 options.append(set().union(*branches))  # type: ignore[arg-type]
         elif op in (const.MAX_REPEAT, const.MIN_REPEAT) and av[0] >= 1:
-            options += _required(av[2], parser)
+            options += _required(av[2], parser, fold)
     return options
+
+
+def _strings(seq: Any, parser: Any, fold: bool) -> set[str] | None:
+    """Every string `seq` can match (lower-cased with `fold`) when it is a few literals; else None."""
+    const = parser
+
+    def char(code: int) -> str:
+        return chr(code).lower() if fold else chr(code)
+
+    out = {""}
+    for op, av in seq:
+        alternatives: set[str] | None
+        if op is const.LITERAL:
+            alternatives = {char(av)}
+        elif op is const.SUBPATTERN:
+            alternatives = _strings(av[-1], parser, fold)
+        elif op is const.BRANCH:
+            branches = [_strings(b, parser, fold) for b in av[1]]
+            alternatives = None if any(b is None for b in branches) else set().union(*branches)  # type: ignore[arg-type]
+        elif op in (const.MAX_REPEAT, const.MIN_REPEAT) and av[1] == 1:  # x? (or x{1})
+            inner = _strings(av[2], parser, fold)
+            alternatives = None if inner is None else inner | ({""} if av[0] == 0 else set())
+        elif op is const.IN and len(av) <= 8 and all(o is const.LITERAL for o, _ in av):
+            alternatives = {char(c) for _, c in av}
+        else:
+            return None
+        if alternatives is None:
+            return None
+        out = {a + b for a in out for b in alternatives}
+        if len(out) > _EXPAND:
+            return None
+    return out
+
+
+def _minimal(strings: set[str]) -> set[str]:
+    """The strings none of the others is part of: containing one of them is the same condition."""
+    return {s for s in strings if not any(o != s and o in s for o in strings)}
 
 
 def _best(options: list[set[str]]) -> set[str] | None:
     """The most selective of several necessary sets: longest shortest string, fewest strings."""
     return max(options, key=lambda o: (min(map(len, o)), -len(o)), default=None)
+
+
+_LONG_RUN = 16  # a repeat of a character class this long or longer is worth looking for first
+
+
+class _Run(NamedTuple):
+    regex: re.Pattern[str]  # `[class]{n}`
+    char: re.Pattern[str]  # `[class]`
+    length: int  # n
+
+
+def _longest_run(pattern: re.Pattern[str]) -> _Run | None:
+    """For a pattern whose every match holds `[class]{n}` with n >= _LONG_RUN, that run (a
+    cheap test before the pattern); else None."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    best: tuple[int, str] | None = None
+    try:
+        seq = _parser.parse(pattern.pattern, pattern.flags)
+    except Exception:
+        return None
+    for op, av in _must_match(seq, _parser):
+        if op in (_parser.MAX_REPEAT, _parser.MIN_REPEAT) and av[0] >= _LONG_RUN and len(av[2]) == 1:
+            (item_op, items), = list(av[2])
+            cls = _class(item_op, items, _parser)
+            if cls is not None and (best is None or av[0] > best[0]):
+                best = (av[0], cls)
+    if best is None:
+        return None
+    n, cls = best
+    return _Run(re.compile(f"{cls}{{{n}}}", pattern.flags), re.compile(cls, pattern.flags), n)
+
+
+def _must_match(seq: Any, parser: Any) -> Iterator[tuple[Any, Any]]:
+    """The elements of a parsed sequence that every match goes through (groups entered)."""
+    for op, av in seq:
+        yield op, av
+        if op is parser.SUBPATTERN:
+            yield from _must_match(av[-1], parser)
+
+
+_CATEGORIES = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_WORD": r"\w",
+               "CATEGORY_NOT_WORD": r"\W", "CATEGORY_SPACE": r"\s", "CATEGORY_NOT_SPACE": r"\S"}
+
+
+def _class(op: Any, items: Any, parser: Any) -> str | None:
+    """A parsed character class (or single category) written back as a regex class; None if unusual."""
+    if op is parser.CATEGORY:
+        return _CATEGORIES.get(str(items))
+    if op is not parser.IN:
+        return None
+    parts = []
+    for kind, value in items:
+        if kind is parser.LITERAL:
+            parts.append(re.escape(chr(value)))
+        elif kind is parser.RANGE:
+            parts.append(f"{re.escape(chr(value[0]))}-{re.escape(chr(value[1]))}")
+        elif kind is parser.CATEGORY and str(value) in _CATEGORIES:
+            parts.append(_CATEGORIES[str(value)])
+        elif kind is parser.NEGATE and not parts:
+            parts.append("^")
+        else:
+            return None
+    return f"[{''.join(parts)}]"
 
 
 def _matching_lines(pattern: re.Pattern[str], text: str, starts: list[int]) -> set[int]:
