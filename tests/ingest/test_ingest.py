@@ -104,6 +104,10 @@ def test_a_rerun_stores_nothing_twice_and_a_new_commit_is_all_it_reads(history: 
     full = ingest(settings, full=True)
     assert full.reports["git"].items == after["commits"]
     assert status(db)["counts"]["commits"] == after["commits"]
+    # the full-text index holds every chunk once, as stored (FTS5 checks it against the table)
+    db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
+    assert db.execute("select count(*) from chunks_fts").fetchone()[0] == status(db)["counts"]["chunks"] + after[
+        "stale_chunks"]
 
 
 def test_a_run_killed_halfway_resumes_after_its_last_batch(tmp_path, settings_for, monkeypatch) -> None:
