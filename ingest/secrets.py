@@ -11,13 +11,12 @@ Three things are added around it:
 - a private key is redacted as a whole block, BEGIN to END, not just its first line;
 - files that are secrets by nature (`.env`, key and certificate stores) are dropped
   whole: `is_secret_file` tells ingest not to store them at all;
-- a pre-filter made from the plugins' own patterns: each pattern (a regex plugin's
-  denylist, the keyword plugin's keywords, an entropy plugin's quoted-string pattern
-  with the shortest length that can reach its entropy limit) runs once over the whole
-  text, and only the lines where one matches go through detect-secrets, line by line,
-  with its filters. A plugin can only report a line its own pattern matches, so nothing
-  is missed; and most lines match none, where detect-secrets' per-line machinery costs
-  a hundred times the regex.
+- a pre-filter made from the plugins' own patterns (`_Prefilter`): what every match of
+  a pattern must contain (literals, a long run of a character class) is looked for
+  first, in a pass or two over the whole text, and only the lines where some pattern
+  can match go through detect-secrets, line by line, with its filters. A plugin can only
+  report a line its own pattern matches, so nothing is missed; and most lines match
+  none, where detect-secrets' per-line machinery costs a hundred times the search.
 """
 
 from __future__ import annotations
