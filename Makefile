@@ -33,7 +33,7 @@ $(STAMP):
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy repotune serve ingest
+	$(BIN)/mypy repotune serve ingest tuner
 
 test: lint
 	$(BIN)/pytest

@@ -19,6 +19,7 @@ from eval.cli import app as eval_app
 from ingest.cli import app as ingest_app
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
+from tuner.data.cli import app as data_app
 
 app = typer.Typer(
     help="repotune: a self-hosted chatbot that knows a code repository and stays current with it.",
@@ -38,6 +39,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(base_app, name="base")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 
 LineageOpt = Annotated[str | None, typer.Option("--lineage", help="The lineage (default: tuner.lineage).")]

@@ -150,10 +150,41 @@ class IngestSection(Section):
         return v
 
 
+DATA_GENERATORS = ("templates", "replay", "raw")
+
+
+class DataSection(Section):
+    generators: list[str] = Field(
+        default_factory=lambda: list(DATA_GENERATORS),
+        description="Generators of training data: templates, replay, raw (refusals: policy.train_refusals).",
+    )
+    seed: int = Field(0, description="Seed of every choice made while building (phrasings, splits, samples).")
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of examples held out for validation.")
+    eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
+    replay_general: float = Field(
+        0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
+    )
+    replay_earlier: float = Field(0.5, ge=0, le=10, description="Earlier cycles' Q&A replayed, per new Q&A example.")
+    raw_ratio: float = Field(0.1, ge=0, le=1, description="Share of chunks also given as raw text.")
+    refusal_ratio: float = Field(
+        0.1, ge=0, le=1, description="With policy.train_refusals: refusals (and as many alarming in-domain "
+        "questions) per Q&A example."
+    )
+
+    @field_validator("generators")
+    @classmethod
+    def _generators(cls, v: list[str]) -> list[str]:
+        unknown = [g for g in v if g not in DATA_GENERATORS]
+        if unknown:
+            raise ValueError(f"unknown generator {', '.join(unknown)}; generators: {', '.join(DATA_GENERATORS)}")
+        return v
+
+
 class TunerSection(Section):
     lineage: str | None = Field(
         None, description="Name of this deployment's adapter chain; default: the repo's name."
     )
+    data: DataSection = DataSection()
 
     @field_validator("lineage")
     @classmethod

@@ -1,0 +1,221 @@
+"""Building a dataset: every generator over what was ingested, split, hashed and written.
+
+A dataset is a folder named by its content hash under `data_dir/datasets/<lineage>/`:
+`train.jsonl` and `val.jsonl` (chats, `{"messages": [...]}`, each with its id, generator,
+kind, sources and whether it is new), `eval.jsonl` (the held-out domain questions, in
+phrasings training never uses), `raw.jsonl` (chunks as plain text) and `manifest.json`
+(counts and tokens per generator and kind, the ingest cursor, the config, the base model
+and its fingerprint, the hash). `LATEST` in the lineage's folder names the newest.
+
+A dataset holds every Q&A to date, the new ones marked: new is relative to the ingest
+cursor recorded in the manifest of the lineage's promoted adapter (everything, when
+there is none), so the sources of a rejected cycle are tried again. A full retrain reads
+it all; an incremental one trains on the new examples and those marked `replay`.
+Building the same data again gives the same hash and reuses the folder. With nothing
+new, there is nothing to train on: `NothingToTrain`, never an empty dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repotune import db as store
+from repotune import models, registry
+from repotune.config import Settings
+from tuner.data import others, templates
+from tuner.data.examples import Example, fraction
+from tuner.data.items import Items
+
+LATEST = "LATEST"
+
+
+class DataError(Exception):
+    pass
+
+
+class NothingToTrain(DataError):
+    """Nothing new since the promoted adapter's data: no dataset is written."""
+
+
+@dataclass
+class Built:
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool  # the same data was built before: its folder is returned
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "reused": self.reused, **self.manifest}
+
+
+Progress = Callable[[str, int, int | None, str], None]
+
+
+def datasets_dir(settings: Settings) -> Path:
+    return settings.data_dir / "datasets" / settings.lineage
+
+
+def build(settings: Settings, progress: Progress | None = None) -> Built:
+    progress = progress or (lambda *a: None)
+    cfg = settings.config.tuner.data
+    try:
+        db = store.open_db(store.db_path(settings.data_dir))
+        items = Items(db, settings.repo)
+        cursor = items.cursor()
+    except (store.StoreError, sqlite3.Error) as e:
+        raise DataError(str(e)) from e
+    if cursor == 0:
+        raise DataError(f"nothing ingested from {settings.repo} yet: run `repotune ingest` first")
+    promoted = registry.promoted(db, settings.lineage)
+    since = int(promoted.manifest.get("ingest_cursor", 0)) if promoted else 0
+
+    qa: list[Example] = []
+    held_out: list[Example] = []
+    if "templates" in cfg.generators:
+        for n, made in enumerate(templates.generate(items, cfg.seed, since), start=1):
+            qa += made.train
+            held_out += made.eval
+            if n % 200 == 0:
+                progress("templates", n, None, "")
+        progress("templates", len(qa), len(qa), "")
+    new = [e for e in qa if e.new]
+    if not new:
+        if promoted:
+            raise NothingToTrain(f"nothing new since the data of {promoted.engine_name}, the promoted adapter "
+                                 f"(ingest cursor {since}): nothing to train on")
+        raise NothingToTrain(f"the generators ({', '.join(cfg.generators) or 'none'}) made no Q&A from what was "
+                             "ingested: nothing to train on")
+    extra: list[Example] = []
+    if settings.config.policy.train_refusals:
+        extra += others.refusals(new, settings.config.policy.refusal, cfg.refusal_ratio, cfg.seed)
+    if "replay" in cfg.generators:
+        earlier = sorted((e for e in qa if not e.new), key=lambda e: fraction(cfg.seed, "replay", e.id))
+        for old in earlier[: round(len(new) * cfg.replay_earlier)]:
+            old.replay = True
+        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed)
+    raw = [row for row, _ in others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)] \
+        if "raw" in cfg.generators else []
+    progress("replay and raw", 1, 1, "")
+
+    chats = _unique(qa + extra)
+    val = [e for e in chats if fraction(cfg.seed, "val", e.id) < cfg.val_fraction]
+    if not val and cfg.val_fraction > 0 and len(chats) > 1:
+        val = [min(chats, key=lambda e: fraction(cfg.seed, "val", e.id))]
+    in_val = {e.id for e in val}
+    train = [e for e in chats if e.id not in in_val]
+    evals = sorted(_unique(held_out), key=lambda e: fraction(cfg.seed, "eval", e.id))[: cfg.eval_max]
+    files = {
+        "train.jsonl": _jsonl(e.row() for e in train),
+        "val.jsonl": _jsonl(e.row() for e in val),
+        "eval.jsonl": _jsonl(e.row() for e in evals),
+        "raw.jsonl": _jsonl(raw),
+    }
+    base = _base(settings)
+    digest = hashlib.sha256()
+    for name, data in sorted(files.items()):
+        digest.update(f"{name}\0".encode() + hashlib.sha256(data).digest())
+    digest.update(json.dumps([cfg.model_dump(), base.fingerprint, cursor], sort_keys=True).encode())
+    key = digest.hexdigest()[:16]
+    folder = datasets_dir(settings) / key
+    if (folder / "manifest.json").is_file():
+        _point_latest(folder)
+        return Built(folder, json.loads((folder / "manifest.json").read_text()), reused=True)
+
+    progress("tokens", 0, None, "")
+    manifest = {
+        "hash": key, "lineage": settings.lineage, "repo": settings.repo, "created_at": store.now(),
+        "base_model": base.spec, "base_fingerprint": base.fingerprint,
+        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since,
+                                              "adapter": promoted.engine_name if promoted else None},
+        "counts": {"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
+                   "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
+        "generators": _tally(settings, chats, raw),
+        "config": cfg.model_dump(),
+        "refusals": settings.config.policy.train_refusals,
+    }
+    progress("tokens", 1, 1, "")
+    _write(folder, files, manifest)
+    _point_latest(folder)
+    return Built(folder, manifest, reused=False)
+
+
+def _unique(examples: list[Example]) -> list[Example]:
+    """One of each id (two items can give the same question and answer), in order."""
+    seen: dict[str, Example] = {}
+    for e in examples:
+        seen.setdefault(e.id, e)
+    return list(seen.values())
+
+
+def _jsonl(rows: Any) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _base(settings: Settings) -> models.Base:
+    try:
+        return models.resolve(settings.config.model.base)
+    except models.ModelError as e:
+        raise DataError(str(e)) from e
+
+
+def _tally(settings: Settings, chats: list[Example], raw: list[dict[str, Any]]) -> dict[str, Any]:
+    """Examples and tokens (of the base model's tokenizer, over the messages' text) per generator and kind."""
+    from ingest.chunks import Tokens
+
+    tokens = Tokens(models.tokenizer_path(settings.config.model.base))
+    texts = ["".join(m["content"] for m in e.messages) for e in chats] + [str(r["text"]) for r in raw]
+    counts = tokens.count(texts)
+    out: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for e, n in zip(chats, counts, strict=False):
+        out[e.generator][e.kind].update({"examples": 1, "tokens": n, "new": int(e.new)})
+    for r, n in zip(raw, counts[len(chats):], strict=True):
+        out["raw"][str(r["kind"])].update({"examples": 1, "tokens": n, "new": int(bool(r["new"]))})
+    return {g: {k: dict(c) for k, c in sorted(kinds.items())} for g, kinds in sorted(out.items())}
+
+
+def _write(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+    """All files into a temporary folder, renamed into place: a killed build leaves no half dataset."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _point_latest(folder: Path) -> None:
+    tmp = folder.parent / f".{LATEST}.{os.getpid()}"
+    tmp.write_text(folder.name + "\n")
+    os.replace(tmp, folder.parent / LATEST)
+
+
+def latest(settings: Settings, name: str | None = None) -> Path:
+    """The dataset `name` (a hash or its start), or the newest built."""
+    root = datasets_dir(settings)
+    if name is None:
+        pointer = root / LATEST
+        if not pointer.is_file():
+            raise DataError(f"no dataset built for {settings.lineage} yet: run `repotune data build`")
+        name = pointer.read_text().strip()
+    found = sorted(p for p in root.glob(f"{name}*") if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if len(found) != 1:
+        raise DataError(f"no dataset {name!r} in {root}" if not found else f"{name!r} names several datasets")
+    return found[0]
+
+
+def read(folder: Path, split: str) -> list[dict[str, Any]]:
+    path = folder / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
