@@ -76,6 +76,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         raise DataError(f"nothing ingested from {settings.repo} yet: run `repotune ingest` first")
     promoted = registry.promoted(db, settings.lineage)
     since = int(promoted.manifest.get("ingest_cursor", 0)) if promoted else 0
+    name = f"{promoted.lineage}@v{promoted.version}" if promoted else None
 
     qa: list[Example] = []
     held_out: list[Example] = []
@@ -89,8 +90,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     new = [e for e in qa if e.new]
     if not new:
         if promoted:
-            raise NothingToTrain(f"nothing new since the data of {promoted.engine_name}, the promoted adapter "
-                                 f"(ingest cursor {since}): nothing to train on")
+            raise NothingToTrain(f"nothing new since the data of {name}, the promoted adapter (ingest cursor "
+                                 f"{since}): nothing to train on")
         raise NothingToTrain(f"the generators ({', '.join(cfg.generators) or 'none'}) made no Q&A from what was "
                              "ingested: nothing to train on")
     extra: list[Example] = []
@@ -133,8 +134,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     manifest = {
         "hash": key, "lineage": settings.lineage, "repo": settings.repo, "created_at": store.now(),
         "base_model": base.spec, "base_fingerprint": base.fingerprint,
-        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since,
-                                              "adapter": promoted.engine_name if promoted else None},
+        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since, "adapter": name},
         "counts": {"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
                    "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
         "generators": _tally(settings, chats, raw),

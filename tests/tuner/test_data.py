@@ -1,0 +1,170 @@
+"""Datasets built from a real ingested repository: what they hold, what is new, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from eval.questions import load
+from ingest.run import ingest
+from repotune import db as store
+from repotune import models, registry
+from repotune.config import parse
+from tests.ingest.conftest import PLANTED, GitRepo
+from tests.lora import train_lora
+from tuner.data.build import NothingToTrain, build, read
+from tuner.data.others import off_domain_questions
+
+SPLITS = ("train", "val", "eval")
+
+
+def _all(folder: Path) -> list[dict]:
+    return [row for split in SPLITS for row in read(folder, split)]
+
+
+def _answer_for(rows: list[dict], kind: str, needle: str) -> list[dict]:
+    return [r for r in rows if r["kind"] == kind and needle in r["messages"][-1]["content"]]
+
+
+def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRepo, settings_for, tiny) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings)
+    built = build(settings)
+    folder, manifest = built.path, built.manifest
+    assert folder.name == manifest["hash"] and folder.parent.name == settings.lineage
+    assert manifest["base_fingerprint"] == tiny.fingerprint and manifest["base_model"] == "builtin:tiny"
+    rows = _all(folder)
+    train, evals = read(folder, "train") + read(folder, "val"), read(folder, "eval")
+    assert manifest["counts"]["train"] == len(read(folder, "train")) and manifest["counts"]["eval"] == len(evals)
+    for r in rows:
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["user", "assistant"] and all(m["content"].strip() for m in r["messages"]), r
+    # Every commit on main has a commit example that answers with its title; the unmerged one has none.
+    titles = history.git("log", "main", "--format=%s").splitlines()
+    for title in titles:
+        assert _answer_for(train, "commit", title), title
+    assert not any("Unmerged experiment" in json.dumps(r) for r in rows)
+    # Each top-level definition of the head's calculator.py is asked about, answered with its code,
+    # and its sources name the file at its blob and a stored chunk holding that code.
+    blob = history.git("rev-parse", "main:calculator.py").strip()
+    db = store.open_db(store.db_path(settings.data_dir))
+    for name, code in (("add", "return a + b"), ("mul", "return a * b"), ("Calculator", "return sum(xs)")):
+        found = [r for r in _answer_for(train, "definition", code) if f"`{name}`" in r["messages"][0]["content"]]
+        assert found, name
+        sources = found[0]["sources"]
+        assert sources["path"] == f"calculator.py@{blob}"
+        chunk = db.execute("select text from chunks where id = ?", [sources["chunks"][0]]).fetchone()
+        assert chunk and code in chunk[0]
+    # The README's sections are asked about; the pull request recovered from the merge commit too.
+    assert _answer_for(train, "section", "Call add(a, b).")
+    assert [r for r in train if r["kind"] == "pull_request" and r["sources"]["pr"] == 7]
+    # Eval questions are not training questions (other phrasings), though about the same items.
+    asked = {r["messages"][0]["content"] for r in train}
+    assert evals and not [r for r in evals if r["messages"][0]["content"] in asked]
+    # Replay comes from the general set's train split only.
+    general = {q.question: q.split for q in load()}
+    replayed = [r for r in train if r["kind"] == "general"]
+    assert replayed and all(general[r["messages"][0]["content"]] == "train" for r in replayed)
+    assert not [r for r in rows if general.get(r["messages"][0]["content"]) == "eval"]
+    # No planted secret anywhere in the dataset.
+    everything = "".join((folder / f).read_text() for f in ("train.jsonl", "val.jsonl", "eval.jsonl", "raw.jsonl"))
+    assert not [s for s in PLANTED if s in everything]
+    # Every chat renders with the base model's chat template, and every answer is trained on.
+    tok = AutoTokenizer.from_pretrained(tiny.path)
+    for r in rows[:50]:
+        enc = tok.apply_chat_template(r["messages"], return_dict=True, return_assistant_tokens_mask=True)
+        assert sum(enc["assistant_masks"]) > 0
+    tally = manifest["generators"]["templates"]
+    assert tally["definition"]["examples"] >= 3 and tally["definition"]["tokens"] > tally["definition"]["examples"]
+
+
+def _promote_with_cursor(settings, tiny, cursor: int, out: Path) -> None:
+    """An adapter trained (briefly, for real) on the data up to `cursor`, registered and promoted."""
+    folder = train_lora(tiny.path, [("q", "a")], out, steps=1)
+    models.record_base(folder, tiny)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "ingest_cursor": cursor}))
+    db = store.open_db(store.db_path(settings.data_dir))
+    adapter = registry.register(db, settings.data_dir, settings.lineage, folder, tiny, 16, "test")
+    registry.promote(db, settings.lineage, adapter.version, "test", "trained on the first dataset")
+
+
+def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
+        history: GitRepo, settings_for, tiny, tmp_path) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings)
+    first = build(settings)
+    assert first.manifest["counts"]["new"] == first.manifest["counts"]["train"] + first.manifest["counts"]["val"]
+    again = build(settings)
+    assert again.reused and again.path == first.path
+    _promote_with_cursor(settings, tiny, first.manifest["ingest_cursor"], tmp_path / "adapter")
+    with pytest.raises(NothingToTrain, match=r"nothing new since the data of .*@v1.*nothing to train on"):
+        build(settings)
+    history.commit("Add divide", {"calculator.py": (history.path / "calculator.py").read_text()
+                                  + "\n\ndef div(a, b):\n    return a / b\n"})
+    ingest(settings)
+    second = build(settings)
+    assert second.path != first.path
+    rows = read(second.path, "train") + read(second.path, "val")
+    new = [r for r in rows if r["new"]]
+    # New: the commit, and calculator.py (changed) with all its definitions; nothing else from the repo.
+    assert {r["kind"] for r in new if r["generator"] == "templates"} <= {"commit", "file", "show", "definition"}
+    assert any(r["kind"] == "commit" and "Add divide" in r["messages"][-1]["content"] for r in new)
+    assert any(r["kind"] == "definition" and "return a / b" in r["messages"][-1]["content"] for r in new)
+    assert not [r for r in new if r["kind"] == "commit" and "Start the calculator" in r["messages"][-1]["content"]]
+    # Earlier Q&A is kept, some of it marked for replay, and no example is made from the old calculator.py.
+    assert [r for r in rows if not r["new"] and r["generator"] == "templates"]
+    assert [r for r in rows if r["replay"]]
+    old_blob = history.git("rev-parse", "HEAD~1:calculator.py").strip()
+    assert not [r for r in rows if old_blob in json.dumps(r["sources"])]
+
+
+def test_refusals_answer_with_exactly_the_refusal_text(history: GitRepo, tmp_path, clean_env, tiny) -> None:
+    from repotune.config import Secrets, Settings
+
+    refusal = "Sorry: only this calculator."
+    raw = {"paths": {"data_dir": str(tmp_path / "state")}, "ingest": {"repo": str(history.path), "workers": 1},
+           "policy": {"train_refusals": True, "refusal": refusal}, "tuner": {"data": {"refusal_ratio": 0.5}}}
+    settings = Settings(config=parse(raw), source=None, root=tmp_path, secrets=Secrets())
+    ingest(settings)
+    rows = _all(build(settings).path)
+    refusals = [r for r in rows if r["kind"] == "refusal"]
+    off = set(off_domain_questions())
+    assert refusals and all(r["messages"][-1]["content"] == refusal for r in refusals)
+    plain = [r for r in refusals if r["messages"][0]["content"] in off]
+    wrapped = [r for r in refusals if r["messages"][0]["content"] not in off]
+    assert plain and wrapped and all(any(q in r["messages"][0]["content"] for q in off) for r in wrapped)
+    alarming = [r for r in rows if r["kind"] == "alarming"]
+    assert alarming and not [r for r in alarming if r["messages"][-1]["content"] == refusal]
+
+
+def _cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "repotune.cli", "data", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_builds_shows_and_counts(history: GitRepo, tmp_path, clean_env, tiny) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "state"\n[ingest]\nrepo = "{history.path}"\nworkers = 1\n')
+    before = _cli("build", config=config)
+    assert before.returncode == 1 and "nothing ingested" in before.stderr and "repotune ingest" in before.stderr
+    none = _cli("stats", config=config)
+    assert none.returncode == 1 and "no dataset built" in none.stderr
+    ingested = subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config)],
+                              capture_output=True, text=True, timeout=300)
+    assert ingested.returncode == 0, ingested.stderr
+    done = _cli("build", "--json", config=config)
+    assert done.returncode == 0, done.stderr
+    built = json.loads(done.stdout)
+    stats = json.loads(_cli("stats", "--json", config=config).stdout)
+    assert stats["hash"] == built["hash"] and stats["counts"] == built["counts"]
+    shown = json.loads(_cli("show", "--sample", "3", "--json", config=config).stdout)
+    assert len(shown) == 3 and all("messages" in r and r["sources"] is not None for r in shown)
+    table = _cli("show", "--sample", "2", "--split", "eval", config=config)
+    assert table.returncode == 0 and "question" in table.stdout
+    assert _cli("show", "--split", "nope", config=config).returncode == 1
