@@ -150,13 +150,14 @@ class IngestSection(Section):
         return v
 
 
-DATA_GENERATORS = ("templates", "replay", "raw")
+DATA_GENERATORS = ("templates", "teacher", "replay", "raw")
 
 
 class DataSection(Section):
     generators: list[str] = Field(
-        default_factory=lambda: list(DATA_GENERATORS),
-        description="Generators of training data: templates, replay, raw (refusals: policy.train_refusals).",
+        default_factory=lambda: ["templates", "replay", "raw"],
+        description="Generators of training data: templates, teacher, replay, raw (refusals: "
+        "policy.train_refusals).",
     )
     seed: int = Field(0, description="Seed of every choice made while building (phrasings, splits, samples).")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of examples held out for validation.")
@@ -180,11 +181,38 @@ class DataSection(Section):
         return v
 
 
+class TeacherSection(Section):
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint of the teacher LLM (its key: REPOTUNE_TEACHER_API_KEY)."
+    )
+    model: str = Field("base", min_length=1, description="The teacher's model name at that endpoint.")
+    pairs_per_chunk: int = Field(3, ge=1, le=20, description="Question/answer pairs asked for per chunk.")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    timeout_s: float = Field(120, gt=0, description="Longest wait for one answer.")
+    max_retries: int = Field(3, ge=0, description="Retries of a failed request (with back-off) before giving up.")
+    max_tokens: int = Field(1024, ge=16, description="Longest answer asked for, in tokens.")
+    temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature of the teacher.")
+    max_chunks: int = Field(0, ge=0, description="Most chunks sent per build, newest first; 0: all.")
+    min_grounding: float = Field(
+        0.5, ge=0, le=1, description="Share of an answer's words that must occur in its chunk."
+    )
+    min_answer_chars: int = Field(20, ge=1, description="Shorter answers are dropped.")
+    max_answer_chars: int = Field(4000, ge=1, description="Longer answers are dropped.")
+    judge: bool = Field(False, description="Ask the teacher again whether each answer is supported by its chunk.")
+
+
 class TunerSection(Section):
     lineage: str | None = Field(
         None, description="Name of this deployment's adapter chain; default: the repo's name."
     )
     data: DataSection = DataSection()
+    teacher: TeacherSection = TeacherSection()
+
+    @model_validator(mode="after")
+    def _teacher(self) -> TunerSection:
+        if "teacher" in self.data.generators and not self.teacher.base_url:
+            raise ValueError("tuner.data.generators has \"teacher\" but tuner.teacher.base_url is not set")
+        return self
 
     @field_validator("lineage")
     @classmethod

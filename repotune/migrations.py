@@ -218,3 +218,21 @@ def m003_chunks_fts(db: sqlite_utils.Database) -> None:
     interruption safe."""
     db.table("chunks").enable_fts(["title", "text"], create_triggers=True, tokenize="porter", replace=True)
     db.execute("drop trigger chunks_ai")
+
+
+@migration
+def m004_teacher_cache(db: sqlite_utils.Database) -> None:
+    """What the teacher LLM answered for each chunk, by prompt version and model, so a
+    build over the same data sends no request again (malformed answers included)."""
+    db.execute(
+        """create table teacher_cache (
+            key text primary key,         -- hash of the chunk id, the prompt version and the model
+            chunk_id text not null,
+            prompt_version text not null,
+            model text not null,
+            status text not null,         -- ok, malformed
+            pairs text not null,          -- JSON: the parsed question/answer pairs (none when malformed)
+            raw text not null,            -- the teacher's output as it came
+            created_at text not null
+        )"""
+    )

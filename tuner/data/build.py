@@ -24,7 +24,7 @@ import shutil
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,10 @@ class Built:
     path: Path
     manifest: dict[str, Any]
     reused: bool  # the same data was built before: its folder is returned
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "reused": self.reused, **self.manifest}
+        return {"path": str(self.path), "reused": self.reused, "warnings": self.warnings, **self.manifest}
 
 
 Progress = Callable[[str, int, int | None, str], None]
@@ -87,6 +88,13 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
             if n % 200 == 0:
                 progress("templates", n, None, "")
         progress("templates", len(qa), len(qa), "")
+    teacher_report = None
+    if "teacher" in cfg.generators:
+        from tuner.data.teacher import Teacher, chunks
+
+        teacher = Teacher(settings.config.tuner.teacher, settings.secrets.teacher_api_key, db, settings.repo)
+        qa += teacher.generate(chunks(db, settings.repo), since, progress)
+        teacher_report = teacher.report
     new = [e for e in qa if e.new]
     if not new:
         if promoted:
@@ -126,9 +134,14 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     digest.update(json.dumps([cfg.model_dump(), base.fingerprint, cursor], sort_keys=True).encode())
     key = digest.hexdigest()[:16]
     folder = datasets_dir(settings) / key
+    warnings = [f"the teacher stopped early ({teacher_report.stopped}); built with what it had answered"] \
+        if teacher_report and teacher_report.stopped else []
     if (folder / "manifest.json").is_file():
         _point_latest(folder)
-        return Built(folder, json.loads((folder / "manifest.json").read_text()), reused=True)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if teacher_report:
+            manifest["teacher"] = teacher_report.as_dict()  # this build's requests (none, when all were cached)
+        return Built(folder, manifest, reused=True, warnings=warnings)
 
     progress("tokens", 0, None, "")
     manifest = {
@@ -140,11 +153,12 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         "generators": _tally(settings, chats, raw),
         "config": cfg.model_dump(),
         "refusals": settings.config.policy.train_refusals,
+        "teacher": teacher_report.as_dict() if teacher_report else None,
     }
     progress("tokens", 1, 1, "")
     _write(folder, files, manifest)
     _point_latest(folder)
-    return Built(folder, manifest, reused=False)
+    return Built(folder, manifest, reused=False, warnings=warnings)
 
 
 def _unique(examples: list[Example]) -> list[Example]:

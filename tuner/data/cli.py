@@ -31,6 +31,10 @@ def build_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         fail(str(e), EXIT_NOTHING)
     except DataError as e:
         fail(str(e))
+    from repotune.ui import err
+
+    for warning in built.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False)
     if as_json:
         print_json(built.as_dict())
         return
@@ -40,6 +44,10 @@ def build_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     out.print(f"train {c['train']:,}, val {c['val']:,}, eval {c['eval']:,}, raw {c['raw']:,}; "
               f"new {c['new']:,}, replayed {c['replay']:,}", highlight=False)
     _print_generators(built.manifest)
+    if built.manifest.get("teacher"):
+        t = built.manifest["teacher"]
+        out.print(f"teacher: {t['chunks']:,} chunks, {t['requests']:,} requests sent, {t['cached']:,} from the cache, "
+                  f"{t['malformed']:,} malformed, {t['kept']:,} of {t['pairs']:,} pairs kept", highlight=False)
 
 
 @app.command("stats")
