@@ -127,14 +127,22 @@ class _OpenAIReplay(BaseHTTPRequestHandler):
                                "param": None, "code": "rate_limit_exceeded"}}
             return self._send(429, error, {"retry-after": "0", "x-ratelimit-remaining-requests": "0"})
         prompt = body["messages"][-1]["content"]
+        if prompt.startswith("Reply with one word"):  # the judge: only the README's answers are not supported
+            verdict = "no" if "# Calculator" in prompt else "yes"
+            return self._send(200, self._completion(n, body, verdict))
         text = re.search(r"<text>\n(.*?)\n</text>", prompt, re.S).group(1)
-        line = max(text.splitlines(), key=len) if "Text: commit" not in prompt else ""
-        content = json.dumps({"pairs": [{"question": "What does this part of the repository say?",
-                                         "answer": line.strip()}]}) if line else "Here are some questions: ..."
-        self._send(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                      "finish_reason": "stop", "logprobs": None}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+        about = re.search(r"^Text: (.*)$", prompt, re.M).group(1)
+        answer = " ".join(text.split())[:300]  # the chunk's own words: grounded
+        content = "Here are some questions: ..." if about.startswith("commit") else json.dumps(
+            {"pairs": [{"question": f"What does {about} say?", "answer": answer}]})
+        self._send(200, self._completion(n, body, content))
+
+    @staticmethod
+    def _completion(n: int, body: dict[str, Any], content: str) -> dict[str, Any]:
+        return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -172,5 +180,24 @@ def test_rate_limits_that_outlast_the_retries_keep_what_was_answered(history: Gi
         assert second.manifest["teacher"]["requests"] == report["chunks"] - 3 == _OpenAIReplay.seen
         assert second.manifest["teacher"]["stopped"] is None and not second.warnings
         assert second.manifest["teacher"]["malformed"] >= 1  # the prose answers: dropped and counted
+    finally:
+        server.shutdown()
+
+
+def test_the_judge_drops_what_it_finds_unsupported_and_is_cached(history: GitRepo, tmp_path, tiny):
+    _OpenAIReplay.allow, _OpenAIReplay.seen = 10_000, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIReplay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        settings = _settings(tmp_path, history.path, base_url=url, concurrency=2, min_grounding=0.5, judge=True)
+        ingest(settings)
+        first = build(settings)
+        report = first.manifest["teacher"]
+        teacher = [e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"]
+        assert report["dropped"].get("judge", 0) >= 1 and teacher and len(teacher) == report["kept"]
+        assert not [e for e in teacher if e["sources"].get("path", "").startswith("README.md@")]
+        sent = _OpenAIReplay.seen
+        assert build(settings).manifest["teacher"]["requests"] == 0 and _OpenAIReplay.seen == sent
     finally:
         server.shutdown()
