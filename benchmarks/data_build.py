@@ -31,6 +31,9 @@ from typing import Any
 
 from benchmarks.ingest_history import generate
 
+WHITESPACE = ("--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
+MAX_TOKENS = 400
+
 
 def _settings(root: Path, repo: Path, data: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None,
               key: str | None = None) -> Any:
@@ -81,7 +84,7 @@ def templates_part(root: Path, commits: int, prs: int) -> dict[str, Any]:
 def teacher_part(root: Path, chunk_count: int) -> dict[str, Any]:
     from benchmarks.servers import API_KEY, engine_and_gateway
     from repotune import db as store
-    from tuner.data.teacher import SCHEMA, Teacher, chunks
+    from tuner.data.teacher import Teacher, chunks, schema
 
     repo_root = Path(__file__).resolve().parents[1]
     work = root / "teacher"
@@ -92,10 +95,12 @@ def teacher_part(root: Path, chunk_count: int) -> dict[str, Any]:
     db = store.open_db(store.db_path(settings.data_dir))
     rows = chunks(db, settings.repo)[:chunk_count]
     out: dict[str, Any] = {"chunks": len(rows)}
-    with engine_and_gateway(root / "engine") as pair:
+    # JSON without free whitespace: a model as small as builtin:tiny otherwise fills its
+    # answer with newlines inside the grammar (`serve.engine_args` in a deployment).
+    with engine_and_gateway(root / "engine", engine_args=WHITESPACE) as pair:
         url = pair.gateway + "/v1"
         for concurrency in (1, 8):
-            teacher_cfg = {"base_url": url, "model": "base", "concurrency": concurrency, "max_tokens": 200,
+            teacher_cfg = {"base_url": url, "model": "base", "concurrency": concurrency, "max_tokens": MAX_TOKENS,
                            "pairs_per_chunk": 2}
             for attempt in range(2):
                 db.execute("delete from teacher_cache")
@@ -111,9 +116,9 @@ def teacher_part(root: Path, chunk_count: int) -> dict[str, Any]:
                 def bare(row: Any, teacher: Teacher = teacher, client: OpenAI = client) -> str:
                     reply = client.chat.completions.create(
                         model="base", messages=teacher._messages(row),  # type: ignore[arg-type]
-                        max_tokens=200, temperature=0.3,
+                        max_tokens=MAX_TOKENS, temperature=0.3,
                         response_format={"type": "json_schema",
-                                         "json_schema": {"name": "qa_pairs", "schema": SCHEMA, "strict": True}},
+                                         "json_schema": {"name": "qa_pairs", "schema": schema(2), "strict": True}},
                     )
                     return reply.choices[0].message.content or ""
 
@@ -127,7 +132,7 @@ def teacher_part(root: Path, chunk_count: int) -> dict[str, Any]:
                     "ratio": (report["requests"] / ours) / (len(rows) / reference), "report": report,
                 }
         teacher = Teacher(_settings(work, repo_root, teacher={"base_url": url, "model": "base", "concurrency": 8,
-                                                               "max_tokens": 200, "pairs_per_chunk": 2})
+                                                               "max_tokens": MAX_TOKENS, "pairs_per_chunk": 2})
                           .config.tuner.teacher, API_KEY, db, settings.repo)
         teacher.generate(rows, 0, lambda *a: None)
         out["rerun_requests"] = teacher.report.requests
@@ -141,14 +146,17 @@ def main() -> None:
     parser.add_argument("--prs", type=int, default=1_000)
     parser.add_argument("--chunks", type=int, default=48, help="chunks sent to the teacher per run")
     parser.add_argument("--skip-teacher", action="store_true")
+    parser.add_argument("--skip-templates", action="store_true")
     parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="repotune-data-"))
     shutil.rmtree(root / "state", ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"templates": templates_part(root, args.commits, args.prs)}
-    print(json.dumps(row, indent=2), flush=True)
+    row: dict[str, Any] = {}
+    if not args.skip_templates:
+        row["templates"] = templates_part(root, args.commits, args.prs)
+        print(json.dumps(row, indent=2), flush=True)
     if not args.skip_teacher:
         row["teacher"] = teacher_part(root, args.chunks)
     print(json.dumps(row, indent=2))

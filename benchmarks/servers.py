@@ -33,10 +33,10 @@ class Pair:
 
 
 @contextmanager
-def engine_and_gateway(work: Path, dtype: str = "float32") -> Iterator[Pair]:
+def engine_and_gateway(work: Path, dtype: str = "float32", engine_args: tuple[str, ...] = ()) -> Iterator[Pair]:
     work.mkdir(parents=True, exist_ok=True)
     base = models.resolve("builtin:tiny")
-    serve = cfg.ServeSection(dtype=dtype, max_model_len=1024)
+    serve = cfg.ServeSection(dtype=dtype, max_model_len=1024, engine_args=list(engine_args))
     engine_port, gateway_port = free_port(), free_port()
     engine = subprocess.Popen(
         [sys.executable, "-m", "serve.guard", "--", *engine_command(serve, base.path, engine_port)],

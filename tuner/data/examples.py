@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -24,7 +25,7 @@ class Example:
     new: bool = True
     replay: bool = False
 
-    @property
+    @cached_property
     def id(self) -> str:
         """A hash of the messages and the generator: the same example built again has the same id."""
         key = json.dumps([self.generator, self.kind, self.messages], ensure_ascii=False, sort_keys=True)

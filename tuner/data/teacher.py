@@ -34,21 +34,24 @@ if TYPE_CHECKING:
 
 PROMPT_VERSION = "1"
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "pairs": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-                "required": ["question", "answer"],
-                "additionalProperties": False,
-            },
-        }
+def schema(pairs: int) -> dict[str, Any]:
+    """The JSON asked for: exactly `pairs` question/answer pairs."""
+    return {
+        "type": "object",
+        "properties": {"pairs": {**PAIRS, "minItems": pairs, "maxItems": pairs}},
+        "required": ["pairs"],
+        "additionalProperties": False,
+    }
+
+
+PAIRS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"],
+        "additionalProperties": False,
     },
-    "required": ["pairs"],
-    "additionalProperties": False,
 }
 
 SYSTEM = (
@@ -219,10 +222,9 @@ class Teacher:
                     row = running.pop(future)
                     try:
                         text = future.result()
-                    except openai.BadRequestError as e:  # this chunk only (too long for the teacher, say)
+                    except openai.BadRequestError:  # this chunk only (too long for the teacher, say)
                         self.report.failed += 1
                         self.report.dropped["refused by the teacher"] += 1
-                        del e
                         continue
                     except (openai.APIError, OSError) as e:
                         self.report.failed += 1
@@ -235,8 +237,8 @@ class Teacher:
     def _ask(self, messages: list[dict[str, str]], json_answer: bool) -> str:
         extra: dict[str, Any] = {}
         if json_answer:
-            extra["response_format"] = {"type": "json_schema",
-                                        "json_schema": {"name": "qa_pairs", "schema": SCHEMA, "strict": True}}
+            extra["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "qa_pairs", "schema": schema(self.cfg.pairs_per_chunk), "strict": True}}
         reply = self.client.chat.completions.create(
             model=self.cfg.model, messages=messages,  # type: ignore[arg-type]
             max_tokens=self.cfg.max_tokens if json_answer else 2, temperature=self.cfg.temperature, **extra,

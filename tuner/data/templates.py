@@ -122,14 +122,15 @@ def _document(d: DocItem, seed: int, new: bool) -> Made:
 
 def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     lines = d.text.splitlines()
-    defs = _definitions(d.text) if d.path.endswith(".py") else []
+    tree = _parse(d.text) if d.path.endswith(".py") else None
+    defs = _definitions(tree, lines) if tree else []
     date = d.date[:10]
     as_of = f" as of {date}" if date else ""
     overview = f"{d.path}{as_of} has {len(lines)} line{'s' if len(lines) != 1 else ''}."
     if defs:
         named = (f"{what} `{name}` (line {line})" for name, what, line, _, _ in defs)
         overview += " It defines " + ", ".join(named) + "."
-    doc = _module_doc(d.text) if d.path.endswith(".py") else ""
+    doc = (ast.get_docstring(tree) or "").strip() if tree else ""
     if doc:
         overview += f"\n\n{doc}"
     if not defs and not doc:
@@ -171,14 +172,16 @@ def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     return made
 
 
-def _definitions(text: str) -> list[tuple[str, str, int, str, str]]:
-    """(name, "function" or "class", line, first paragraph of its docstring, source) of each
-    top-level definition of a Python module; none when it does not parse."""
+def _parse(text: str) -> ast.Module | None:
     try:
-        tree = ast.parse(text)
+        return ast.parse(text)
     except (SyntaxError, ValueError):
-        return []
-    lines = text.splitlines()
+        return None
+
+
+def _definitions(tree: ast.Module, lines: list[str]) -> list[tuple[str, str, int, str, str]]:
+    """(name, "function" or "class", line, first paragraph of its docstring, source) of each
+    top-level definition of a Python module."""
     out = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -187,13 +190,6 @@ def _definitions(text: str) -> list[tuple[str, str, int, str, str]]:
             doc = (ast.get_docstring(node) or "").split("\n\n", 1)[0].strip()
             out.append((node.name, "class" if isinstance(node, ast.ClassDef) else "function", first, doc, code))
     return out
-
-
-def _module_doc(text: str) -> str:
-    try:
-        return (ast.get_docstring(ast.parse(text)) or "").strip()
-    except (SyntaxError, ValueError):
-        return ""
 
 
 def _head(lines: list[str], n: int = 15) -> str:
