@@ -115,6 +115,7 @@ class _OpenAIReplay(BaseHTTPRequestHandler):
 
     allow = 3
     seen = 0
+    refuse = ""
     lock = threading.Lock()
 
     def do_POST(self) -> None:
@@ -127,6 +128,10 @@ class _OpenAIReplay(BaseHTTPRequestHandler):
                                "param": None, "code": "rate_limit_exceeded"}}
             return self._send(429, error, {"retry-after": "0", "x-ratelimit-remaining-requests": "0"})
         prompt = body["messages"][-1]["content"]
+        if self.refuse and self.refuse in prompt:  # what the hosted API says of a prompt over the context
+            error = {"error": {"message": "This model's maximum context length is 128 tokens.",
+                               "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+            return self._send(400, error)
         if prompt.startswith("Reply with one word"):  # the judge: only the README's answers are not supported
             verdict = "no" if "# Calculator" in prompt else "yes"
             return self._send(200, self._completion(n, body, verdict))
@@ -200,4 +205,22 @@ def test_the_judge_drops_what_it_finds_unsupported_and_is_cached(history: GitRep
         sent = _OpenAIReplay.seen
         assert build(settings).manifest["teacher"]["requests"] == 0 and _OpenAIReplay.seen == sent
     finally:
+        server.shutdown()
+
+
+def test_a_chunk_the_teacher_refuses_is_skipped_and_asked_again_next_build(history: GitRepo, tmp_path, tiny):
+    _OpenAIReplay.allow, _OpenAIReplay.seen, _OpenAIReplay.refuse = 10_000, 0, "Text: doc docs/usage.md"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIReplay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        settings = _settings(tmp_path, history.path, base_url=url, concurrency=2)
+        ingest(settings)
+        report = build(settings).manifest["teacher"]
+        assert report["failed"] == 1 and report["dropped"]["refused by the teacher"] == 1
+        assert report["stopped"] is None and len(_cache_rows(settings)) == report["chunks"] - 1
+        _OpenAIReplay.refuse = ""
+        assert build(settings).manifest["teacher"]["requests"] == 1  # only the refused one, again
+    finally:
+        _OpenAIReplay.refuse = ""
         server.shutdown()
