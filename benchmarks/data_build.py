@@ -113,7 +113,7 @@ def teacher_part(root: Path, chunk_count: int) -> dict[str, Any]:
                 client = OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=300)
 
                 def bare(row: Any, teacher: Teacher = teacher, client: OpenAI = client) -> str:
-                    reply = client.chat.completions.create(
+                    reply = client.chat.completions.create(  # type: ignore[call-overload]
                         model="base", messages=teacher._messages(row),
                         max_tokens=MAX_TOKENS, temperature=0.3,
                         response_format={"type": "json_schema",
