@@ -302,14 +302,72 @@ def _error(args: Iterable[str], stderr: bytes) -> GitError:
 
 
 def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
-    """One commit from its bytes of `git log` output (see `Repo.log_blocks`)."""
-    commit = next(_parse_log(iter(block.splitlines(keepends=True)), caps))
+    """One commit from its bytes of `git log` output (see `Repo.log_blocks`).
+
+    The same result as the streaming parser (`_parse_log`, kept for `log_without`), but
+    the diff is cut a file at a time with slices instead of line by line: a long history's
+    diffs are most of its bytes."""
+    end = -1
+    for _ in _FIELDS:  # the header: every field ends with a unit separator, the message too
+        end = block.find(b"\x1f", end + 1)
+        if end < 0:
+            return next(_parse_log(iter(block.splitlines(keepends=True)), caps))  # no complete header
+    end += 1
+    commit = _header(block[:end])
+    start = block.find(b"\ndiff --git ", end - 1)
+    meta, diff = (block[end:], b"") if start < 0 else (block[end: start + 1], block[start + 1:])
+    numstat = 0
+    for line in meta.splitlines():
+        if line.startswith(b":"):
+            commit.files.append(_raw(line))
+        elif line[:1].isdigit() or line.startswith(b"-\t"):
+            if numstat < len(commit.files):
+                _numstat(commit.files[numstat], line)
+            numstat += 1
+    _cap_diff(commit, diff, caps)
     if cut:
         commit.diff_truncated = True
         unseen = len(commit.files) - commit.diff_files
         if unseen > 0:
             commit.diff += f"[... {unseen} more files' diffs cut]\n"
     return commit
+
+
+def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
+    """`diff` cut at `caps` per file and per commit, as `_DiffBuilder` cuts it line by line:
+    a file's lines while they fit, the line that crosses the cap cut short."""
+    parts: list[bytes] = []
+    kept = cut_files = files = 0
+    truncated = False
+    starts = [0] if diff else []
+    while diff and (i := diff.find(b"\ndiff --git ", starts[-1])) != -1:
+        starts.append(i + 1)
+    for a, b in zip(starts, [*starts[1:], len(diff)] if starts else [], strict=True):
+        files += 1
+        if kept >= caps.commit_bytes:
+            cut_files += 1
+            truncated = True
+            continue
+        room = min(caps.file_bytes, caps.commit_bytes - kept)
+        if b - a <= room:
+            parts.append(diff[a:b])
+            kept += b - a
+            continue
+        piece = diff[a: a + room]
+        if not piece.endswith(b"\n"):
+            piece += b"\n"
+        parts.append(piece)
+        kept += len(piece)
+        truncated = True
+        if len(piece) >= caps.file_bytes:
+            parts.append(_FILE_CUT)
+    if cut_files:
+        parts.append(f"[... {cut_files} more files' diffs cut]\n".encode())
+    commit.diff = b"".join(parts).decode("utf-8", "replace")
+    commit.diff_truncated, commit.diff_files = truncated, files
+
+
+_FILE_CUT = b"[... the rest of this file's diff is cut]\n"
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -431,7 +489,7 @@ class _DiffBuilder:
 
     def _end_file(self) -> None:
         if self.file_kept >= self.caps.file_bytes and not self.file_cut_noted:
-            self.parts.append(b"[... the rest of this file's diff is cut]\n")
+            self.parts.append(_FILE_CUT)
             self.file_cut_noted = True
 
     def finish(self, commit: Commit) -> Commit:
