@@ -52,7 +52,8 @@ def general_replay(count: int, seed: int) -> list[Example]:
     from eval.questions import load
 
     train = sorted(load(split="train"), key=lambda q: fraction(seed, "general", q.id))
-    return [Example(chat(q.question, q.answer), "replay", "general", {"general": q.id}, True) for q in train[:count]]
+    return [Example(chat(q.question, q.answer), "replay", "general", {"general": q.id}, new=False, replay=True)
+            for q in train[:count]]
 
 
 def raw_text(chunks: Iterator[tuple[str, str, str, int]], ratio: float, seed: int, cursor: int) -> Iterator[
