@@ -35,7 +35,8 @@ class Replay:
 
     def add(self, number: int, title: str, updated: str, merged: bool = True, fork: bool = False,
             body: str = "", files: list[dict[str, Any]] | None = None, reviews: list[dict[str, Any]] | None = None,
-            review_comments: list[dict[str, Any]] | None = None, comments: list[dict[str, Any]] | None = None) -> None:
+            review_comments: list[dict[str, Any]] | None = None, comments: list[dict[str, Any]] | None = None,
+            merge_sha: str | None = None) -> None:
         url = f"{self.base}/repos/{self.owner}/{self.repo}/pulls/{number}"
         full = f"{self.owner}/{self.repo}"
         self.pulls.append({
@@ -43,7 +44,7 @@ class Replay:
             "title": title, "body": body, "user": _user("ada"), "labels": [{"id": 1, "name": "enhancement"}],
             "created_at": "2026-01-01T00:00:00Z", "updated_at": updated,
             "closed_at": updated if merged else None, "merged_at": updated if merged else None,
-            "merge_commit_sha": f"{number:040x}", "issue_url": f"{self.base}/repos/{full}/issues/{number}",
+            "merge_commit_sha": merge_sha or f"{number:040x}", "issue_url": f"{self.base}/repos/{full}/issues/{number}",
             "comments_url": f"{self.base}/repos/{full}/issues/{number}/comments",
             "review_comments_url": f"{url}/comments",
             "head": {"label": f"dev:feature-{number}", "ref": f"feature-{number}", "sha": f"{number:040x}",
@@ -143,8 +144,8 @@ def _repo(base: str, full_name: str) -> dict[str, Any]:
             "private": False, "url": f"{base}/repos/{full_name}", "default_branch": "main"}
 
 
-def review(id: int, author: str, state: str, body: str) -> dict[str, Any]:
-    return {"id": id, "user": _user(author), "body": body, "state": state, "submitted_at": "2026-01-02T00:00:00Z"}
+def review(id: int, author: str, state: str, body: str, at: str = "2026-01-02T00:00:00Z") -> dict[str, Any]:
+    return {"id": id, "user": _user(author), "body": body, "state": state, "submitted_at": at}
 
 
 def review_comment(id: int, author: str, path: str, body: str) -> dict[str, Any]:

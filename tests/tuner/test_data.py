@@ -170,3 +170,36 @@ def test_the_cli_builds_shows_and_counts(history: GitRepo, tmp_path, clean_env, 
     table = _cli("show", "--sample", "2", "--split", "eval", config=config)
     assert table.returncode == 0 and "question" in table.stdout
     assert _cli("show", "--split", "nope", config=config).returncode == 1
+
+
+def test_a_pull_request_says_what_changed_after_its_review(tmp_path, clean_env, tiny) -> None:
+    from tests.ingest.github_replay import Replay, changed, review
+
+    repo = GitRepo(tmp_path / "widgets")
+    repo.commit("Start", {"w.py": "x = 1\n"})
+    repo.git("checkout", "-q", "-b", "feature")
+    repo.commit("Add y", {"w.py": "x = 1\ny = 2\n"})
+    reviewed = repo.git("log", "-1", "--format=%cI")
+    repo.commit("Rename y to why, as asked", {"w.py": "x = 1\nwhy = 2\n"})
+    repo.git("checkout", "-q", "main")
+    repo.git("merge", "-q", "--no-ff", "feature", "-m", "Merge pull request #1 from grace/feature")
+    replay = Replay()
+    server, _ = replay.start()
+    try:
+        replay.add(1, "Add y", "2026-01-04T00:00:00Z", merge_sha=repo.git("rev-parse", "HEAD"),
+                   files=[changed("w.py", "@@ -1 +1,2 @@\n x = 1\n+why = 2\n")],
+                   reviews=[review(11, "grace", "CHANGES_REQUESTED", "Name y better.", at=reviewed)])
+        raw = {"paths": {"data_dir": str(tmp_path / "state")},
+               "ingest": {"repo": str(repo.path), "github": "acme/widgets", "github_api": replay.base, "workers": 1}}
+        from repotune.config import Secrets, Settings
+
+        settings = Settings(config=parse(raw), source=None, root=tmp_path, secrets=Secrets(github_token=replay.token))
+        result = ingest(settings)
+        assert not result.errors and result.reports["github"].items == 1, result.as_dict()
+        rows = _all(build(settings).path)
+    finally:
+        server.shutdown()
+    after = [r for r in rows if r["kind"] == "after_review"]
+    assert after, [r["kind"] for r in rows]
+    answer = after[0]["messages"][-1]["content"]
+    assert "Rename y to why, as asked" in answer and "Add y" not in answer and "grace" in answer

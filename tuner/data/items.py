@@ -9,6 +9,7 @@ new when that rowid is past the ingest cursor the promoted adapter was trained t
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,15 @@ class Comment:
     body: str
     state: str | None
     path: str | None
+    created_at: str | None
+
+
+@dataclass
+class BranchCommit:
+    sha: str
+    date: str
+    title: str
+    files: int
 
 
 @dataclass
@@ -81,6 +91,7 @@ class PullItem:
     files: list[dict[str, Any]]
     comments: list[Comment]
     chunks: Chunks
+    branch: list[BranchCommit] | None = None  # the merged branch's commits, oldest first; None: not known
 
 
 @dataclass
@@ -100,6 +111,7 @@ class Items:
         self.db = db
         self.repo = repo
         self._chunks: dict[tuple[Any, ...], Chunks] = {}
+        self._parents: dict[str, tuple[tuple[str, ...], str, str, int]] | None = None
         for kind, sha, number, path, cid, start, rowid in db.execute(
             "select kind, sha, pr_number, path, id, start_line, rowid from chunks "
             "where repo = ? and stale = 0 and trusted = 1 order by rowid", [repo],
@@ -133,20 +145,53 @@ class Items:
 
     def pull_requests(self) -> Iterator[PullItem]:
         comments: dict[int, list[Comment]] = {}
-        for number, kind, author, body, state, path in self.db.execute(
-            "select pr_number, kind, author, body, state, path from pr_comments where repo = ? "
+        for number, kind, author, body, state, path, created in self.db.execute(
+            "select pr_number, kind, author, body, state, path, created_at from pr_comments where repo = ? "
             "order by created_at, id", [self.repo],
         ):
-            comments.setdefault(number, []).append(Comment(kind, author, body, state, path))
+            comments.setdefault(number, []).append(Comment(kind, author, body, state, path, created))
         for row in self.db.execute(
-            "select number, title, body, state, author, base, head, merged_at, files from pull_requests "
+            "select number, title, body, state, author, base, head, merged_at, files, merge_sha from pull_requests "
             "where repo = ? and trusted = 1 order by number", [self.repo],
         ):
-            number, title, body, state, author, base, head, merged_at, files = row
+            number, title, body, state, author, base, head, merged_at, files, merge_sha = row
             chunks = self._chunks.get(("pull_request", number))
             if chunks:
                 yield PullItem(number, title, body, state, author, base, head, merged_at, json.loads(files or "[]"),
-                               comments.get(number, []), chunks)
+                               comments.get(number, []), chunks, self.branch(merge_sha) if merge_sha else None)
+
+    def branch(self, merge_sha: str, mainline: int = 2000, most: int = 250) -> list[BranchCommit] | None:
+        """The commits a merge commit brought in (reachable from its second parent, not from
+        its first, looked for among the first parent's `mainline` nearest ancestors), oldest
+        first; None for a commit that is not a stored two-parent merge, or a branch longer
+        than `most` commits."""
+        graph = self._graph()
+        parents = graph.get(merge_sha, ((), "", "", 0))[0]
+        if len(parents) != 2:
+            return None
+        seen = _ancestors(graph, parents[0], mainline)
+        out: dict[str, BranchCommit] = {}
+        todo = [parents[1]]
+        while todo:
+            sha = todo.pop()
+            if sha in seen or sha in out or sha not in graph:
+                continue
+            if len(out) >= most:
+                return None
+            parents_of, date, title, files = graph[sha]
+            out[sha] = BranchCommit(sha, date, title, files)
+            todo.extend(parents_of)
+        return sorted(out.values(), key=lambda c: (c.date, c.sha))
+
+    def _graph(self) -> dict[str, tuple[tuple[str, ...], str, str, int]]:
+        if self._parents is None:
+            self._parents = {
+                sha: (tuple(parents.split()), date, message.split("\n", 1)[0], files)
+                for sha, parents, date, message, files in self.db.execute(
+                    "select sha, parents, committed_at, message, files_changed from commits where repo = ?",
+                    [self.repo])
+            }
+        return self._parents
 
     def documents(self) -> Iterator[DocItem]:
         for kind, path, sha, text, date in self.db.execute(
@@ -164,3 +209,15 @@ class Items:
             "select id, kind, text, rowid from chunks where repo = ? and stale = 0 and trusted = 1 order by rowid",
             [self.repo],
         )
+
+
+def _ancestors(graph: dict[str, tuple[tuple[str, ...], str, str, int]], start: str, most: int) -> set[str]:
+    seen: set[str] = set()
+    todo = deque([start])
+    while todo and len(seen) < most:
+        sha = todo.popleft()
+        if sha in seen or sha not in graph:
+            continue
+        seen.add(sha)
+        todo.extend(graph[sha][0])
+    return seen

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tuner.data.examples import Example, chat, pick
 from tuner.data.items import CommitItem, DocItem, Items, PullItem
@@ -24,6 +25,9 @@ PULL_EVAL = ("Describe PR #{n} ({title}).", "What is #{n} in this repository's p
 REVIEW = ("What did the review of pull request #{n} say?", "What feedback did PR #{n} get in review?",
           "What did reviewers ask for on #{n}?")
 REVIEW_EVAL = ("Summarize the review comments on PR #{n}.",)
+AFTER = ("What was changed in pull request #{n} after review?", "What changed in PR #{n} once it had been reviewed?",
+         "Which commits did pull request #{n} get after its first review?")
+AFTER_EVAL = ("After the review of #{n}, what was changed?",)
 FILE = ("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}.")
 FILE_EVAL = ("Describe the file {path}.",)
 SHOW = ("As of {date}, show {path}.", "Show me {path} as it was on {date}.", "Print the contents of {path} ({date}).")
@@ -110,7 +114,38 @@ def _pull(p: PullItem, seed: int, new: bool) -> Made:
                      pick(REVIEW_EVAL, seed, p.number).format(**values), review, sources, new)
         made.train += more.train
         made.eval += more.eval
+    after = _after_review(p)
+    if after:
+        more = _made("after_review", pick(AFTER, seed, p.number).format(**values),
+                     pick(AFTER_EVAL, seed, p.number).format(**values), after, sources, new)
+        made.train += more.train
+        made.eval += more.eval
     return made
+
+
+def _after_review(p: PullItem) -> str:
+    """What the merged branch got after the first review, when both are known."""
+    reviews = [c for c in p.comments if c.kind in ("review", "review_comment") and c.created_at]
+    if p.branch is None or not reviews:
+        return ""
+    first = min(reviews, key=lambda c: _when(c.created_at or ""))
+    when = _when(first.created_at or "")
+    later = [c for c in p.branch if _when(c.date) > when]
+    by = f"{first.author or 'a reviewer'} on {(first.created_at or '')[:10]}"
+    if not later:
+        return (f"Nothing: no commit was added to pull request #{p.number} after its first review ({by}); "
+                "it was merged as reviewed.")
+    listed = "".join(f"\n- {c.sha[:12]} {c.title} ({c.files} file{'s' if c.files != 1 else ''})" for c in later)
+    return (f"After its first review ({by}), pull request #{p.number} got {len(later)} more "
+            f"commit{'s' if len(later) != 1 else ''} before it was merged:{listed}")
+
+
+def _when(stamp: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _document(d: DocItem, seed: int, new: bool) -> Made:
