@@ -9,7 +9,7 @@ import typer
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bars
 
-app = typer.Typer(help="Training data: template Q&A, refusals, replay and raw text, built into datasets.")
+app = typer.Typer(help="Training data: template and teacher Q&A, refusals, replay and raw text, built into datasets.")
 
 EXIT_NOTHING = 3  # nothing new to train on: the nightly cycle stops here, and says so
 
