@@ -134,36 +134,13 @@ class Repo:
         """
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "--numstat", "-p", "-M",
                 "--no-color", "--no-ext-diff", "--no-textconv", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
-        current, cut = bytearray(), False
-
-        def add(part: bytes) -> None:
-            nonlocal cut
-            room = caps.block_bytes - len(current)
-            current.extend(part[: max(room, 0)])
-            cut = cut or len(part) > room
-
-        pending = b""
-        for chunk in self._stream(args):
-            data = pending + chunk
-            start = 0
-            while (i := data.find(b"\n\x1e", start)) != -1:  # a commit header starts a line
-                add(data[start : i + 1])
-                if current:
-                    yield bytes(current), cut
-                current, cut = bytearray(), False
-                start = i + 1
-            rest = data[start:]
-            pending = b"\n" if rest.endswith(b"\n") else b""  # it may precede the next header
-            add(rest[: len(rest) - len(pending)])
-        add(pending)
-        if current:
-            yield bytes(current), cut
+        return _blocks(self._stream(args), caps.block_bytes)
 
     def log_without(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
         """As `log`, when blobs are missing: their files are skipped and marked, the rest diffed."""
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-M", "--no-color",
                 f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
-        commits = list(_parse_log(_lines(self._stream(args)), caps))
+        commits = [parse_block(block, cut, caps) for block, cut in _blocks(self._stream(args), caps.block_bytes)]
         missing = self.missing_blobs(b for c in commits for f in c.files for b in (f.old_blob, f.new_blob))
         for commit in commits:
             lost = {f.path for f in commit.files if {f.old_blob, f.new_blob} & missing}
@@ -301,17 +278,42 @@ def _error(args: Iterable[str], stderr: bytes) -> GitError:
 # --- reading `git log --raw --numstat -p` ------------------------------------------------
 
 
-def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
-    """One commit from its bytes of `git log` output (see `Repo.log_blocks`).
+def _blocks(chunks: Iterable[bytes], block_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """`git log` output split into commits' bytes, each cut (and marked) beyond `block_bytes`."""
+    current, cut = bytearray(), False
 
-    The same result as the streaming parser (`_parse_log`, kept for `log_without`), but
-    the diff is cut a file at a time with slices instead of line by line: a long history's
-    diffs are most of its bytes."""
+    def add(part: bytes) -> None:
+        nonlocal cut
+        room = block_bytes - len(current)
+        current.extend(part[: max(room, 0)])
+        cut = cut or len(part) > room
+
+    pending = b""
+    for chunk in chunks:
+        data = pending + chunk
+        start = 0
+        while (i := data.find(b"\n\x1e", start)) != -1:  # a commit header starts a line
+            add(data[start : i + 1])
+            if current:
+                yield bytes(current), cut
+            current, cut = bytearray(), False
+            start = i + 1
+        rest = data[start:]
+        pending = b"\n" if rest.endswith(b"\n") else b""  # it may precede the next header
+        add(rest[: len(rest) - len(pending)])
+    add(pending)
+    if current:
+        yield bytes(current), cut
+
+
+def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
+    """One commit from its bytes of `git log` output (see `Repo.log_blocks`). The diff is
+    cut a file at a time, with slices: a long history's diffs are most of its bytes."""
     end = -1
     for _ in _FIELDS:  # the header: every field ends with a unit separator, the message too
         end = block.find(b"\x1f", end + 1)
-        if end < 0:
-            return next(_parse_log(iter(block.splitlines(keepends=True)), caps))  # no complete header
+        if end < 0:  # a header cut short (a block cut inside its message): what there is of it
+            return _header(block)
     end += 1
     commit = _header(block[:end])
     start = block.find(b"\ndiff --git ", end - 1)
@@ -334,8 +336,8 @@ def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
 
 
 def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
-    """`diff` cut at `caps` per file and per commit, as `_DiffBuilder` cuts it line by line:
-    a file's lines while they fit, the line that crosses the cap cut short."""
+    """`diff` cut at `caps` per file and per commit: a file's lines while they fit, the line
+    that crosses the cap cut short, and a note of what was cut."""
     parts: list[bytes] = []
     kept = cut_files = files = 0
     truncated = False
@@ -360,59 +362,18 @@ def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
         kept += len(piece)
         truncated = True
         if len(piece) >= caps.file_bytes:
-            parts.append(_FILE_CUT)
+            parts.append(FILE_CUT)
     if cut_files:
         parts.append(f"[... {cut_files} more files' diffs cut]\n".encode())
     commit.diff = b"".join(parts).decode("utf-8", "replace")
     commit.diff_truncated, commit.diff_files = truncated, files
 
 
-_FILE_CUT = b"[... the rest of this file's diff is cut]\n"
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    pending = b""
-    for chunk in chunks:
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if pending:
-        yield pending
-
-
-def _parse_log(lines: Iterator[bytes], caps: Caps) -> Iterator[Commit]:
-    commit: Commit | None = None
-    diff = _DiffBuilder(caps)
-    header: list[bytes] = []
-    numstat = 0
-    for line in lines:
-        if header or line.startswith(b"\x1e"):
-            header.append(line)
-            joined = b"".join(header)
-            if joined.count(b"\x1f") < len(_FIELDS):
-                continue
-            if commit is not None:
-                yield diff.finish(commit)
-            commit, header, numstat = _header(joined), [], 0
-            diff = _DiffBuilder(caps)
-            continue
-        if commit is None:
-            continue
-        if diff.started or line.startswith(b"diff --git "):
-            diff.add(line)
-        elif line.startswith(b":"):
-            commit.files.append(_raw(line))
-        elif line[:1].isdigit() or line.startswith(b"-\t"):
-            if numstat < len(commit.files):
-                _numstat(commit.files[numstat], line)
-            numstat += 1
-    if commit is not None:
-        yield diff.finish(commit)
+FILE_CUT = b"[... the rest of this file's diff is cut]\n"
 
 
 def _header(data: bytes) -> Commit:
-    values = data.lstrip(b"\x1e").split(b"\x1f")[: len(_FIELDS)]
+    values = [*data.lstrip(b"\x1e").split(b"\x1f"), *[b""] * len(_FIELDS)][: len(_FIELDS)]
     text = dict(zip(_FIELDS, (v.decode("utf-8", "replace") for v in values), strict=True))
     return Commit(
         sha=text["sha"].strip(),
@@ -448,54 +409,3 @@ def _unquote(path: bytes) -> str:
     if path.startswith(b'"') and path.endswith(b'"'):
         path = path[1:-1].decode("unicode_escape").encode("latin-1")
     return path.decode("utf-8", "replace")
-
-
-class _DiffBuilder:
-    """One commit's diff as it streams by, cut at `caps` without holding what is cut."""
-
-    def __init__(self, caps: Caps):
-        self.caps = caps
-        self.parts: list[bytes] = []
-        self.kept = 0  # bytes kept for the commit
-        self.file_kept = 0
-        self.cut_files = 0
-        self.files = 0
-        self.truncated = False
-        self.started = False
-        self.file_cut_noted = True
-
-    def add(self, line: bytes) -> None:
-        self.started = True
-        if line.startswith(b"diff --git "):
-            self.files += 1
-            self._end_file()
-            self.file_kept, self.file_cut_noted = 0, False
-            if self.kept >= self.caps.commit_bytes:
-                self.cut_files += 1
-                self.truncated = True
-                return
-        elif self.kept >= self.caps.commit_bytes:
-            return
-        room = min(self.caps.file_bytes - self.file_kept, self.caps.commit_bytes - self.kept)
-        if room <= 0:
-            self.truncated = True
-            return
-        piece = line if len(line) <= room else line[:room] + b"\n"
-        self.parts.append(piece)
-        self.kept += len(piece)
-        self.file_kept += len(piece)
-        if len(piece) < len(line):
-            self.truncated = True
-
-    def _end_file(self) -> None:
-        if self.file_kept >= self.caps.file_bytes and not self.file_cut_noted:
-            self.parts.append(_FILE_CUT)
-            self.file_cut_noted = True
-
-    def finish(self, commit: Commit) -> Commit:
-        self._end_file()
-        if self.cut_files:
-            self.parts.append(f"[... {self.cut_files} more files' diffs cut]\n".encode())
-        commit.diff = b"".join(self.parts).decode("utf-8", "replace")
-        commit.diff_truncated, commit.diff_files = self.truncated, self.files
-        return commit
