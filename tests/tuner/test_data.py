@@ -112,6 +112,8 @@ def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
     ingest(settings)
     second = build(settings)
     assert second.path != first.path
+    assert second.manifest["new_since"] == {"ingest_cursor": first.manifest["ingest_cursor"],
+                                            "adapter": f"{settings.lineage}@v1"}
     rows = read(second.path, "train") + read(second.path, "val")
     new = [r for r in rows if r["new"]]
     # New: the commit, and calculator.py (changed) with all its definitions; nothing else from the repo.
@@ -170,6 +172,21 @@ def test_the_cli_builds_shows_and_counts(history: GitRepo, tmp_path, clean_env, 
     table = _cli("show", "--sample", "2", "--split", "eval", config=config)
     assert table.returncode == 0 and "question" in table.stdout
     assert _cli("show", "--split", "nope", config=config).returncode == 1
+    unknown = _cli("stats", "--dataset", "0000", config=config)
+    assert unknown.returncode == 1 and "no dataset '0000'" in unknown.stderr
+
+
+@pytest.mark.parametrize(("data", "teacher", "message"), [
+    ({"generators": ["templates", "llm"]}, {}, "unknown generator llm"),
+    ({"generators": ["teacher"]}, {}, "tuner.teacher.base_url is not set"),
+    ({"val_fraction": 0.9}, {}, "tuner.data.val_fraction"),
+    ({}, {"concurrency": 0}, "tuner.teacher.concurrency"),
+])
+def test_a_wrong_data_config_names_the_key(data, teacher, message) -> None:
+    from repotune.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse({"tuner": {"data": data, "teacher": teacher}})
 
 
 def test_a_pull_request_says_what_changed_after_its_review(tmp_path, clean_env, tiny) -> None:

@@ -24,7 +24,7 @@ from repotune.config import Secrets, Settings, parse
 from serve.engine import free_port, wait_healthy
 from tests.ingest.conftest import GitRepo
 from tuner.data.build import build, read
-from tuner.data.teacher import grounding
+from tuner.data.teacher import content_words, grounding
 from tuner.data.teacher import parse as parse_pairs
 
 KEY = "teacher-test-key"
@@ -88,9 +88,7 @@ def test_teacher_qa_from_a_local_vllm_is_cached_and_a_rerun_sends_no_request(his
     db = store.open_db(store.db_path(settings.data_dir))
     for example in (e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"):
         chunk = db.execute("select text from chunks where id = ?", [example["sources"]["chunks"][0]]).fetchone()[0]
-        from tuner.data.teacher import _words
-
-        assert grounding(example["messages"][1]["content"], _words(chunk)) >= 0.3
+        assert grounding(example["messages"][1]["content"], content_words(chunk)) >= 0.3
     again = build(settings)
     assert again.manifest["teacher"]["requests"] == 0 and again.manifest["teacher"]["cached"] == report["chunks"]
     assert again.path == first.path and again.reused

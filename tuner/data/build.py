@@ -77,7 +77,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         raise DataError(f"nothing ingested from {settings.repo} yet: run `repotune ingest` first")
     promoted = registry.promoted(db, settings.lineage)
     since = int(promoted.manifest.get("ingest_cursor", 0)) if promoted else 0
-    name = f"{promoted.lineage}@v{promoted.version}" if promoted else None
+    adapter = f"{promoted.lineage}@v{promoted.version}" if promoted else None
 
     qa: list[Example] = []
     held_out: list[Example] = []
@@ -98,7 +98,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     new = [e for e in qa if e.new]
     if not new:
         if promoted:
-            raise NothingToTrain(f"nothing new since the data of {name}, the promoted adapter (ingest cursor "
+            raise NothingToTrain(f"nothing new since the data of {adapter}, the promoted adapter (ingest cursor "
                                  f"{since}): nothing to train on")
         raise NothingToTrain(f"the generators ({', '.join(cfg.generators) or 'none'}) made no Q&A from what was "
                              "ingested: nothing to train on")
@@ -110,7 +110,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         for old in earlier[: round(len(new) * cfg.replay_earlier)]:
             old.replay = True
         extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed)
-    raw = [row for row, _ in others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)] \
+    raw = list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
 
@@ -129,8 +129,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     }
     base = _base(settings)
     digest = hashlib.sha256()
-    for name, data in sorted(files.items()):
-        digest.update(f"{name}\0".encode() + hashlib.sha256(data).digest())
+    for file, data in sorted(files.items()):
+        digest.update(f"{file}\0".encode() + hashlib.sha256(data).digest())
     digest.update(json.dumps([cfg.model_dump(), base.fingerprint, cursor], sort_keys=True).encode())
     key = digest.hexdigest()[:16]
     folder = datasets_dir(settings) / key
@@ -147,7 +147,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     manifest = {
         "hash": key, "lineage": settings.lineage, "repo": settings.repo, "created_at": store.now(),
         "base_model": base.spec, "base_fingerprint": base.fingerprint,
-        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since, "adapter": name},
+        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since, "adapter": adapter},
         "counts": {"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
                    "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
         "generators": _tally(settings, chats, raw),
@@ -188,7 +188,7 @@ def _tally(settings: Settings, chats: list[Example], raw: list[dict[str, Any]]) 
     texts = ["".join(m["content"] for m in e.messages) for e in chats] + [str(r["text"]) for r in raw]
     counts = tokens.count(texts)
     out: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-    for e, n in zip(chats, counts, strict=False):
+    for e, n in zip(chats, counts[: len(chats)], strict=True):
         out[e.generator][e.kind].update({"examples": 1, "tokens": n, "new": int(e.new)})
     for r, n in zip(raw, counts[len(chats):], strict=True):
         out["raw"][str(r["kind"])].update({"examples": 1, "tokens": n, "new": int(bool(r["new"]))})

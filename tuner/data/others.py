@@ -57,9 +57,9 @@ def general_replay(count: int, seed: int) -> list[Example]:
 
 
 def raw_text(chunks: Iterator[tuple[str, str, str, int]], ratio: float, seed: int, cursor: int) -> Iterator[
-        tuple[dict[str, object], bool]]:
+        dict[str, object]]:
     """Chunks as plain text for continued pre-training: `ratio` of them, the same ones every
     build (chosen by a hash of the chunk's id)."""
     for cid, kind, text, rowid in chunks:
         if fraction(seed, "raw", cid) < ratio:
-            yield {"text": text, "kind": kind, "sources": {"chunks": [cid]}, "new": rowid > cursor}, rowid > cursor
+            yield {"text": text, "kind": kind, "sources": {"chunks": [cid]}, "new": rowid > cursor}

@@ -243,13 +243,13 @@ class Teacher:
             model=self.cfg.model, messages=messages,  # type: ignore[arg-type]
             max_tokens=self.cfg.max_tokens if json_answer else 2, temperature=self.cfg.temperature, **extra,
         )
-        return reply.choices[0].message.content or "" if reply.choices else ""
+        return (reply.choices[0].message.content or "") if reply.choices else ""
 
     # --- filters --------------------------------------------------------------------
 
     def _filter(self, row: ChunkRow, pairs: list[dict[str, str]], seen: set[str]) -> list[dict[str, str]]:
         kept: list[dict[str, str]] = []
-        words = _words(row.text)
+        words = content_words(row.text)
         for p in pairs:
             question, answer = p["question"].strip(), p["answer"].strip()
             if len(question) < 10 or not self.cfg.min_answer_chars <= len(answer) <= self.cfg.max_answer_chars:
@@ -325,13 +325,13 @@ _STOP = frozenset((
 ))
 
 
-def _words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower())) - _STOP
 
 
 def grounding(answer: str, chunk_words: set[str]) -> float:
     """The share of the answer's words (three letters or more, common words aside) found in the chunk."""
-    words = _words(answer)
+    words = content_words(answer)
     return len(words & chunk_words) / len(words) if words else 0.0
 
 

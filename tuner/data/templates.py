@@ -6,7 +6,7 @@ exact training string."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,29 +16,35 @@ from tuner.data.items import CommitItem, DocItem, Items, PullItem
 MAX_ANSWER_CHARS = 6000  # a longer file or page is cut, and says so
 MAX_FILES_LISTED = 20
 
-COMMIT = ("What changed in commit {short} and why?", "Explain commit {short}.",
-          "What did commit {short} ({title}) change, and for what reason?", "Tell me about commit {short}.")
-COMMIT_EVAL = ("Summarize the change made in {short}.", "Describe what {short} did.")
-PULL = ("What did pull request #{n} do?", "What was pull request #{n} ({title}) about?",
-        "Explain PR #{n}.", "Summarize pull request #{n}.")
-PULL_EVAL = ("Describe PR #{n} ({title}).", "What is #{n} in this repository's pull requests?")
-REVIEW = ("What did the review of pull request #{n} say?", "What feedback did PR #{n} get in review?",
-          "What did reviewers ask for on #{n}?")
-REVIEW_EVAL = ("Summarize the review comments on PR #{n}.",)
-AFTER = ("What was changed in pull request #{n} after review?", "What changed in PR #{n} once it had been reviewed?",
-         "Which commits did pull request #{n} get after its first review?")
-AFTER_EVAL = ("After the review of #{n}, what was changed?",)
-FILE = ("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}.")
-FILE_EVAL = ("Describe the file {path}.",)
-SHOW = ("As of {date}, show {path}.", "Show me {path} as it was on {date}.", "Print the contents of {path} ({date}).")
-DEFINITION = ("What does `{name}` in {path} do?", "Explain the {what} `{name}` defined in {path}.",
-              "How is `{name}` implemented in {path}?")
-DEFINITION_EVAL = ("Describe {what} `{name}` from {path}.",)
-PAGE = ("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
-        "What is documented in {path}?")
-PAGE_EVAL = ("Tell me what {path} documents.",)
-SECTION = ('In {path}, what does the section "{heading}" say?', 'What does {path} say under "{heading}"?')
-SECTION_EVAL = ('Explain the "{heading}" part of {path}.',)
+# Per kind: the phrasings training uses, and the ones only the held-out eval uses.
+PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "commit": (("What changed in commit {short} and why?", "Explain commit {short}.",
+                "What did commit {short} ({title}) change, and for what reason?", "Tell me about commit {short}."),
+               ("Summarize the change made in {short}.", "Describe what {short} did.")),
+    "pull_request": (("What did pull request #{n} do?", "What was pull request #{n} ({title}) about?",
+                      "Explain PR #{n}.", "Summarize pull request #{n}."),
+                     ("Describe PR #{n} ({title}).", "What is #{n} in this repository's pull requests?")),
+    "review": (("What did the review of pull request #{n} say?", "What feedback did PR #{n} get in review?",
+                "What did reviewers ask for on #{n}?"),
+               ("Summarize the review comments on PR #{n}.",)),
+    "after_review": (("What was changed in pull request #{n} after review?",
+                      "What changed in PR #{n} once it had been reviewed?",
+                      "Which commits did pull request #{n} get after its first review?"),
+                     ("After the review of #{n}, what was changed?",)),
+    "file": (("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}."),
+             ("Describe the file {path}.",)),
+    "show": (("As of {date}, show {path}.", "Show me {path} as it was on {date}.",
+              "Print the contents of {path} ({date})."),
+             ()),  # the whole file: not asked in the eval
+    "definition": (("What does `{name}` in {path} do?", "Explain the {what} `{name}` defined in {path}.",
+                    "How is `{name}` implemented in {path}?"),
+                   ("Describe {what} `{name}` from {path}.",)),
+    "doc": (("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
+             "What is documented in {path}?"),
+            ("Tell me what {path} documents.",)),
+    "section": (('In {path}, what does the section "{heading}" say?', 'What does {path} say under "{heading}"?'),
+                ('Explain the "{heading}" part of {path}.',)),
+}
 
 
 @dataclass
@@ -47,6 +53,10 @@ class Made:
 
     train: list[Example]
     eval: list[Example]
+
+    def add(self, other: Made) -> None:
+        self.train += other.train
+        self.eval += other.eval
 
 
 def generate(items: Items, seed: int, cursor: int) -> Iterator[Made]:
@@ -59,9 +69,14 @@ def generate(items: Items, seed: int, cursor: int) -> Iterator[Made]:
         yield _document(doc, seed, doc.chunks.newest > cursor)
 
 
-def _made(kind: str, train_q: str, eval_q: str, answer: str, sources: dict[str, object], new: bool) -> Made:
-    return Made([Example(chat(train_q, answer), "templates", kind, sources, new)],
-                [Example(chat(eval_q, answer), "templates", kind, sources, new)])
+def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, object], answer: str,
+          sources: dict[str, object], new: bool) -> Made:
+    """`answer` asked in one of `kind`'s training phrasings and one of its eval phrasings, chosen by `key`."""
+    train, held_out = PHRASINGS[kind]
+    def example(phrasings: tuple[str, ...]) -> Example:
+        return Example(chat(pick(phrasings, seed, *key).format(**values), answer), "templates", kind, sources, new)
+
+    return Made([example(train)], [example(held_out)] if held_out else [])
 
 
 def _commit(c: CommitItem, seed: int, new: bool) -> Made:
@@ -77,8 +92,7 @@ def _commit(c: CommitItem, seed: int, new: bool) -> Made:
               f"It changed {stats}:{files}{more}{pr}" if c.files else
               f"Commit {short}, by {c.author} on {c.date[:10]}: {c.title}{why}\n\nIt changed no files.{pr}")
     values = {"short": short, "title": c.title}
-    return _made("commit", pick(COMMIT, seed, c.sha).format(**values), pick(COMMIT_EVAL, seed, c.sha).format(**values),
-                 answer, {"commit": c.sha, "chunks": c.chunks.ids}, new)
+    return _made("commit", seed, (c.sha,), values, answer, {"commit": c.sha, "chunks": c.chunks.ids}, new)
 
 
 def _status(letter: str) -> str:
@@ -98,8 +112,7 @@ def _pull(p: PullItem, seed: int, new: bool) -> Made:
     answer = f"Pull request #{p.number}, \"{p.title}\"{by}{into}, {state}.{body}"
     if files:
         answer += f"\n\nFiles changed:{files}"
-    made = _made("pull_request", pick(PULL, seed, p.number).format(**values),
-                 pick(PULL_EVAL, seed, p.number).format(**values), answer, sources, new)
+    made = _made("pull_request", seed, (p.number,), values, answer, sources, new)
     said = [c for c in p.comments if c.body.strip() or c.state]
     if said:
         lines = []
@@ -110,16 +123,10 @@ def _pull(p: PullItem, seed: int, new: bool) -> Made:
             what = {"review": "reviewed", "review_comment": "commented"}.get(c.kind, "wrote")
             lines.append(f"- {who} {what}{where}{verdict}" + (f": {c.body.strip()}" if c.body.strip() else ""))
         review = _cut(f"The review of pull request #{p.number} (\"{p.title}\"):\n" + "\n".join(lines))
-        more = _made("review", pick(REVIEW, seed, p.number).format(**values),
-                     pick(REVIEW_EVAL, seed, p.number).format(**values), review, sources, new)
-        made.train += more.train
-        made.eval += more.eval
+        made.add(_made("review", seed, (p.number,), values, review, sources, new))
     after = _after_review(p)
     if after:
-        more = _made("after_review", pick(AFTER, seed, p.number).format(**values),
-                     pick(AFTER_EVAL, seed, p.number).format(**values), after, sources, new)
-        made.train += more.train
-        made.eval += more.eval
+        made.add(_made("after_review", seed, (p.number,), values, after, sources, new))
     return made
 
 
@@ -171,19 +178,14 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     if not defs and not doc:
         overview += f" It begins:\n\n```\n{_head(lines)}\n```"
     values = {"path": d.path, "date": date or "the current head"}
-    made = _made("file", pick(FILE, seed, d.path).format(**values), pick(FILE_EVAL, seed, d.path).format(**values),
-                 overview, sources, new)
-    made.train.append(Example(chat(pick(SHOW, seed, d.path).format(**values), _cut(f"```\n{d.text.rstrip()}\n```")),
-                              "templates", "show", sources, new))
+    made = _made("file", seed, (d.path,), values, overview, sources, new)
+    made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for name, what, line, docstring, code in defs:
         values = {"path": d.path, "name": name, "what": what}
         doc_line = f" {docstring}" if docstring else " It has no docstring."
         answer = _cut(f"`{name}` is a {what} in {d.path}, line {line}.{doc_line}\n\n```python\n{code}\n```")
-        more = _made("definition", pick(DEFINITION, seed, d.path, name).format(**values),
-                     pick(DEFINITION_EVAL, seed, d.path, name).format(**values), answer,
-                     {**sources, "chunks": d.chunks.at(line)}, new)
-        made.train += more.train
-        made.eval += more.eval
+        made.add(_made("definition", seed, (d.path, name), values, answer, {**sources, "chunks": d.chunks.at(line)},
+                       new))
     return made
 
 
@@ -193,17 +195,12 @@ def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     sections = section_units(d.text)
     title = next((s.title for s in sections if s.title), d.path)
     values = {"path": d.path, "title": title}
-    made = _made("doc", pick(PAGE, seed, d.path).format(**values), pick(PAGE_EVAL, seed, d.path).format(**values),
-                 _cut(d.text.strip()), sources, new)
+    made = _made("doc", seed, (d.path,), values, _cut(d.text.strip()), sources, new)
     headed = [s for s in sections if s.title and s.text.strip().count("\n") >= 1]
     if len(headed) > 1:
         for s in headed:
             values = {"path": d.path, "heading": s.title}
-            more = _made("section", pick(SECTION, seed, d.path, s.title).format(**values),
-                         pick(SECTION_EVAL, seed, d.path, s.title).format(**values), _cut(s.text.strip()), sources,
-                         new)
-            made.train += more.train
-            made.eval += more.eval
+            made.add(_made("section", seed, (d.path, s.title), values, _cut(s.text.strip()), sources, new))
     return made
 
 
