@@ -138,7 +138,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         if teacher_report and teacher_report.stopped else []
     if (folder / "manifest.json").is_file():
         _point_latest(folder)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = manifest_of(folder)
         if teacher_report:
             manifest["teacher"] = teacher_report.as_dict()  # this build's requests (none, when all were cached)
         return Built(folder, manifest, reused=True, warnings=warnings)
@@ -228,6 +228,10 @@ def latest(settings: Settings, name: str | None = None) -> Path:
     if len(found) != 1:
         raise DataError(f"no dataset {name!r} in {root}" if not found else f"{name!r} names several datasets")
     return found[0]
+
+
+def manifest_of(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / "manifest.json").read_text()))
 
 
 def read(folder: Path, split: str) -> list[dict[str, Any]]:

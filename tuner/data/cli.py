@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
-from repotune.ui import out, print_json, progress_bars
+from repotune.ui import err, out, print_json, progress_bars
 
 app = typer.Typer(help="Training data: template and teacher Q&A, refusals, replay and raw text, built into datasets.")
 
@@ -31,8 +31,6 @@ def build_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         fail(str(e), EXIT_NOTHING)
     except DataError as e:
         fail(str(e))
-    from repotune.ui import err
-
     for warning in built.warnings:
         err.print(f"warning: {warning}", highlight=False, markup=False)
     if as_json:
@@ -53,16 +51,14 @@ def build_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("stats")
 def stats_command(dataset: DatasetOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Counts and tokens per generator and kind of a dataset."""
-    import json
-
-    from tuner.data.build import DataError, latest
+    from tuner.data.build import DataError, latest, manifest_of
 
     settings = load_settings(config, as_json)
     try:
         folder = latest(settings, dataset)
     except DataError as e:
         fail(str(e))
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = manifest_of(folder)
     if as_json:
         print_json({"path": str(folder), **manifest})
         return
