@@ -133,7 +133,7 @@ class GitSource:
     def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
              done: list[str], total: int, report: Report, on_default: set[str]) -> None:
         items = ((c, ctx, _sha(c) in on_default) for c in commits)
-        finished = (d for batch in job.pool.map(workers.commits, _batches(items, 16), chunksize=1) for d in batch)
+        finished = (d for batch in job.pool.map(workers.commits, _batches(items, 16)) for d in batch)
         for_report = (_count_skipped(r, report) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, for_report, report, total,
@@ -194,7 +194,7 @@ class _HeadFiles(ABC):
 
         def results() -> Iterator[workers.Done]:
             batches = _batches(((d, ctx) for d in docs), 16)
-            for done in (d for batch in job.pool.map(workers.documents, batches, chunksize=1) for d in batch):
+            for done in (d for batch in job.pool.map(workers.documents, batches) for d in batch):
                 kept_chunks.update(r["id"] for r in done.rows.get("chunks", []))
                 yield done
 
@@ -303,7 +303,7 @@ class GitHubSource:
             return
         read = (reader.read(pr) for pr in listed)
         batches = _batches(((pr, ctx) for pr in read), 8)
-        results = (d for batch in job.pool.map(workers.pull_requests, batches, chunksize=1) for d in batch)
+        results = (d for batch in job.pool.map(workers.pull_requests, batches) for d in batch)
         # Oldest update first: once one is committed, every one updated before it is too.
         at: dict[str, Any] = {"updated_at": cursor.get("updated_at"), "numbers": cursor.get("numbers", [])}
 
@@ -327,8 +327,8 @@ class GitHubSource:
             report.note += "; nothing new"
             return
         found = list(from_history(job.store.db, job.store.repo))
-        results = (d for batch in job.pool.map(workers.pull_requests, _batches(((p, ctx) for p in found), 16),
-                                                chunksize=1) for d in batch)
+        results = (d for batch in job.pool.map(workers.pull_requests, _batches(((p, ctx) for p in found), 16))
+                   for d in batch)
         _write_all(job, self.name, results, report, len(found))
         job.store.write(Batch(), self.name, cursor)
 

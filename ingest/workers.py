@@ -10,11 +10,11 @@ ever written.
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import multiprocessing
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -203,8 +203,12 @@ class Pool:
         self.processes = processes or os.cpu_count() or 1
         self._pool: Any = None
         self._ready = False
+        self._closing = threading.Event()
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], chunksize: int = 8) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], ahead: int = 0) -> Iterator[R]:
+        """`fn` over `items` in order. The items are read in the pool's own thread while the
+        caller writes results (reading git's output overlaps with everything else), at most
+        `ahead` of them (default: 8 per process) beyond the results taken so far."""
         if not self._ready:
             # Set up here, then fork: the workers inherit detect-secrets' compiled plugins and
             # the tokenizer instead of spending seconds each on building them again.
@@ -218,19 +222,35 @@ class Pool:
             # never copied page by page) by their garbage collector.
             gc.freeze()
             self._pool = multiprocessing.get_context("fork").Pool(self.processes)
-        # A window at a time: imap alone would read every item (a whole history) into memory.
-        it = iter(items)
-        while window := list(itertools.islice(it, self.processes * chunksize * 16)):
-            yield from self._pool.imap(fn, window, chunksize)
+        room, stop = threading.Semaphore(ahead or self.processes * 8), threading.Event()
+
+        def fed() -> Iterator[T]:
+            # Runs in the pool's task thread, which would otherwise read every item (a whole
+            # history) into memory at once. It stops when the caller does: the thread serves
+            # one map at a time, and a blocked one would hold up the next.
+            for item in items:
+                while not room.acquire(timeout=0.2):
+                    if stop.is_set() or self._closing.is_set():
+                        return
+                yield item
+
+        try:
+            for result in self._pool.imap(fn, fed()):
+                room.release()
+                yield result
+        finally:
+            stop.set()
 
     def close(self) -> None:
         if self._ready:
             teardown()
             self._ready = False
         if self._pool is not None:
+            self._closing.set()
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+            self._closing.clear()
             gc.unfreeze()
 
 
