@@ -126,6 +126,8 @@ class Words:
         import regex
 
         self._split = regex.compile(split).findall
+        ascii_split = _ascii_only(split)  # the same split for ASCII text, in `re` (twice as fast)
+        self._split_ascii = re.compile(ascii_split).findall if ascii_split else self._split
         self._bpe = bpe
         self._cache: dict[str, int] = {}
         self._added = [a for a in added if a]
@@ -165,7 +167,7 @@ class Words:
 
     def count(self, line: str) -> int:
         cache = self._cache
-        words = self._split(line)
+        words = self._split_ascii(line) if line.isascii() else self._split(line)
         try:
             return sum([cache[w] for w in words])
         except KeyError:
@@ -175,6 +177,45 @@ class Words:
                 if w not in cache:
                     cache[w] = self._bpe(w)
             return sum([cache[w] for w in words])
+
+
+# Unicode classes as they are on ASCII text (\s is Unicode's White_Space, which leaves out
+# the separators \x1c-\x1f that `re`'s \s takes in).
+_ASCII = {"p{L}": "A-Za-z", "p{N}": "0-9", "s": "\\t\\n\\x0b\\x0c\\r\\x20"}
+
+
+def _ascii_only(split: str) -> str | None:
+    """`split` for `re`, with its Unicode classes narrowed to ASCII; None if it has others."""
+    out, i, in_class = [], 0, False
+    while i < len(split):
+        c = split[i]
+        if c == "\\":
+            escape = next((e for e in (*_ASCII, "S") if split.startswith(e, i + 1)), None)
+            if escape is None:
+                if split[i + 1 : i + 2] in ("p", "P", "X"):
+                    return None
+                out.append(split[i : i + 2])
+                i += 2
+                continue
+            if escape == "S":
+                if in_class:
+                    return None
+                out.append(f"[^{_ASCII['s']}]")
+            else:
+                out.append(_ASCII[escape] if in_class else f"[{_ASCII[escape]}]")
+            i += 1 + len(escape)
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+            if split.startswith("[^", i):  # so that a ] right after it is a member
+                out.append("[^")
+                i += 2
+                continue
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _byte_chars() -> dict[int, str]:

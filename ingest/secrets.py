@@ -30,7 +30,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
 # Files never stored, whatever their content.
@@ -76,7 +75,7 @@ _SECRET_FILE = re.compile("|".join(fnmatch.translate(p) for p in SECRET_FILES))
 
 
 def is_secret_file(path: str) -> bool:
-    return _SECRET_FILE.match(PurePosixPath(path).name) is not None
+    return _SECRET_FILE.match(path.rsplit("/", 1)[-1]) is not None
 
 
 def kind_of(secret_type: str) -> str:
@@ -203,20 +202,21 @@ class _Prefilter:
 
     def matching_lines(self, text: str, runs: bool) -> set[int]:
         """The lines of `text` where a pattern with (or without) a long run matches."""
-        starts = [0, *(m.end() for m in re.finditer("\n", text))]
-        ends = [*(s - 1 for s in starts[1:]), len(text)]
-        hinted = self.literals[runs].lines(text)
+        hinted, starts = self.literals[runs].lines(text)
         lines: set[int] = set()
         for pattern, needs, run, fold in self.patterns:
             if (run is not None) != runs:
                 continue
             if needs is None:
-                lines.update(_matching_lines(pattern, text, starts))
+                lines.update(_matching_lines(pattern, text))
                 continue
             maybe = set.intersection(*(set().union(*(hinted.get((h, fold), ()) for h in need)) for need in needs))
-            lines.update(line for line in maybe
-                         if (run is None or run.regex.search(text, starts[line], ends[line]))
-                         and pattern.search(text, starts[line], ends[line]))
+            for line in maybe:
+                start = starts[line]
+                end = text.find("\n", start)
+                end = len(text) if end < 0 else end
+                if (run is None or run.regex.search(text, start, end)) and pattern.search(text, start, end):
+                    lines.add(line)
         return lines
 
 
@@ -236,8 +236,10 @@ class _Literals:
                 automaton.make_automaton()
                 self.automata[fold] = automaton
 
-    def lines(self, text: str) -> dict[tuple[str, bool], set[int]]:
+    def lines(self, text: str) -> tuple[dict[tuple[str, bool], set[int]], dict[int, int]]:
+        """Where each literal is found: its lines, and where in `text` each of those lines starts."""
         found: dict[tuple[str, bool], set[int]] = {}
+        starts: dict[int, int] = {}
         for fold, automaton in self.automata.items():
             source = text.lower() if fold else text  # lower() keeps the newlines, so the line numbers
             line = previous = 0
@@ -245,7 +247,12 @@ class _Literals:
                 line += source.count("\n", previous, end)
                 previous = end
                 found.setdefault((word, fold), set()).add(line)
-        return found
+                if line not in starts:
+                    starts[line] = source.rfind("\n", 0, end) + 1
+            if len(source) != len(text):  # a character lower-cased to two: offsets from the text itself
+                every = [0, *(m.end() for m in re.finditer("\n", text))]
+                starts = {line: every[line] for line in starts}
+        return found, starts
 
 
 def _lines_at(data: bytes, positions: Iterable[int]) -> set[int]:
@@ -441,15 +448,16 @@ def _class(op: Any, items: Any, parser: Any) -> str | None:
     return f"[{''.join(parts)}]"
 
 
-def _matching_lines(pattern: re.Pattern[str], text: str, starts: list[int]) -> set[int]:
+def _matching_lines(pattern: re.Pattern[str], text: str) -> set[int]:
     lines: set[int] = set()
-    pos = 0
+    pos = line = 0
     while (m := pattern.search(text, pos)) is not None:
-        line = bisect.bisect_right(starts, m.start()) - 1
+        line += text.count("\n", pos, m.start())
         lines.add(line)
-        if line + 1 >= len(starts):
+        pos = text.find("\n", m.start()) + 1  # the next line: a match that spans lines hides nothing
+        if pos == 0:
             break
-        pos = starts[line + 1]  # the next line: a match that spans lines hides nothing
+        line += 1
     return lines
 
 

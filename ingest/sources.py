@@ -133,7 +133,7 @@ class GitSource:
     def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
              done: list[str], total: int, report: Report, on_default: set[str]) -> None:
         items = ((c, ctx, _sha(c) in on_default) for c in commits)
-        finished = (d for batch in job.pool.map(workers.commits, _batches(items, 16)) for d in batch)
+        finished = (d for batch in job.pool.map(workers.commits, _batches(items, 48)) for d in batch)
         for_report = (_count_skipped(r, report) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, for_report, report, total,

@@ -11,6 +11,7 @@ nothing twice.
 from __future__ import annotations
 
 import json
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,8 @@ class Store:
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         sql = (f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))}) "
                f"on conflict ({', '.join(keys)}) do " + (f"update set {updates}" if updates else "nothing"))
-        self.db.conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
+        values = operator.itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+        self.db.conn.executemany(sql, map(values, rows))
 
     def _upsert_chunks(self, rows: list[dict[str, Any]]) -> None:
         # New chunks enter the full-text index in one statement per batch, not by a trigger

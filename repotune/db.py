@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 
 def _import_sqlite_utils() -> Any:
-    """sqlite-utils imports pandas, when installed (datasets brings it), only to map
-    `pd.Timestamp` values to TEXT; repotune never stores pandas values, and that import
-    costs every command that opens the store half a second. It is imported here with
-    pandas hidden; anything that wants pandas later imports it as usual. The kernel's
+    """sqlite-utils imports pandas and numpy, when installed (datasets brings them), only
+    to map their values' types; repotune never stores such values, and those imports cost
+    every command that opens the store over half a second. It is imported here with both
+    hidden; anything that wants them later imports them as usual. The kernel's
     other modules import sqlite-utils for type hints only, so this is where it loads."""
     import sys
 
-    if "sqlite_utils" in sys.modules or "pandas" in sys.modules:
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
         import sqlite_utils as module
-    else:
-        sys.modules["pandas"] = None  # type: ignore[assignment]
-        try:
-            import sqlite_utils as module
-        finally:
-            del sys.modules["pandas"]
+    finally:
+        for name in hidden:
+            del sys.modules[name]
     return module
 
 
