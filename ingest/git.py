@@ -1,8 +1,8 @@
 """Reading a git repository with git itself: mirrors of remote ones, and history as records.
 
 Everything here runs the git CLI and reads its output; nothing parses git's object
-format. History is read in one streamed `git log --raw --numstat -p` pass (the same work
-as `git log -p`), commit by commit, so a 10,000-commit history or a 200 MB diff never
+format. History is read in one streamed `git log --raw -p` pass (the same work as
+`git log -p`, line counts taken from the patch), commit by commit, so a 10,000-commit history or a 200 MB diff never
 sits in memory: diffs are cut per file and per commit while they stream by. A remote
 repository is kept as a bare mirror under `paths.data_dir/repos` and fetched on each run.
 
@@ -132,9 +132,21 @@ class Repo:
         A block is cut (and says so) beyond `caps.block_bytes`: its header and file list
         come first and are kept, and the diff kept from it is smaller than that anyway.
         """
-        args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "--numstat", "-p", "-M",
+        # No --numstat: git would diff every file a second time to count its lines (a third
+        # of its time); the counts come from the patch instead (`parse_block`), and only a
+        # block cut short asks git for its commit's counts.
+        args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-p", "-M",
                 "--no-color", "--no-ext-diff", "--no-textconv", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
-        return _blocks(self._stream(args), caps.block_bytes)
+        for block, cut in _blocks(self._stream(args), caps.block_bytes):
+            yield (self._with_numstat(block) if cut else block), cut
+
+    def _with_numstat(self, block: bytes) -> bytes:
+        """A cut block with its commit's line counts from git, before its diff: files whose
+        patch was cut off still get theirs."""
+        numstat = self.run("diff-tree", "--root", "--no-commit-id", "-r", "--numstat", "-M", "--no-ext-diff",
+                           "--no-textconv", block[1:41].decode())
+        at = block.find(b"\ndiff --git ")
+        return block + b"\n" + numstat if at < 0 else block[: at + 1] + numstat + block[at + 1 :]
 
     def log_without(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
         """As `log`, when blobs are missing: their files are skipped and marked, the rest diffed."""
@@ -275,7 +287,7 @@ def _error(args: Iterable[str], stderr: bytes) -> GitError:
     return MissingObjects(message) if _MISSING.search(stderr) else GitError(message)
 
 
-# --- reading `git log --raw --numstat -p` ------------------------------------------------
+# --- reading `git log --raw -p` ------------------------------------------------
 
 
 def _blocks(chunks: Iterable[bytes], block_bytes: int) -> Iterator[tuple[bytes, bool]]:
@@ -321,12 +333,16 @@ def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
     numstat = 0
     for line in meta.splitlines():
         if line.startswith(b":"):
-            commit.files.append(_raw(line))
+            if (change := _raw(line)) is not None:  # None: the line a cut block ends in
+                commit.files.append(change)
         elif line[:1].isdigit() or line.startswith(b"-\t"):
             if numstat < len(commit.files):
                 _numstat(commit.files[numstat], line)
             numstat += 1
-    _cap_diff(commit, diff, caps)
+    counts = _cap_diff(commit, diff, caps)
+    if not numstat:  # git's output holds a patch per file, in the order of its file list
+        for change, (insertions, deletions) in zip(commit.files, counts, strict=False):
+            change.insertions, change.deletions = insertions, deletions
     if cut:
         commit.diff_truncated = True
         unseen = len(commit.files) - commit.diff_files
@@ -335,10 +351,13 @@ def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
     return commit
 
 
-def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
+def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> list[tuple[int | None, int | None]]:
     """`diff` cut at `caps` per file and per commit: a file's lines while they fit, the line
-    that crosses the cap cut short, and a note of what was cut."""
+    that crosses the cap cut short, and a note of what was cut. Returns each file's lines
+    added and removed, counted in its whole patch as `git --numstat` counts them (None
+    for a binary file)."""
     parts: list[bytes] = []
+    counts: list[tuple[int | None, int | None]] = []
     kept = cut_files = files = 0
     truncated = False
     starts = [0] if diff else []
@@ -346,6 +365,12 @@ def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
         starts.append(i + 1)
     for a, b in zip(starts, [*starts[1:], len(diff)] if starts else [], strict=True):
         files += 1
+        hunks = diff.find(b"\n@@ ", a, b)  # after the header: a line there starting with +++ is content
+        if hunks >= 0:
+            counts.append((diff.count(b"\n+", hunks, b), diff.count(b"\n-", hunks, b)))
+        else:
+            binary = diff.find(b"\nBinary files ", a, b) >= 0
+            counts.append((None, None) if binary else (0, 0))
         if kept >= caps.commit_bytes:
             cut_files += 1
             truncated = True
@@ -367,6 +392,7 @@ def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> None:
         parts.append(f"[... {cut_files} more files' diffs cut]\n".encode())
     commit.diff = b"".join(parts).decode("utf-8", "replace")
     commit.diff_truncated, commit.diff_files = truncated, files
+    return counts
 
 
 FILE_CUT = b"[... the rest of this file's diff is cut]\n"
@@ -387,10 +413,13 @@ def _header(data: bytes) -> Commit:
     )
 
 
-def _raw(line: bytes) -> FileChange:
+def _raw(line: bytes) -> FileChange | None:
     # ":100644 100644 <old> <new> M\tpath" or ":… R086\told\tnew"
     meta, *paths = line.rstrip(b"\n").split(b"\t")
-    _, _, old_blob, new_blob, status = meta.split()
+    fields = meta.split()
+    if len(fields) != 5 or not paths:
+        return None
+    _, _, old_blob, new_blob, status = fields
     names = [_unquote(p) for p in paths]
     return FileChange(
         path=names[-1], old_path=names[0] if len(names) > 1 else None, status=status[:1].decode(),

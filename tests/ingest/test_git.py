@@ -4,6 +4,7 @@ what a plain line-by-line reading with the same rules gives (the reference below
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,54 @@ def test_the_block_parser_cuts_and_reads_as_the_streaming_parser(history: GitRep
             slow.sha, slow.message, slow.files, slow.diff, slow.diff_truncated, slow.diff_files), fast.sha
 
 
+def _numstat(repo: GitRepo) -> dict[tuple[str, str], tuple[int | None, int | None]]:
+    """(sha, path) -> lines added and removed, as `git log --numstat` reports them."""
+    out, sha = {}, ""
+    for line in repo.git("log", "--all", "--numstat", "-M", "--format=commit %H").splitlines():
+        if line.startswith("commit "):
+            sha = line.removeprefix("commit ")
+        elif line:
+            added, removed, path = line.split("\t", 2)
+            if " => " in path:  # a rename: git prints "old => new", or "dir/{old => new}/rest"
+                braces = re.match(r"(.*)\{(.*) => (.*)\}(.*)", path)
+                path = (braces[1] + braces[3] + braces[4]).replace("//", "/") if braces else path.split(" => ")[1]
+            out[sha, path] = (None, None) if added == "-" else (int(added), int(removed))
+    return out
+
+
+# the whole history; blocks cut inside the bulk commits' diffs; blocks cut inside their file lists
+@pytest.mark.parametrize("block_bytes", [32 << 20, 2500, 600])
+def test_line_counts_are_gits_own(tmp_path, block_bytes: int) -> None:
+    repo = GitRepo(tmp_path / "counts")
+    repo.commit("Start", {"a.txt": "one\ntwo\n--flag\n", "b.py": "x = 1\n", "old.txt": "keep\n" * 30,
+                          "gone.txt": "bye\n", "logo.png": b"\x89PNG\0\x01"})
+    repo.commit("Awkward lines", {"a.txt": "one\n++counter\n+++ b/not-a-header\n--- a/nor-this\n",
+                                  "b.py": "x = 2", "empty.txt": "", "logo.png": b"\x89PNG\0\x02"})
+    repo.git("mv", "old.txt", "renamed.txt")
+    repo.git("rm", "-q", "gone.txt")
+    repo.commit("Rename, delete, edit a renamed file", {"renamed.txt": "keep\n" * 29 + "changed\n"})
+    (repo.path / "b.py").chmod(0o755)
+    repo.commit("Mode only", {})
+    for i in range(3):
+        repo.commit(f"Many files {i}", {f"d{i}/f{j}.txt": f"{i} {j}\n" * (j + 1) for j in range(12)})
+    expected = _numstat(repo)
+    mirror = open_repo(str(repo.path), tmp_path / "mirrors")
+    caps = Caps(block_bytes=block_bytes)
+    blocks = list(mirror.log_blocks([repo.git("rev-parse", "main").strip()], [], caps))
+    assert any(cut for _, cut in blocks) == (block_bytes < 1 << 20)  # the small caps cut the bulk commits
+    got, cut_short = {}, set()
+    for block, cut in blocks:
+        commit = parse_block(block, cut, caps)
+        got.update({(commit.sha, f.path): (f.insertions, f.deletions) for f in commit.files})
+        if cut:
+            cut_short.add(commit.sha)
+    # every file read has git's counts; a commit cut short inside its file list lacks the rest
+    assert got == {k: v for k, v in expected.items() if k in got}
+    assert {k for k in expected if k not in got} <= {k for k in expected if k[0] in cut_short}
+    if block_bytes >= 2500:  # cut inside the diffs, if at all: the file lists are whole
+        assert got == expected
+
+
 def _line_by_line(lines: Iterator[bytes], caps: Caps) -> Iterator[Commit]:
     commit: Commit | None = None
     diff = _Diff(caps)
@@ -55,6 +104,7 @@ def _line_by_line(lines: Iterator[bytes], caps: Caps) -> Iterator[Commit]:
             continue
         if diff.started or line.startswith(b"diff --git "):
             diff.add(line)
+            diff.count(line)
         elif line.startswith(b":"):
             commit.files.append(git._raw(line))
         elif line[:1].isdigit() or line.startswith(b"-\t"):
@@ -78,6 +128,18 @@ class _Diff:
         self.truncated = False
         self.started = False
         self.file_cut_noted = True
+        self.counts: list[list[int | bool]] = []  # per file: added, removed, in hunks yet, binary
+
+    def count(self, line: bytes) -> None:
+        """Lines added and removed, file by file, as `git --numstat` counts them."""
+        if line.startswith(b"diff --git "):
+            self.counts.append([0, 0, False, False])
+        elif line.startswith(b"@@ "):
+            self.counts[-1][2] = True
+        elif self.counts[-1][2] and line[:1] in (b"+", b"-"):
+            self.counts[-1][0 if line[:1] == b"+" else 1] += 1
+        elif line.startswith(b"Binary files "):
+            self.counts[-1][3] = True
 
     def add(self, line: bytes) -> None:
         self.started = True
@@ -108,6 +170,9 @@ class _Diff:
             self.file_cut_noted = True
 
     def finish(self, commit: Commit) -> Commit:
+        if not any(f.insertions is not None for f in commit.files):  # no numstat lines: counts from the patch
+            for change, (added, removed, _, binary) in zip(commit.files, self.counts, strict=False):
+                change.insertions, change.deletions = (None, None) if binary else (int(added), int(removed))
         self._end_file()
         if self.cut_files:
             self.parts.append(f"[... {self.cut_files} more files' diffs cut]\n".encode())
