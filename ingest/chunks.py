@@ -80,17 +80,22 @@ class Tokens:
 
     def lines(self, lines: list[str]) -> list[int]:
         """The token count of each line."""
-        new = [line for line in dict.fromkeys(lines) if line not in self._cache]
-        if new:
-            if len(self._cache) + len(new) > self.CACHE_LINES:
-                self._cache.clear()
+        cache = self._cache
+        counts = list(map(cache.get, lines))
+        if None in counts:
+            new = list(dict.fromkeys(line for line, n in zip(lines, counts, strict=True) if n is None))
+            if len(cache) + len(new) > self.CACHE_LINES:
+                cache.clear()
+                new = list(dict.fromkeys(lines))
             if self.words is None:
-                self._cache.update(zip(new, self._count(new), strict=True))
+                cache.update(zip(new, self._count(new), strict=True))
             else:
                 special = self.words.special(new)
-                self._cache.update((line, self.words.count(line)) for line in new if line not in special)
-                self._cache.update(zip(special, self._count(list(special)), strict=True))
-        return [self._cache[line] for line in lines]
+                plain = [line for line in new if line not in special] if special else new
+                cache.update(zip(plain, self.words.counts(plain), strict=True))
+                cache.update(zip(special, self._count(list(special)), strict=True))
+            counts = list(map(cache.__getitem__, lines))
+        return counts  # type: ignore[return-value]
 
     def count(self, texts: list[str]) -> list[int]:
         """Each text's count, as the sum of its lines'."""
@@ -166,17 +171,26 @@ class Words:
         return {line for line in lines if any(a in line for a in held)} if held else set()
 
     def count(self, line: str) -> int:
-        cache = self._cache
-        words = self._split_ascii(line) if line.isascii() else self._split(line)
-        try:
-            return sum([cache[w] for w in words])
-        except KeyError:
-            if len(cache) > self.CACHE_WORDS:
-                cache.clear()
-            for w in words:
-                if w not in cache:
-                    cache[w] = self._bpe(w)
-            return sum([cache[w] for w in words])
+        return self.counts([line])[0]
+
+    def counts(self, lines: list[str]) -> list[int]:
+        """Each line's count (lines holding an added token aside: see `special`)."""
+        cache, bpe = self._cache, self._bpe
+        known = cache.__getitem__
+        split, split_ascii = self._split, self._split_ascii
+        out = []
+        for line in lines:
+            words = split_ascii(line) if line.isascii() else split(line)
+            try:
+                out.append(sum(map(known, words)))
+            except KeyError:
+                if len(cache) > self.CACHE_WORDS:
+                    cache.clear()
+                for word in words:
+                    if word not in cache:
+                        cache[word] = bpe(word)
+                out.append(sum(map(known, words)))
+        return out
 
 
 # Unicode classes as they are on ASCII text (\s is Unicode's White_Space, which leaves out
@@ -242,7 +256,7 @@ class Unit:
 
 @dataclass
 class _Piece:
-    lines: list[str]
+    text: str
     tokens: int
     line: int
     title: str
@@ -258,10 +272,15 @@ class Chunker:
         pr_number: int | None = None, title: str = "",
     ) -> list[Chunk]:
         """Pack `units` into chunks of at most `max_tokens`, splitting only units too large."""
-        split = [u.text.splitlines(keepends=True) for u in units]
-        counts = iter(self.tokens.lines([line for lines in split for line in lines]))
-        pieces = [p for u, lines in zip(units, split, strict=True)
-                  for p in self._fit(u, lines, [next(counts) for _ in lines])]
+        pieces: list[_Piece] = []
+        for unit in units:
+            lines = unit.text.splitlines(keepends=True)
+            counts = self.tokens.lines(lines)
+            total = sum(counts)
+            if total <= self.max_tokens:
+                pieces.append(_Piece(unit.text, total, unit.line, unit.title))
+            else:
+                pieces += self._split(unit, lines, counts)
         packed: list[list[_Piece]] = []
         size = 0
         for piece in pieces:
@@ -273,7 +292,7 @@ class Chunker:
                 size = piece.tokens
         chunks = []
         for group in packed:
-            text = "".join(line for p in group for line in p.lines)
+            text = group[0].text if len(group) == 1 else "".join(p.text for p in group)
             if text.strip():
                 chunks.append(Chunk(
                     id=chunk_id(kind, path, sha, pr_number, text), kind=kind, path=path, sha=sha,
@@ -282,23 +301,20 @@ class Chunker:
                 ))
         return chunks
 
-    def _fit(self, unit: Unit, lines: list[str], counts: list[int]) -> list[_Piece]:
-        """`unit` whole if it fits, else its lines packed into pieces that do (a long line cut by size)."""
-        if sum(counts) <= self.max_tokens:
-            return [_Piece(lines, sum(counts), unit.line, unit.title)]
-        out: list[_Piece] = []
+    def _split(self, unit: Unit, lines: list[str], counts: list[int]) -> list[_Piece]:
+        """A unit too large for a chunk: its lines packed into pieces that fit (a long line cut by size)."""
+        out: list[tuple[list[str], int, int]] = []  # lines, tokens, first line
         for i, (line, n) in enumerate(zip(lines, counts, strict=True)):
             if n > self.max_tokens:
                 step = max(1, len(line) * self.max_tokens // (n + 1))
                 parts = [line[j : j + step] for j in range(0, len(line), step)]
-                out += [_Piece([part], n, unit.line + i, unit.title)
-                        for part, n in zip(parts, self.tokens.count(parts), strict=True)]
-            elif out and out[-1].tokens + n <= self.max_tokens:
-                out[-1].lines.append(line)
-                out[-1].tokens += n
+                out += [([part], n, unit.line + i) for part, n in zip(parts, self.tokens.count(parts), strict=True)]
+            elif out and out[-1][1] + n <= self.max_tokens:
+                out[-1][0].append(line)
+                out[-1] = (out[-1][0], out[-1][1] + n, out[-1][2])
             else:
-                out.append(_Piece([line], n, unit.line + i, unit.title))
-        return out
+                out.append(([line], n, unit.line + i))
+        return [_Piece("".join(part), n, first, unit.title) for part, n, first in out]
 
 
 def chunk_id(kind: str, path: str | None, sha: str | None, pr_number: int | None, text: str) -> str:

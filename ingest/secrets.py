@@ -69,6 +69,7 @@ _DIFF_PREFIX = re.compile(r"^[+\- ]", re.M)
 class Redacted:
     text: str
     counts: Counter[str] = field(default_factory=Counter)
+    blocks: list[str] = field(default_factory=list)  # a diff's: its files' parts, as `diff_blocks` cuts it
 
 
 _SECRET_FILE = re.compile("|".join(fnmatch.translate(p) for p in SECRET_FILES))
@@ -159,12 +160,14 @@ class Scanner:
         scanned = iter(done)
         for d, _, path in blocks:
             if is_secret_file(path):
-                outs[d].text += f"diff --git a/{path} b/{path}\n[REDACTED:secret-file] (not stored)\n"
+                outs[d].blocks.append(f"diff --git a/{path} b/{path}\n[REDACTED:secret-file] (not stored)\n")
                 outs[d].counts["secret-file"] += 1
             else:
                 part = next(scanned)
-                outs[d].text += part.text
+                outs[d].blocks.append(part.text)
                 outs[d].counts.update(part.counts)
+        for out in outs:
+            out.text = "".join(out.blocks)
         return outs
 
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
 from ingest.git import Caps, Commit, parse_block
 from ingest.github import PullRequest
-from ingest.secrets import Redacted, Scanner, diff_blocks
+from ingest.secrets import Redacted, Scanner
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -117,7 +117,7 @@ def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: 
     )
     head = (f"Commit {c.sha[:12]} by {c.author_name} on {c.committed_at[:10]}\n\n{message.text}\n\n"
             + (f"Files changed:\n{files}\n" if files else ""))
-    units = [Unit(head, 1)] + [Unit(block, 1) for block in diff_blocks(diff.text)]
+    units = [Unit(head, 1)] + [Unit(block, 1) for block in diff.blocks]
     title = message.text.split("\n", 1)[0][:200]
     chunks = _chunker.cut(units, "commit", sha=c.sha, pr_number=number, title=title)
     out.rows["chunks"] = [ch.row(ctx.repo, trusted, ctx.now) for ch in chunks]
