@@ -79,6 +79,7 @@ def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Rep
     batch, n = Batch(), 0
     done = workers.Done()
     for done in results:
+        done.complete()
         for table, rows in done.rows.items():
             batch.add(table, *rows)
         report.redactions.update(done.redactions)
@@ -111,6 +112,7 @@ class GitSource:
                 job.store.write(Batch(), self.name, final)
             report.note = "nothing new"
             return report
+        job.pool.start()  # the workers set themselves up while the rest is read
         on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
             "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
         caps = job.caps
@@ -184,6 +186,7 @@ class _HeadFiles(ABC):
         if not job.full and job.store.cursor(self.name) == cursor:
             report.note = "nothing new"
             return report
+        job.pool.start()
         docs: list[workers.Document] = []
         for repo, head, kind in trees:
             wanted = self._select(job, repo.files_at(head), kind, report)

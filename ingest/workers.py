@@ -48,6 +48,15 @@ class Done:
 
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     redactions: Counter[str] = field(default_factory=Counter)
+    # A commit's diff is its chunks' text from this offset on (sent once, not twice, from
+    # the worker: diffs are most of a history's bytes); `complete` puts it back.
+    diff_at: int | None = None
+
+    def complete(self) -> Done:
+        if self.diff_at is not None:
+            self.rows["commits"][0]["diff"] = "".join(c["text"] for c in self.rows["chunks"])[self.diff_at :]
+            self.diff_at = None
+        return self
 
 
 @dataclass
@@ -121,6 +130,8 @@ def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: 
     title = message.text.split("\n", 1)[0][:200]
     chunks = _chunker.cut(units, "commit", sha=c.sha, pr_number=number, title=title)
     out.rows["chunks"] = [ch.row(ctx.repo, trusted, ctx.now) for ch in chunks]
+    if sum(len(ch.text) for ch in chunks) == len(head) + len(diff.text):  # no blank piece was left out
+        out.rows["commits"][0]["diff"], out.diff_at = None, len(head)
     return out
 
 
@@ -205,23 +216,29 @@ class Pool:
         self._ready = False
         self._closing = threading.Event()
 
+    def start(self) -> None:
+        """Start the workers now, so that they set themselves up (detect-secrets, the
+        tokenizer: about a third of a second) while the caller goes on reading git."""
+        if self._pool is not None or self.processes <= 1:
+            return
+        tokenizer = self.tokenizer()  # once, here: the first time, it may build builtin:tiny's
+        # Frozen before the fork, the objects the workers inherit are never walked (and so
+        # never copied page by page) by their garbage collector.
+        gc.freeze()
+        self._pool = multiprocessing.get_context("fork").Pool(
+            self.processes, initializer=setup, initargs=(tokenizer, self.max_tokens))
+
     def map(self, fn: Callable[[T], R], items: Iterable[T], ahead: int = 0) -> Iterator[R]:
         """`fn` over `items` in order. The items are read in the pool's own thread while the
         caller writes results (reading git's output overlaps with everything else), at most
         `ahead` of them (default: 8 per process) beyond the results taken so far."""
-        if not self._ready:
-            # Set up here, then fork: the workers inherit detect-secrets' compiled plugins and
-            # the tokenizer instead of spending seconds each on building them again.
-            setup(self.tokenizer(), self.max_tokens)
-            self._ready = True
         if self.processes <= 1:
+            if not self._ready:
+                setup(self.tokenizer(), self.max_tokens)
+                self._ready = True
             yield from map(fn, items)
             return
-        if self._pool is None:
-            # Frozen before the fork, the objects the workers inherit are never walked (and so
-            # never copied page by page) by their garbage collector.
-            gc.freeze()
-            self._pool = multiprocessing.get_context("fork").Pool(self.processes)
+        self.start()
         room, stop = threading.Semaphore(ahead or self.processes * 8), threading.Event()
 
         def fed() -> Iterator[T]:

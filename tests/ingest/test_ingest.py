@@ -47,6 +47,13 @@ def test_history_is_stored_as_git_reports_it(history: GitRepo, settings_for) -> 
     for sha, adds in expected.items():
         stored = [r["insertions"] for r in db.query("select insertions from commit_files where sha = ?", [sha])]
         assert sorted(stored, key=str) == sorted(adds, key=str), sha
+    # the diff as git prints it (these are under the caps and hold no secret), and in the chunks too
+    for row in db.query("select sha, diff from commits where parents not like '% %' and redactions = '{}'"):
+        shown = history.git("show", "--format=", "-M", "--no-color", row["sha"])
+        assert row["diff"].strip() == shown.strip(), row["sha"]
+        chunks = "".join(r["text"] for r in db.query(
+            "select text from chunks where sha = ? and kind = 'commit' order by rowid", [row["sha"]]))
+        assert chunks.endswith(row["diff"]), row["sha"]
     rename = next(db.query("select * from commit_files where status = 'R'"))
     assert (rename["old_path"], rename["path"]) == ("calc.py", "calculator.py")
     logo = next(db.query("select * from commit_files where path = 'logo.png'"))
