@@ -68,6 +68,7 @@ class Commit:
     message: str
     files: list[FileChange] = field(default_factory=list)
     diff: str = ""
+    blocks: list[str] = field(default_factory=list)  # the diff a file at a time, each from its `diff --git` line
     diff_truncated: bool = False
     diff_files: int = 0  # files whose diff git's output reached
 
@@ -173,7 +174,7 @@ class Repo:
         for f in commit.files:
             if f.path in stats:
                 f.insertions, f.deletions = stats[f.path].insertions, stats[f.path].deletions
-        commit.diff, commit.diff_truncated = parsed.diff, parsed.diff_truncated
+        commit.diff, commit.blocks, commit.diff_truncated = parsed.diff, parsed.blocks, parsed.diff_truncated
 
     def _stream(self, args: list[str]) -> Iterator[bytes]:
         """git's output in large chunks; its exit status checked at the end."""
@@ -347,7 +348,9 @@ def parse_block(block: bytes, cut: bool, caps: Caps) -> Commit:
         commit.diff_truncated = True
         unseen = len(commit.files) - commit.diff_files
         if unseen > 0:
-            commit.diff += f"[... {unseen} more files' diffs cut]\n"
+            note = f"[... {unseen} more files' diffs cut]\n"
+            commit.diff += note
+            commit.blocks = [*commit.blocks[:-1], commit.blocks[-1] + note] if commit.blocks else [note]
     return commit
 
 
@@ -356,7 +359,7 @@ def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> list[tuple[int | None,
     that crosses the cap cut short, and a note of what was cut. Returns each file's lines
     added and removed, counted in its whole patch as `git --numstat` counts them (None
     for a binary file)."""
-    parts: list[bytes] = []
+    parts: list[bytes] = []  # a file's each: what is kept of its patch, and the note if it was cut
     counts: list[tuple[int | None, int | None]] = []
     kept = cut_files = files = 0
     truncated = False
@@ -383,14 +386,14 @@ def _cap_diff(commit: Commit, diff: bytes, caps: Caps) -> list[tuple[int | None,
         piece = diff[a: a + room]
         if not piece.endswith(b"\n"):
             piece += b"\n"
-        parts.append(piece)
         kept += len(piece)
         truncated = True
-        if len(piece) >= caps.file_bytes:
-            parts.append(FILE_CUT)
+        parts.append(piece + FILE_CUT if len(piece) >= caps.file_bytes else piece)
     if cut_files:
-        parts.append(f"[... {cut_files} more files' diffs cut]\n".encode())
-    commit.diff = b"".join(parts).decode("utf-8", "replace")
+        parts[-1] += f"[... {cut_files} more files' diffs cut]\n".encode()
+    # Each file's part decoded alone reads as the whole would: parts end at line breaks.
+    commit.blocks = [part.decode("utf-8", "replace") for part in parts]
+    commit.diff = "".join(commit.blocks)
     commit.diff_truncated, commit.diff_files = truncated, files
     return counts
 

@@ -69,7 +69,7 @@ _DIFF_PREFIX = re.compile(r"^[+\- ]", re.M)
 class Redacted:
     text: str
     counts: Counter[str] = field(default_factory=Counter)
-    blocks: list[str] = field(default_factory=list)  # a diff's: its files' parts, as `diff_blocks` cuts it
+    blocks: list[str] = field(default_factory=list)  # a diff's: its files' parts (see `redact_diffs`)
 
 
 _SECRET_FILE = re.compile("|".join(fnmatch.translate(p) for p in SECRET_FILES))
@@ -124,14 +124,20 @@ class Scanner:
         for out in outs:
             if "PRIVATE KEY" in out.text:
                 out.text = _PRIVATE_KEY.sub(lambda m, o=out: _count(o.counts, "private-key"), out.text)  # type: ignore[misc]
-        bodies = [_DIFF_PREFIX.sub("", o.text) if diff else o.text for o, (_, _, diff) in zip(outs, texts, strict=True)]
-        first = list(itertools.accumulate((b.count("\n") + 1 for b in bodies), initial=0))  # each text's first line
+        def body(i: int) -> str:  # what is scanned: a diff without its lines' +, - or space
+            return _DIFF_PREFIX.sub("", outs[i].text) if texts[i][2] else outs[i].text
+
+        if all(diff for _, _, diff in texts):  # one pass over them all (dropping a prefix keeps the lines)
+            joined = _DIFF_PREFIX.sub("", "\n".join(o.text for o in outs))
+        else:
+            joined = "\n".join(body(i) for i in range(len(outs)))
+        first = list(itertools.accumulate((o.text.count("\n") + 1 for o in outs), initial=0))  # each text's first line
         wanted: dict[int, list[int]] = {}
-        for line in self.candidates("\n".join(bodies)):
+        for line in self.candidates(joined):
             i = bisect.bisect_right(first, line) - 1
             wanted.setdefault(i, []).append(line - first[i])
         for i, numbers in wanted.items():
-            self._replace(outs[i], bodies[i], numbers, texts[i][1])
+            self._replace(outs[i], body(i), numbers, texts[i][1])
         return outs
 
     def _replace(self, out: Redacted, body: str, numbers: list[int], filename: str) -> None:
@@ -149,12 +155,13 @@ class Scanner:
             lines[number - 1] = line
         out.text = "\n".join(lines)
 
-    def redact_diffs(self, diffs: list[str]) -> list[Redacted]:
-        """Commits' diffs: blocks of secret files dropped whole, the rest scanned as their file."""
+    def redact_diffs(self, diffs: list[list[str]]) -> list[Redacted]:
+        """Commits' diffs, each as its files' blocks (`Commit.blocks`): blocks of secret files
+        dropped whole, the rest scanned as their file."""
         outs = [Redacted("") for _ in diffs]
         blocks: list[tuple[int, str, str]] = []  # (diff, block, path)
         for d, diff in enumerate(diffs):
-            for block in diff_blocks(diff):
+            for block in diff:
                 blocks.append((d, block, _block_path(block) or "diff.txt"))
         done = self.redact_many([(block, path, True) for d, block, path in blocks if not is_secret_file(path)])
         scanned = iter(done)
@@ -467,14 +474,6 @@ def _matching_lines(pattern: re.Pattern[str], text: str) -> set[int]:
 def _count(counts: Counter[str], kind: str) -> str:
     counts[kind] += 1
     return f"[REDACTED:{kind}]"
-
-
-def diff_blocks(diff: str) -> list[str]:
-    """A unified diff split at each file's `diff --git` line (any text before the first kept)."""
-    starts = [m.start() for m in re.finditer(r"^diff --git ", diff, re.M)]
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
-    return [diff[a:b] for a, b in zip(starts, [*starts[1:], len(diff)], strict=True)]
 
 
 def _block_path(block: str) -> str | None:

@@ -98,7 +98,7 @@ def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context, bool]]) -> l
     assert _scanner is not None and _chunker is not None, "setup() first"
     parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx, on) for c, ctx, on in batch]
     messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _, _ in parsed])
-    diffs = _scanner.redact_diffs([c.diff for c, _, _ in parsed])
+    diffs = _scanner.redact_diffs([c.blocks for c, _, _ in parsed])
     return [_commit(c, ctx, on, m, d) for (c, ctx, on), m, d in zip(parsed, messages, diffs, strict=True)]
 
 

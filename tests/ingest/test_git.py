@@ -34,6 +34,17 @@ def test_the_block_parser_cuts_and_reads_as_the_streaming_parser(history: GitRep
         slow = next(_line_by_line(iter(block.splitlines(keepends=True)), caps))
         assert (fast.sha, fast.message, fast.files, fast.diff, fast.diff_truncated, fast.diff_files) == (
             slow.sha, slow.message, slow.files, slow.diff, slow.diff_truncated, slow.diff_files), fast.sha
+        assert fast.blocks == diff_blocks(fast.diff)
+
+
+def diff_blocks(diff: str) -> list[str]:
+    """A unified diff split at each file's `diff --git` line (any text before the first kept)."""
+    if not diff:
+        return []
+    starts = [m.start() for m in re.finditer(r"^diff --git ", diff, re.M)]
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [diff[a:b] for a, b in zip(starts, [*starts[1:], len(diff)], strict=True)]
 
 
 def _numstat(repo: GitRepo) -> dict[tuple[str, str], tuple[int | None, int | None]]:
@@ -74,6 +85,7 @@ def test_line_counts_are_gits_own(tmp_path, block_bytes: int) -> None:
     got, cut_short = {}, set()
     for block, cut in blocks:
         commit = parse_block(block, cut, caps)
+        assert commit.blocks == diff_blocks(commit.diff)
         got.update({(commit.sha, f.path): (f.insertions, f.deletions) for f in commit.files})
         if cut:
             cut_short.add(commit.sha)
