@@ -77,6 +77,11 @@ def setup(tokenizer: Path, max_tokens: int) -> None:
     _chunker = Chunker(Tokens(tokenizer), max_tokens)
 
 
+def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
+    setup(tokenizer, max_tokens)
+    gc.freeze()  # what setup built lives as long as the worker: its collector need not walk it
+
+
 def teardown() -> None:
     global _scanner, _chunker
     if _scanner is not None:
@@ -226,7 +231,7 @@ class Pool:
         # never copied page by page) by their garbage collector.
         gc.freeze()
         self._pool = multiprocessing.get_context("fork").Pool(
-            self.processes, initializer=setup, initargs=(tokenizer, self.max_tokens))
+            self.processes, initializer=_worker_setup, initargs=(tokenizer, self.max_tokens))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], ahead: int = 0) -> Iterator[R]:
         """`fn` over `items` in order. The items are read in the pool's own thread while the
