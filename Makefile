@@ -21,6 +21,10 @@ STAMP := $(VENV)/.installed-$(HASH)-$(subst $(comma),-,$(EXTRAS))
 .PHONY: install test run lint clean
 
 install: $(STAMP)
+	@# Byte-code for the project's own modules, as a regular install writes it: where the
+	@# environment sets PYTHONDONTWRITEBYTECODE, every command would compile them again
+	@# (about 0.2 s of each start, measured). Only what changed is compiled.
+	@$(BIN)/python -m compileall -q repotune serve ingest tuner eval >/dev/null
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
