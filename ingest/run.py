@@ -87,7 +87,7 @@ def ingest(
         for name in names:
             try:
                 result.reports[name] = SOURCES[name].ingest(job)
-            except (GitError, models.ModelError, OSError, sqlite3.Error) as e:
+            except (GitError, models.ModelError, workers.SetupError, OSError, sqlite3.Error) as e:
                 result.errors[name] = str(e)
     finally:
         pool.close()

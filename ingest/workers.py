@@ -73,13 +73,36 @@ _chunker: Chunker | None = None
 
 def setup(tokenizer: Path, max_tokens: int) -> None:
     global _scanner, _chunker
-    _scanner = Scanner()
-    _chunker = Chunker(Tokens(tokenizer), max_tokens)
+    scanner = Scanner()
+    try:
+        _chunker = Chunker(Tokens(tokenizer), max_tokens)
+    except BaseException:
+        scanner.close()
+        raise
+    _scanner = scanner
+
+
+class SetupError(Exception):
+    """The workers could not set themselves up (detect-secrets, the base model's tokenizer)."""
+
+
+_setup_error: str | None = None
 
 
 def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
-    setup(tokenizer, max_tokens)
+    global _setup_error
+    try:
+        setup(tokenizer, max_tokens)
+    except Exception as e:  # said with the first item: a pool restarts a worker whose set-up raises, forever
+        _setup_error = f"{type(e).__name__}: {e}"
     gc.freeze()  # what setup built lives as long as the worker: its collector need not walk it
+
+
+def _ready() -> tuple[Scanner, Chunker]:
+    if _setup_error is not None:
+        raise SetupError(f"the ingest workers could not set up: {_setup_error}")
+    assert _scanner is not None and _chunker is not None, "setup() first"
+    return _scanner, _chunker
 
 
 def teardown() -> None:
@@ -100,10 +123,10 @@ def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context, bool]]) -> l
     """Rows and chunks of a batch of commits, given parsed or as `git log` bytes (parsed
     here, in the worker), each with whether it is on the default branch; secrets are
     scanned for the batch at once."""
-    assert _scanner is not None and _chunker is not None, "setup() first"
+    scanner, _ = _ready()
     parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx, on) for c, ctx, on in batch]
-    messages = _scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _, _ in parsed])
-    diffs = _scanner.redact_diffs([c.blocks for c, _, _ in parsed])
+    messages = scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _, _ in parsed])
+    diffs = scanner.redact_diffs([c.blocks for c, _, _ in parsed])
     return [_commit(c, ctx, on, m, d) for (c, ctx, on), m, d in zip(parsed, messages, diffs, strict=True)]
 
 
@@ -142,8 +165,8 @@ def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: 
 
 def documents(batch: list[tuple[Document, Context]]) -> list[Done]:
     """Rows and chunks of a batch of documents (secrets are scanned for the batch at once)."""
-    assert _scanner is not None and _chunker is not None, "setup() first"
-    redacted = _scanner.redact_many([(d.text, d.path, False) for d, _ in batch])
+    scanner, _ = _ready()
+    redacted = scanner.redact_many([(d.text, d.path, False) for d, _ in batch])
     return [_document(d, ctx, r) for (d, ctx), r in zip(batch, redacted, strict=True)]
 
 
@@ -162,13 +185,13 @@ def _document(d: Document, ctx: Context, redacted: Redacted) -> Done:
 
 def pull_requests(batch: list[tuple[PullRequest, Context]]) -> list[Done]:
     """Rows and chunks of a batch of pull requests: title, body, comments and patches redacted."""
-    assert _scanner is not None and _chunker is not None, "setup() first"
+    scanner, _ = _ready()
     texts: list[tuple[str, str, bool]] = []
     for pr, _ in batch:
         texts += [(pr.title, "PR_TITLE", False), (pr.body, "PR_BODY.md", False)]
         texts += [(c.body, c.path or "comment.md", False) for c in pr.comments]
         texts += [(f["patch"], f["path"], True) for f in pr.files]
-    redacted = iter(_scanner.redact_many(texts))
+    redacted = iter(scanner.redact_many(texts))
     return [_pull_request(pr, ctx, redacted) for pr, ctx in batch]
 
 
@@ -239,7 +262,10 @@ class Pool:
         `ahead` of them (default: 8 per process) beyond the results taken so far."""
         if self.processes <= 1:
             if not self._ready:
-                setup(self.tokenizer(), self.max_tokens)
+                try:
+                    setup(self.tokenizer(), self.max_tokens)
+                except Exception as e:  # a tokenizer file it cannot read (tokenizers raises a bare Exception)
+                    raise SetupError(f"the ingest workers could not set up: {type(e).__name__}: {e}") from e
                 self._ready = True
             yield from map(fn, items)
             return

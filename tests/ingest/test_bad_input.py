@@ -171,3 +171,25 @@ def test_an_unreachable_wiki_fails_the_docs_source_alone(tmp_path, settings_for)
     assert result.status == "partial"
     assert "cannot clone http://127.0.0.1:9/proj.wiki.git" in result.errors["docs"]
     assert result.reports["git"].items == 1 and result.reports["snapshot"].items == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tokenizer_the_workers_cannot_read_fails_each_source_clearly(tmp_path, workers: int) -> None:
+    """The base model names a folder whose tokenizer.json is damaged: each source fails with
+    that reason (a pool whose workers die setting up would restart them forever instead)."""
+    from repotune import config as cfg
+
+    repo = GitRepo(tmp_path / "project")
+    repo.commit("Start", {"a.py": "x = 1\n", "README.md": "# A\n"})
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text('{"model": {"type": "BPE"')  # cut short
+    raw = {"paths": {"data_dir": str(tmp_path / "state")}, "model": {"base": str(model)},
+           "ingest": {"repo": str(repo.path), "workers": workers}}
+    settings = cfg.Settings(config=cfg.parse(raw), source=None, root=tmp_path, secrets=cfg.Secrets())
+    result = ingest(settings, sources=["git", "snapshot"])
+    assert result.status == "failed" and set(result.errors) == {"git", "snapshot"}
+    assert all("could not set up" in e for e in result.errors.values()), result.errors
+    db = store_db.open_db(store_db.db_path(settings.data_dir))
+    assert db.execute("select count(*) from cursors").fetchone()[0] == 0  # nothing half-done
