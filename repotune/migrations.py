@@ -212,7 +212,7 @@ def m002_ingest(db: sqlite_utils.Database) -> None:
 @migration
 def m003_chunks_fts(db: sqlite_utils.Database) -> None:
     """Full-text search over chunks (the refusal policy's and retrieval's index), kept in
-    step by triggers on update and delete; new chunks are indexed by ingest's store a
+    step by triggers on update and delete (the update trigger: see m005); new chunks are indexed by ingest's store a
     batch at a time (see `ingest.store`), much faster than a trigger per row. On its own
     because `enable_fts` commits as it goes: replacing the index makes a rerun after an
     interruption safe."""
@@ -235,4 +235,21 @@ def m004_teacher_cache(db: sqlite_utils.Database) -> None:
             raw text not null,            -- the teacher's output as it came
             created_at text not null
         )"""
+    )
+
+
+@migration
+def m005_chunks_fts_reindex_on_change(db: sqlite_utils.Database) -> None:
+    """The full-text index re-reads a chunk only when its indexed columns change. The
+    update trigger fired on every update: marking chunks stale, and upserting the same
+    chunks again (every file's chunks on each new head, every chunk on `ingest --full`),
+    rewrote their index entries although a chunk's text is hashed into its id."""
+    db.execute("drop trigger if exists chunks_au")
+    db.execute(
+        """create trigger chunks_au after update on chunks
+        when old.title is not new.title or old.text is not new.text
+        begin
+            insert into chunks_fts (chunks_fts, rowid, title, text) values ('delete', old.rowid, old.title, old.text);
+            insert into chunks_fts (rowid, title, text) values (new.rowid, new.title, new.text);
+        end"""
     )

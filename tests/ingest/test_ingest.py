@@ -209,3 +209,24 @@ def test_docs_are_the_docs_folders_and_the_wiki_one_document_per_page(history: G
     ingest(settings, sources=["docs"])
     stale = {r["path"] for r in db.query("select path from documents where stale = 1")}
     assert stale == {"Release-process.md"}
+
+
+def test_the_full_text_index_is_rewritten_only_for_what_it_indexes(history: GitRepo, settings_for) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings, sources=["snapshot", "docs"])
+    db = _db(settings)
+
+    def segments() -> int:
+        return int(db.execute("select count(*) from chunks_fts_data").fetchone()[0])
+
+    before = segments()
+    db.execute("update chunks set stale = 1")
+    ingest(settings, sources=["snapshot", "docs"], full=True)  # the same chunks again: upserted, not stale
+    assert segments() == before  # neither touched the index
+    assert db.execute("select count(*) from chunks where stale = 1").fetchone()[0] == 0
+    rowid = db.execute("select rowid from chunks where path = 'calculator.py' limit 1").fetchone()[0]
+    with db.conn:
+        db.execute("update chunks set title = 'abacus' where rowid = ?", [rowid])
+    hits = [r[0] for r in db.execute("select rowid from chunks_fts where chunks_fts match 'abacus'")]
+    assert hits == [rowid]
+    db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
