@@ -71,17 +71,6 @@ _scanner: Scanner | None = None
 _chunker: Chunker | None = None
 
 
-def setup(tokenizer: Path, max_tokens: int) -> None:
-    global _scanner, _chunker
-    scanner = Scanner()
-    try:
-        _chunker = Chunker(Tokens(tokenizer), max_tokens)
-    except BaseException:
-        scanner.close()
-        raise
-    _scanner = scanner
-
-
 class SetupError(Exception):
     """The workers could not set themselves up (detect-secrets, the base model's tokenizer)."""
 
@@ -89,16 +78,32 @@ class SetupError(Exception):
 _setup_error: str | None = None
 
 
-def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
-    global _setup_error
+def setup(tokenizer: Path, max_tokens: int) -> None:
+    """Build the scanner and the chunker. A failure is kept and raised (as `SetupError`)
+    with the first item, in the parent: a pool restarts a worker whose set-up raises,
+    forever."""
+    global _scanner, _chunker, _setup_error
+    _setup_error = None
     try:
-        setup(tokenizer, max_tokens)
-    except Exception as e:  # said with the first item: a pool restarts a worker whose set-up raises, forever
+        scanner = Scanner()
+    except Exception as e:
         _setup_error = f"{type(e).__name__}: {e}"
+        return
+    try:
+        _chunker = Chunker(Tokens(tokenizer), max_tokens)
+    except Exception as e:  # tokenizers raises a bare Exception for a file it cannot read
+        scanner.close()
+        _setup_error = f"{type(e).__name__}: {e}"
+        return
+    _scanner = scanner
+
+
+def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
+    setup(tokenizer, max_tokens)
     gc.freeze()  # what setup built lives as long as the worker: its collector need not walk it
 
 
-def _ready() -> tuple[Scanner, Chunker]:
+def _tools() -> tuple[Scanner, Chunker]:
     if _setup_error is not None:
         raise SetupError(f"the ingest workers could not set up: {_setup_error}")
     assert _scanner is not None and _chunker is not None, "setup() first"
@@ -106,10 +111,10 @@ def _ready() -> tuple[Scanner, Chunker]:
 
 
 def teardown() -> None:
-    global _scanner, _chunker
+    global _scanner, _chunker, _setup_error
     if _scanner is not None:
         _scanner.close()
-    _scanner = _chunker = None
+    _scanner = _chunker = _setup_error = None
 
 
 def pr_number(message: str) -> int | None:
@@ -123,7 +128,7 @@ def commits(batch: list[tuple[Commit | tuple[bytes, bool], Context, bool]]) -> l
     """Rows and chunks of a batch of commits, given parsed or as `git log` bytes (parsed
     here, in the worker), each with whether it is on the default branch; secrets are
     scanned for the batch at once."""
-    scanner, _ = _ready()
+    scanner, _ = _tools()
     parsed = [(c if isinstance(c, Commit) else parse_block(*c, ctx.caps), ctx, on) for c, ctx, on in batch]
     messages = scanner.redact_many([(c.message, "COMMIT_EDITMSG", False) for c, _, _ in parsed])
     diffs = scanner.redact_diffs([c.blocks for c, _, _ in parsed])
@@ -165,7 +170,7 @@ def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: 
 
 def documents(batch: list[tuple[Document, Context]]) -> list[Done]:
     """Rows and chunks of a batch of documents (secrets are scanned for the batch at once)."""
-    scanner, _ = _ready()
+    scanner, _ = _tools()
     redacted = scanner.redact_many([(d.text, d.path, False) for d, _ in batch])
     return [_document(d, ctx, r) for (d, ctx), r in zip(batch, redacted, strict=True)]
 
@@ -185,7 +190,7 @@ def _document(d: Document, ctx: Context, redacted: Redacted) -> Done:
 
 def pull_requests(batch: list[tuple[PullRequest, Context]]) -> list[Done]:
     """Rows and chunks of a batch of pull requests: title, body, comments and patches redacted."""
-    scanner, _ = _ready()
+    scanner, _ = _tools()
     texts: list[tuple[str, str, bool]] = []
     for pr, _ in batch:
         texts += [(pr.title, "PR_TITLE", False), (pr.body, "PR_BODY.md", False)]
@@ -241,7 +246,7 @@ class Pool:
         self.max_tokens = max_tokens
         self.processes = processes or os.cpu_count() or 1
         self._pool: Any = None
-        self._ready = False
+        self._set_up = False  # in this process (one process: no pool)
         self._closing = threading.Event()
 
     def start(self) -> None:
@@ -262,12 +267,9 @@ class Pool:
         caller writes results (reading git's output overlaps with everything else), at most
         `ahead` of them (default: 8 per process) beyond the results taken so far."""
         if self.processes <= 1:
-            if not self._ready:
-                try:
-                    setup(self.tokenizer(), self.max_tokens)
-                except Exception as e:  # a tokenizer file it cannot read (tokenizers raises a bare Exception)
-                    raise SetupError(f"the ingest workers could not set up: {type(e).__name__}: {e}") from e
-                self._ready = True
+            if not self._set_up:
+                setup(self.tokenizer(), self.max_tokens)
+                self._set_up = True
             yield from map(fn, items)
             return
         self.start()
@@ -291,9 +293,9 @@ class Pool:
             stop.set()
 
     def close(self) -> None:
-        if self._ready:
+        if self._set_up:
             teardown()
-            self._ready = False
+            self._set_up = False
         if self._pool is not None:
             self._closing.set()
             self._pool.terminate()
