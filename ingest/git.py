@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,14 @@ class Caps:
     block_bytes: int = 32 << 20  # a commit's raw log output kept: file list and the start of the diff
 
 
+# Held while git is started, and while the ingest workers are forked (`workers.Pool`):
+# sources run in threads, and a worker forked while git starts would inherit the pipe
+# through which `Popen` learns that git is running (and git's input, while it is fed),
+# so the start (or git) would wait for the worker to exit. The workers fork before
+# anything streams into git (`cat-file --batch`).
+SPAWNING = threading.Lock()
+
+
 class Repo:
     """A git repository on disk (a work tree or a bare mirror)."""
 
@@ -87,12 +97,10 @@ class Repo:
         self.path = path
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
-        proc = subprocess.run(
-            ["git", "-C", str(self.path), *args], input=input, capture_output=True, env=_env()
-        )
-        if check and proc.returncode != 0:
-            raise _error(args, proc.stderr)
-        return proc.stdout
+        code, out, err = _run(["git", "-C", str(self.path), *args], input)
+        if check and code != 0:
+            raise _error(args, err)
+        return out
 
     def text(self, *args: str) -> str:
         return self.run(*args).decode("utf-8", "replace").strip()
@@ -179,10 +187,11 @@ class Repo:
     def _stream(self, args: list[str]) -> Iterator[bytes]:
         """git's output in large chunks; its exit status checked at the end."""
         with tempfile.TemporaryFile() as stderr:
-            proc = subprocess.Popen(
-                ["git", "-c", "core.quotePath=false", "-C", str(self.path), *args],
-                stdout=subprocess.PIPE, stderr=stderr, env=_env(),
-            )
+            with SPAWNING:
+                proc = subprocess.Popen(
+                    ["git", "-c", "core.quotePath=false", "-C", str(self.path), *args],
+                    stdout=subprocess.PIPE, stderr=stderr, env=_env(),
+                )
             assert proc.stdout is not None
             try:
                 while chunk := proc.stdout.read(1 << 20):
@@ -209,10 +218,11 @@ class Repo:
 
     def blobs(self, ids: list[str]) -> Iterator[tuple[str, bytes | None]]:
         """The contents of blobs by id, in order, through one `cat-file --batch`; None if missing."""
-        proc = subprocess.Popen(
-            ["git", "-C", str(self.path), "cat-file", "--batch"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(),
-        )
+        with SPAWNING:
+            proc = subprocess.Popen(
+                ["git", "-C", str(self.path), "cat-file", "--batch"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(),
+            )
         assert proc.stdin is not None and proc.stdout is not None
         try:
             for blob in ids:
@@ -246,18 +256,30 @@ def open_repo(spec: str, mirrors: Path, fetch: bool = True) -> Repo:
     if not (mirror / "HEAD").exists():
         mirrors.mkdir(parents=True, exist_ok=True)
         tmp = mirror.with_name(mirror.name + ".partial")
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-        proc = subprocess.run(["git", "clone", "--mirror", "--quiet", spec, str(tmp)], capture_output=True, env=_env())
-        if proc.returncode != 0:
-            raise GitError(f"cannot clone {redact_url(spec)}: {_last_line(proc.stderr)}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        code, _, err = _run(["git", "clone", "--mirror", "--quiet", spec, str(tmp)])
+        if code != 0:
+            raise GitError(f"cannot clone {redact_url(spec)}: {_last_line(err)}")
         tmp.rename(mirror)
     elif fetch:
-        proc = subprocess.run(
-            ["git", "-C", str(mirror), "fetch", "--prune", "--quiet", "origin"], capture_output=True, env=_env()
-        )
-        if proc.returncode != 0:
-            raise GitError(f"cannot fetch {redact_url(spec)}: {_last_line(proc.stderr)}")
+        code, _, err = _run(["git", "-C", str(mirror), "fetch", "--prune", "--quiet", "origin"])
+        if code != 0:
+            raise GitError(f"cannot fetch {redact_url(spec)}: {_last_line(err)}")
     return Repo(mirror)
+
+
+def _run(argv: list[str], input: bytes | None = None) -> tuple[int, bytes, bytes]:
+    """Run git to the end: its exit code, output and errors."""
+    if input is None:
+        with SPAWNING:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        out, err = proc.communicate()
+    else:  # held throughout: a worker forked meanwhile would keep git's input open
+        with SPAWNING:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=_env())
+            out, err = proc.communicate(input)
+    return proc.returncode, out, err
 
 
 def is_url(spec: str) -> bool:

@@ -9,9 +9,10 @@ stays, with its cursor, and the other sources still run. The run's row in
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ingest import workers
@@ -83,20 +84,66 @@ def ingest(
     job = Job(git, store, pool, cfg, default, full, settings.secrets.github_token, settings.data_dir / "repos",
               progress or (lambda *a: None))
     result = RunResult(spec, store.start_run(names))
+    main = [n for n in names if n not in SIDE_BY_SIDE]
+    beside = [n for n in names if n in SIDE_BY_SIDE]
+    side: _Lane | None = None
     try:
-        for name in names:
-            try:
-                result.reports[name] = SOURCES[name].ingest(job)
-            except (GitError, models.ModelError, workers.SetupError, OSError, sqlite3.Error) as e:
-                result.errors[name] = str(e)
+        if main and beside and pool.processes > 1:
+            # The head's files do not wait for the history: their work fills the gaps in the
+            # history's (and the other way round), on a connection of their own.
+            side_store = Store(store_db.open_db(store_db.db_path(settings.data_dir)), spec, store.writing)
+            side = _Lane(beside, replace(job, store=side_store), result)
+            side.start()
+        else:
+            main = names
+        _Lane(main, job, result).run()
+        if side is not None:
+            side.join()
+            side.raise_failure()
     finally:
-        pool.close()
+        pool.close()  # (a side lane still running stops at its next result)
+        if side is not None:
+            side.join(timeout=30)
+            if not side.is_alive():
+                side.job.store.db.close()
+        result.reports = {n: result.reports[n] for n in names if n in result.reports}
         store.finish_run(
             result.run_id, result.status if not _interrupted(result, names) else "interrupted",
             result.as_dict()["sources"], result.redactions, "; ".join(f"{k}: {v}" for k, v in result.errors.items())
             or None,
         )
     return result
+
+
+# Sources that run beside the others (in a thread, one after the other): they read the
+# head's files, and nothing of theirs is read by the others (`github` recovers pull
+# requests from the commits `git` stored, so those two run in order).
+SIDE_BY_SIDE = ("snapshot", "docs")
+
+
+class _Lane(threading.Thread):
+    """Sources run one after the other; a source's failure is its own (the next still runs)."""
+
+    def __init__(self, names: list[str], job: Job, result: RunResult):
+        super().__init__(name=f"ingest {', '.join(names)}", daemon=True)
+        self.names, self.job, self.result = names, job, result
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for name in self.names:
+                try:
+                    self.result.reports[name] = SOURCES[name].ingest(self.job)
+                except (GitError, models.ModelError, workers.SetupError, OSError, sqlite3.Error) as e:
+                    self.result.errors[name] = str(e)
+        except BaseException as e:  # a bug: raised again in the caller's thread
+            if threading.current_thread() is not self:
+                raise
+            self.failure = e
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
 
 def _interrupted(result: RunResult, names: list[str]) -> bool:

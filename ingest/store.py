@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import operator
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,17 +49,28 @@ class Batch:
 
 
 class Store:
-    def __init__(self, db: sqlite_utils.Database, repo: str):
+    """One connection's reads and writes. Stores of one run that write from several threads
+    (sources running side by side, each on its own connection) share `writing`: the
+    one that waits is woken as soon as the other commits, instead of SQLite's busy
+    handler retrying after growing sleeps."""
+
+    def __init__(self, db: sqlite_utils.Database, repo: str, writing: threading.Lock | None = None):
         self.db = db
         self.repo = repo
+        self.writing = writing or threading.Lock()
         # Ingest commits many batches. In WAL mode, NORMAL skips the fsync at each commit:
         # a crash of the process loses nothing, a power cut can roll back the last batches
         # (with their cursor, so the next run reads them again), and never corrupts the file.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA cache_size = -65536")  # 64 MiB: chunk ids are hashes, so inserts land all over the index
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self.writing, transaction(self.db):
+            yield
+
     def add_repo(self, location: str, default_branch: str | None) -> None:
-        with transaction(self.db):
+        with self._transaction():
             existing = self.db.table("repos").count_where("id = ?", [self.repo])
             row = {"id": self.repo, "location": location, "default_branch": default_branch}
             if existing:
@@ -70,7 +84,7 @@ class Store:
 
     def write(self, batch: Batch, source: str | None = None, cursor: Any = None) -> None:
         """Upsert `batch` and, in the same transaction, move `source`'s cursor."""
-        with transaction(self.db):
+        with self._transaction():
             for table, rows in batch.rows.items():
                 if rows and table == "chunks":
                     self._upsert_chunks(rows)
@@ -113,7 +127,7 @@ class Store:
     def mark_stale(self, kinds: tuple[str, ...], keep_paths: set[str], keep_chunks: set[str]) -> int:
         """Documents and chunks of `kinds` not in the new head: stale, kept for provenance."""
         marks = ",".join("?" * len(kinds))
-        with transaction(self.db):
+        with self._transaction():
             self.db.execute("create temp table if not exists keep_paths (path text primary key)")
             self.db.execute("create temp table if not exists keep_chunks (id text primary key)")
             self.db.execute("delete from keep_paths")
@@ -136,7 +150,7 @@ class Store:
     # --- runs -----------------------------------------------------------------------
 
     def start_run(self, sources: list[str]) -> int:
-        with transaction(self.db):
+        with self._transaction():
             table = self.db.table("ingest_runs")
             table.insert(
                 {"repo": self.repo, "started_at": now(), "status": "running",
@@ -146,7 +160,7 @@ class Store:
 
     def finish_run(self, run_id: int, status: str, sources: dict[str, Any], redactions: Counter[str],
                    error: str | None = None) -> None:
-        with transaction(self.db):
+        with self._transaction():
             self.db.table("ingest_runs").update(
                 run_id,
                 {"finished_at": now(), "status": status, "sources": json.dumps(sources),

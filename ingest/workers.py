@@ -13,6 +13,7 @@ import gc
 import json
 import multiprocessing
 import os
+import queue
 import re
 import threading
 from collections import Counter
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
-from ingest.git import Caps, Commit, parse_block
+from ingest.git import SPAWNING, Caps, Commit, parse_block
 from ingest.github import PullRequest
 from ingest.secrets import Redacted, Scanner
 
@@ -248,24 +249,31 @@ class Pool:
         self._pool: Any = None
         self._set_up = False  # in this process (one process: no pool)
         self._closing = threading.Event()
+        self._starting = threading.Lock()
 
     def start(self) -> None:
         """Start the workers now, so that they set themselves up (detect-secrets, the
         tokenizer: about a third of a second) while the caller goes on reading git."""
-        if self._pool is not None or self.processes <= 1:
-            return
-        tokenizer = self.tokenizer()  # once, here: the first time, it may build builtin:tiny's
-        # Frozen before the fork, the objects the workers inherit are never walked (and so
-        # never copied page by page) by their garbage collector.
-        gc.freeze()
-        self._pool = multiprocessing.get_context("fork").Pool(
-            self.processes, initializer=_worker_setup, initargs=(tokenizer, self.max_tokens))
-        _widen(self._pool)
+        with self._starting:  # two sources may start it at once
+            if self._closing.is_set():
+                raise SetupError("the ingest workers were stopped")
+            if self._pool is not None or self.processes <= 1:
+                return
+            tokenizer = self.tokenizer()  # once, here: the first time, it may build builtin:tiny's
+            # Frozen before the fork, the objects the workers inherit are never walked (and so
+            # never copied page by page) by their garbage collector.
+            gc.freeze()
+            with SPAWNING:
+                self._pool = multiprocessing.get_context("fork").Pool(
+                    self.processes, initializer=_worker_setup, initargs=(tokenizer, self.max_tokens))
+            _widen(self._pool)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], ahead: int = 0) -> Iterator[R]:
-        """`fn` over `items` in order. The items are read in the pool's own thread while the
-        caller writes results (reading git's output overlaps with everything else), at most
-        `ahead` of them (default: 8 per process) beyond the results taken so far."""
+        """`fn` over `items`, results in order. The items are read in a thread of their own
+        while the caller writes results (reading git's output overlaps with everything
+        else), at most `ahead` of them (default: 8 per process) beyond the results taken
+        so far. Maps running at once (from several threads) share the workers: each item
+        is a task of its own, so neither waits for the other's items to be read."""
         if self.processes <= 1:
             if not self._set_up:
                 setup(self.tokenizer(), self.max_tokens)
@@ -273,21 +281,41 @@ class Pool:
             yield from map(fn, items)
             return
         self.start()
-        room, stop = threading.Semaphore(ahead or self.processes * 8), threading.Event()
+        pool = self._pool
+        sent: queue.Queue[Any] = queue.Queue(ahead or self.processes * 8)
+        stop = threading.Event()
 
-        def fed() -> Iterator[T]:
-            # Runs in the pool's task thread, which would otherwise read every item (a whole
-            # history) into memory at once. It stops when the caller does: the thread serves
-            # one map at a time, and a blocked one would hold up the next.
-            for item in items:
-                while not room.acquire(timeout=0.2):
-                    if stop.is_set() or self._closing.is_set():
+        def put(what: Any) -> bool:
+            while not (stop.is_set() or self._closing.is_set()):
+                try:
+                    sent.put(what, timeout=0.2)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def feed() -> None:
+            try:
+                for item in items:
+                    if not put(pool.apply_async(fn, (item,))):
                         return
-                yield item
+                put(_END)
+            except BaseException as e:  # raised where the caller reaches it, in order
+                put(_Raise(e))
 
+        feeder = threading.Thread(target=feed, name=f"feed {getattr(fn, '__name__', fn)}", daemon=True)
+        feeder.start()
         try:
-            for result in self._pool.imap(fn, fed()):
-                room.release()
+            while (task := sent.get()) is not _END:
+                if isinstance(task, _Raise):
+                    raise task.error
+                while True:
+                    try:
+                        result = task.get(timeout=0.2)
+                        break
+                    except multiprocessing.TimeoutError:
+                        if self._closing.is_set():
+                            raise SetupError("the ingest workers were stopped") from None
                 yield result
         finally:
             stop.set()
@@ -296,13 +324,21 @@ class Pool:
         if self._set_up:
             teardown()
             self._set_up = False
-        if self._pool is not None:
-            self._closing.set()
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-            self._closing.clear()
-            gc.unfreeze()
+        with self._starting:
+            self._closing.set()  # for good: a source still running gets no new workers
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool.join()
+                self._pool = None
+                gc.unfreeze()
+
+
+_END = object()  # the last item was sent
+
+
+@dataclass
+class _Raise:
+    error: BaseException  # reading the items failed
 
 
 def _widen(pool: Any) -> None:
@@ -311,8 +347,8 @@ def _widen(pool: Any) -> None:
     for the parent's result thread to get its turn."""
     import fcntl
 
-    for queue in (pool._inqueue, pool._outqueue):
-        for end in (queue._reader, queue._writer):
+    for channel in (pool._inqueue, pool._outqueue):
+        for end in (channel._reader, channel._writer):
             try:
                 fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
             except (OSError, AttributeError):

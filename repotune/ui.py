@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,14 +75,16 @@ def progress_bars(quiet: bool = False) -> Iterator[Callable[[str, int, int | Non
     bars = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=err)
     tasks: dict[str, Any] = {}
+    lock = threading.Lock()  # parts may run side by side, in threads
 
     def update(name: str, done: int, total: int | None, note: str) -> None:
         if quiet or not name:
             return
-        if not tasks:
-            bars.start()
-        if name not in tasks:
-            tasks[name] = bars.add_task(name, total=total, note=note)
+        with lock:
+            if not tasks:
+                bars.start()
+            if name not in tasks:
+                tasks[name] = bars.add_task(name, total=total, note=note)
         bars.update(tasks[name], completed=done, total=total, note=note)
 
     try:

@@ -12,6 +12,7 @@ from ingest import sources as sources_mod
 from ingest.run import ingest
 from ingest.store import Store, status
 from repotune import db as store_db
+from repotune.config import PathsSection
 from tests.ingest.conftest import PLANTED, GitRepo
 
 
@@ -230,3 +231,63 @@ def test_the_full_text_index_is_rewritten_only_for_what_it_indexes(history: GitR
     hits = [r[0] for r in db.execute("select rowid from chunks_fts where chunks_fts match 'abacus'")]
     assert hits == [rowid]
     db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
+
+
+def _contents(db) -> dict[str, set]:
+    """What the sources stored, without the run's times."""
+    queries = {
+        "commits": "select repo, sha, message, diff, trusted from commits",
+        "pull_requests": "select number, title, body, trusted from pull_requests",
+        "documents": "select kind, path, text, stale from documents",
+        "chunks": "select id, kind, path, tokens, text, stale from chunks",
+    }
+    return {table: {tuple(r.values()) for r in db.query(sql)} for table, sql in queries.items()}
+
+
+def test_sources_side_by_side_store_what_they_store_one_after_the_other(history: GitRepo, tmp_path,
+                                                                         settings_for) -> None:
+    # Two workers: the head's files (snapshot, docs) are read beside the history (git, then
+    # github); one worker: every source in turn, in this process.
+    side = settings_for(history.path, workers=2, docs=["docs/**"])
+    together = ingest(side)
+    assert together.status == "ok", together.errors
+    assert list(together.reports) == ["git", "github", "snapshot", "docs"]  # the order the sources are named in
+    alone = settings_for(history.path, workers=1, docs=["docs/**"])
+    alone = alone.model_copy(update={"config": alone.config.model_copy(
+        update={"paths": PathsSection(data_dir=tmp_path / "alone")})})
+    assert ingest(alone).status == "ok"
+    stored, expected = _contents(_db(side)), _contents(_db(alone))
+    assert stored == expected
+    assert all(stored.values())
+    again = ingest(side)
+    assert {n: r.items for n, r in again.reports.items()} == {"git": 0, "github": 0, "snapshot": 0, "docs": 0}
+
+
+def test_a_run_killed_in_the_history_stops_the_sources_beside_it(tmp_path, settings_for, monkeypatch) -> None:
+    repo = GitRepo(tmp_path / "long")
+    for i in range(30):
+        repo.commit(f"Change {i}", {f"pkg/mod{i}.py": f"def f{i}():\n    return {i}\n"})
+    settings = settings_for(repo.path, workers=2)
+    monkeypatch.setattr(sources_mod, "BATCH", 10)
+    real_write = Store.write
+    git_writes = []
+
+    def dying_write(self, batch, source=None, cursor=None):
+        if source == "git" and len(git_writes) == 1:
+            raise KeyboardInterrupt
+        if source == "git":
+            git_writes.append(len(batch))
+        real_write(self, batch, source, cursor)
+
+    monkeypatch.setattr(Store, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings)
+    db = _db(settings)
+    run = next(db.query("select * from ingest_runs order by id desc limit 1"))
+    assert run["status"] == "interrupted" and run["finished_at"]
+    assert db.execute("select count(*) from commits").fetchone()[0] == 10
+    monkeypatch.setattr(Store, "write", real_write)
+    resumed = ingest(settings)
+    assert resumed.status == "ok", resumed.errors
+    assert db.execute("select count(*) from commits").fetchone()[0] == 30
+    assert db.execute("select count(*) from documents where stale = 0").fetchone()[0] == 30

@@ -1,0 +1,65 @@
+"""The worker pool when sources run side by side, in threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ingest import workers
+from repotune import models
+
+# One thread starts git over and over while the main thread forks the workers again and
+# again. A worker forked while git starts would inherit the pipe through which Popen
+# learns that git is running, and that start would wait for the worker to exit.
+_RACE = textwrap.dedent("""
+    import sys, threading
+    from pathlib import Path
+    from ingest import workers
+    from ingest.git import Repo
+
+    repo, tokenizer = Repo(Path(sys.argv[1])), Path(sys.argv[2])
+    stop = threading.Event()
+    started = [0]
+
+    def spawn():
+        while not stop.is_set():
+            repo.run("rev-parse", "HEAD")
+            started[0] += 1
+
+    thread = threading.Thread(target=spawn, daemon=True)
+    thread.start()
+    pools = []
+    for _ in range(8):  # kept running, as a run's workers are
+        pools.append(workers.Pool(lambda: tokenizer, 64, 2))
+        pools[-1].start()
+    stop.set()
+    thread.join(timeout=20)
+    stuck = thread.is_alive()
+    for pool in pools:
+        pool.close()
+    print("stuck" if stuck else started[0])
+""")
+
+
+def test_workers_fork_safely_while_another_source_starts_git(tmp_path, tiny) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True)
+    done = subprocess.run([sys.executable, "-c", _RACE, str(tmp_path), str(models.tokenizer_path("builtin:tiny"))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() != "stuck", "a git start waited on a forked worker"
+    assert int(done.stdout) > 0
+
+
+def test_a_closed_pool_starts_no_workers_again(tiny) -> None:
+    pool = workers.Pool(lambda: models.tokenizer_path("builtin:tiny"), 64, 2)
+    assert list(pool.map(workers.pr_number, ["Merge pull request #3 from a/b"])) == [3]
+    pool.close()
+    with pytest.raises(workers.SetupError, match="stopped"):
+        pool.start()
+    with pytest.raises(workers.SetupError, match="stopped"):
+        list(pool.map(workers.pr_number, ["Fix (#4)"]))
