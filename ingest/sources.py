@@ -9,16 +9,18 @@ it. `SOURCES` maps the names `repotune ingest --source` accepts to them.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import itertools
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ingest import workers
 from ingest.git import Caps, Commit, MissingObjects, Repo, open_repo
@@ -72,10 +74,12 @@ class Source(Protocol):
     def ingest(self, job: Job) -> Report: ...
 
 
-def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Report, total: int | None = None,
+def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Report,
+               total: int | _Later[int] | None = None,
                cursor_after: Callable[[workers.Done], Any] | None = None) -> None:
     """Write results in batches; with `cursor_after`, each batch also moves the source's cursor."""
     source = name if cursor_after else None
+    of = total.get if isinstance(total, _Later) else lambda: total
     batch, n = Batch(), 0
     done = workers.Done()
     for done in results:
@@ -87,10 +91,10 @@ def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Rep
         if n % BATCH == 0:
             job.store.write(batch, source, cursor_after(done) if cursor_after else None)
             batch = Batch()
-            job.progress(name, n, total, "")
+            job.progress(name, n, of(), "")
     if len(batch):
         job.store.write(batch, source, cursor_after(done) if cursor_after else None)
-    job.progress(name, n, total, "")
+    job.progress(name, n, of(), "")
     report.items += n
 
 
@@ -105,21 +109,25 @@ class GitSource:
         heads = job.repo.heads(branches)
         cursor = (job.store.cursor(self.name) or {}) if not job.full else {}
         done = [sha for sha in cursor.get("done", []) if job.repo.has_commit(sha)]
-        total = job.repo.count(heads.values(), done)
         final = {"heads": heads, "done": sorted(set(heads.values()))}
-        if total == 0:
+        if set(heads.values()) <= set(done):  # every head read already: no walk of the history
             if cursor != final:
                 job.store.write(Batch(), self.name, final)
             report.note = "nothing new"
             return report
         job.pool.start()  # the workers set themselves up while the rest is read
-        on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
-            "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
+        # The count is for the progress bar only: it walks the history beside `log`, not before it.
+        total = _Later(lambda: job.repo.count(heads.values(), done))
+        if list(heads) == [job.default_branch]:
+            on_default = None  # every commit `log` gives is reachable from the default branch
+        else:
+            on_default = set(job.repo.text("rev-list", heads.get(job.default_branch) or job.repo.text(
+                "rev-parse", f"refs/heads/{job.default_branch}"), "--not", *done, "--").split())
         caps = job.caps
         # The set of commits on the default branch stays here: sent with each batch, it would be
         # pickled hundreds of times over a long history.
         ctx = workers.Context(repo=job.store.repo, now=now(), caps=caps, trust_all=job.config.include_untrusted)
-        job.progress(self.name, 0, total, "")
+        job.progress(self.name, 0, None, "")
         try:
             self._run(job, job.repo.log_blocks(list(heads.values()), done, caps), ctx, done, total, report,
                       on_default)
@@ -129,17 +137,36 @@ class GitSource:
             done = [sha for sha in (job.store.cursor(self.name) or {}).get("done", done) if job.repo.has_commit(sha)]
             commits = job.repo.log_without(list(heads.values()), done, caps)
             self._run(job, commits, ctx, done, total, report, on_default)
+        if not report.items and not report.note:  # a head moved back to a commit already read
+            report.note = "nothing new"
         job.store.write(Batch(), self.name, final)
         return report
 
     def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
-             done: list[str], total: int, report: Report, on_default: set[str]) -> None:
-        items = ((c, ctx, _sha(c) in on_default) for c in commits)
+             done: list[str], total: _Later[int], report: Report, on_default: set[str] | None) -> None:
+        items = ((c, ctx, on_default is None or _sha(c) in on_default) for c in commits)
         finished = (d for batch in job.pool.map(workers.commits, _batches(items, 48)) for d in batch)
         for_report = (_count_skipped(r, report) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, for_report, report, total,
                    lambda last: {"done": sorted({*done, last.rows["commits"][0]["sha"]})})
+
+
+class _Later(Generic[T]):
+    """A value computed in a thread of its own; `get` does not wait for it (None until then,
+    or if computing it failed)."""
+
+    def __init__(self, compute: Callable[[], T]):
+        self._value: T | None = None
+
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                self._value = compute()
+
+        threading.Thread(target=run, name="later", daemon=True).start()
+
+    def get(self) -> T | None:
+        return self._value
 
 
 def _sha(commit: Commit | tuple[bytes, bool]) -> str:

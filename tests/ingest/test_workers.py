@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -63,3 +66,23 @@ def test_a_closed_pool_starts_no_workers_again(tiny) -> None:
         pool.start()
     with pytest.raises(workers.SetupError, match="stopped"):
         list(pool.map(workers.pr_number, ["Fix (#4)"]))
+
+
+def _killed(item: int) -> int:
+    if item == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return item
+
+
+def test_a_worker_killed_halfway_stops_the_map_with_a_clear_error(tiny) -> None:
+    pool = workers.Pool(lambda: models.tokenizer_path("builtin:tiny"), 64, 2)
+    got: list[int] = []
+    started = time.monotonic()
+    try:
+        with pytest.raises(workers.SetupError, match=r"worker stopped with exit code -9 \(killed"):
+            for item in pool.map(_killed, range(5)):
+                got.append(item)
+    finally:
+        pool.close()
+    assert got == [0, 1]  # results before the lost one still come, in order
+    assert time.monotonic() - started < 60  # instead of waiting for ever
