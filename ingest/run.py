@@ -87,34 +87,31 @@ def ingest(
     main = [n for n in names if n not in SIDE_BY_SIDE]
     beside = [n for n in names if n in SIDE_BY_SIDE]
     side: _Lane | None = None
-    if main and beside and pool.processes > 1:
-        # The head's files do not wait for the history: their work fills the gaps in the
-        # history's (and the other way round), on a connection of their own.
-        side_store = Store(store_db.open_db(store_db.db_path(settings.data_dir)), spec, store.writing)
-        side = _Lane(beside, replace(job, store=side_store), result)
-    else:
-        main = names
-    writers = [store.db] + ([side.job.store.db] if side is not None else [])
-    with store_db.Checkpoints(store_db.db_path(settings.data_dir), writers):
-        try:
-            if side is not None:
-                side.start()
-            _Lane(main, job, result).run()
-            if side is not None:
-                side.join()
-                side.raise_failure()
-        finally:
-            pool.close()  # (a side lane still running stops at its next result)
-            if side is not None and side.ident is not None:
-                side.join(timeout=30)
-            if side is not None and not side.is_alive():
+    try:
+        if main and beside and pool.processes > 1:
+            # The head's files do not wait for the history: their work fills the gaps in the
+            # history's (and the other way round), on a connection of their own.
+            side_store = Store(store_db.open_db(store_db.db_path(settings.data_dir)), spec, store.writing)
+            side = _Lane(beside, replace(job, store=side_store), result)
+            side.start()
+        else:
+            main = names
+        _Lane(main, job, result).run()
+        if side is not None:
+            side.join()
+            side.raise_failure()
+    finally:
+        pool.close()  # (a side lane still running stops at its next result)
+        if side is not None:
+            side.join(timeout=30)
+            if not side.is_alive():
                 side.job.store.db.close()
-            result.reports = {n: result.reports[n] for n in names if n in result.reports}
-            store.finish_run(
-                result.run_id, result.status if not _interrupted(result, names) else "interrupted",
-                result.as_dict()["sources"], result.redactions,
-                "; ".join(f"{k}: {v}" for k, v in result.errors.items()) or None,
-            )
+        result.reports = {n: result.reports[n] for n in names if n in result.reports}
+        store.finish_run(
+            result.run_id, result.status if not _interrupted(result, names) else "interrupted",
+            result.as_dict()["sources"], result.redactions, "; ".join(f"{k}: {v}" for k, v in result.errors.items())
+            or None,
+        )
     return result
 
 

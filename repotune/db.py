@@ -16,9 +16,7 @@ promotion can slip in between.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +51,6 @@ else:
 
 DB_NAME = "repotune.db"
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another writer's batch to commit
-WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default
 
 Migration = Callable[[sqlite_utils.Database], None]
 
@@ -140,51 +137,6 @@ class transaction:
             self.conn.commit()
         else:
             self.conn.rollback()
-
-
-class Checkpoints:
-    """`with Checkpoints(path, writers):` — the WAL's checkpoints in a thread of their own.
-
-    A connection that commits checkpoints the WAL itself once it passes a thousand pages:
-    it copies them into the database and waits for two syncs of the disk, in the writer's
-    time. For a long run of writes (ingest) the writers' own checkpoints are turned off
-    and this thread, on a connection of its own, checkpoints every `every_s` seconds
-    instead (PASSIVE: it never blocks a writer or a reader): pages written again within
-    that time are copied once, and the writers never wait for the disk. The writers get
-    their automatic checkpoints back at the end; a failed checkpoint is left to the next.
-    """
-
-    def __init__(self, path: Path, writers: list[sqlite_utils.Database], every_s: float = 0.1):
-        self.path, self.writers, self.every_s = path, writers, every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
-        self.checkpoints = 0
-
-    def __enter__(self) -> Checkpoints:
-        for db in self.writers:
-            db.execute("PRAGMA wal_autocheckpoint = 0")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        for db in self.writers:
-            with contextlib.suppress(sqlite3.ProgrammingError):  # closed already
-                db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        except sqlite3.Error:
-            return
-        try:
-            while not self._stop.wait(self.every_s):
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-        finally:
-            conn.close()
 
 
 def write_batches(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -95,28 +94,6 @@ def test_batched_writes_let_another_writer_in_between_batches(tmp_path):
     # Upserts are idempotent: writing the same rows again stores nothing twice.
     store.write_batches(writer, "things", ({"id": i, "name": f"row {i}"} for i in range(1, 501)), pk="id")
     assert writer["things"].count == 501
-
-
-def test_checkpoints_in_the_background_keep_the_wal_small_and_give_the_writer_its_own_back(tmp_path):
-    path = tmp_path / "repotune.db"
-    writer = store.open_db(path, migrations=[m001_things])
-    wal = path.with_name(path.name + "-wal")
-    written, largest = 0, 0
-    with store.Checkpoints(path, [writer], every_s=0.02) as checkpoints:
-        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-        for i in range(60):  # ~1,200 pages in all: past the writer's own threshold of 1,000
-            with store.transaction(writer):
-                writer.execute("insert into things (id, name) values (?, ?)", (i, "x" * 80_000))
-            written += 80_000
-            largest = max(largest, wal.stat().st_size)
-            time.sleep(0.01)
-    assert checkpoints.checkpoints > 0
-    # Without checkpoints the WAL would hold every page written; the thread's copy them out
-    # and the writer starts the WAL over.
-    assert largest < written / 3
-    assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == store.WAL_AUTOCHECKPOINT
-    reader = sqlite3.connect(path)
-    assert reader.execute("select count(*), sum(length(name)) from things").fetchone() == (60, written)
 
 
 def test_transaction_rolls_back_on_error(tmp_path):
