@@ -13,15 +13,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest import workers
-from ingest.git import GitError, open_repo
+from ingest.git import GitError, Repo, open_repo
 from ingest.sources import SOURCES, Job, Report
 from ingest.store import Store
 from repotune import db as store_db
 from repotune import models
 from repotune.config import Settings
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 class IngestError(Exception):
@@ -64,7 +67,6 @@ def ingest(
     settings: Settings, full: bool = False, sources: list[str] | None = None, repo: str | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    cfg = settings.config.ingest
     names = sources or list(SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
@@ -76,6 +78,15 @@ def ingest(
         db = store_db.open_db(store_db.db_path(settings.data_dir))
     except (GitError, store_db.StoreError, sqlite3.Error) as e:
         raise IngestError(str(e)) from e
+    try:
+        return _run(settings, names, spec, git, default, db, full, progress)
+    finally:
+        db.close()  # not left to the collector: a long-lived process (the nightly cycle) runs many
+
+
+def _run(settings: Settings, names: list[str], spec: str, git: Repo, default: str, db: sqlite_utils.Database,
+         full: bool, progress: Progress | None) -> RunResult:
+    cfg = settings.config.ingest
     store = Store(db, spec)
     store.add_repo(str(git.path), default)
     pool = workers.Pool(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +294,29 @@ def test_a_run_killed_in_the_history_stops_the_sources_beside_it(tmp_path, setti
     assert resumed.status == "ok", resumed.errors
     assert db.execute("select count(*) from commits").fetchone()[0] == 30
     assert db.execute("select count(*) from documents where stale = 0").fetchone()[0] == 30
+
+
+def _open_files_under(folder) -> list[str]:
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_runs_in_one_long_lived_process_leave_no_store_open(history: GitRepo, settings_for, monkeypatch) -> None:
+    settings = settings_for(history.path, workers=2)
+    for full in (True, False):  # the sources side by side, then a rerun with nothing new
+        assert ingest(settings, full=full).status == "ok"
+        assert _open_files_under(settings.data_dir) == []
+
+    def interrupted(self, batch, source=None, cursor=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, full=True)
+    assert _open_files_under(settings.data_dir) == []
