@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 import typer
@@ -27,14 +28,24 @@ def ingest_command(
     """Ingest what is new since the last run (a command group: see `ingest status`)."""
     if ctx.invoked_subcommand is not None:
         return
-    from ingest.run import IngestError, ingest
+    from ingest import workers
+    from repotune.models import ModelError
 
     settings = load_settings(config, as_json)
+    # The workers fork first, and set themselves up (detect-secrets, the tokenizer: about a
+    # fifth of a second each) while the rest of ingest is imported and the store opened.
+    pool = workers.pool_for(settings)
+    with contextlib.suppress(ModelError, OSError):  # the run reports it, source by source
+        pool.start()
     try:
+        from ingest.run import IngestError, ingest
+
         with progress_bars(quiet=as_json) as progress:
-            result = ingest(settings, full=full, sources=source, repo=repo, progress=progress)
+            result = ingest(settings, full=full, sources=source, repo=repo, progress=progress, pool=pool)
     except IngestError as e:
         fail(str(e))
+    finally:
+        pool.close()
     if as_json:
         print_json(result.as_dict())
     else:

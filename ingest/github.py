@@ -139,26 +139,25 @@ class GitHubReader:
 
 def from_history(db: Any, repo: str) -> Iterator[PullRequest]:
     """Pull requests as merge and squash commits on the default branch record them."""
-    rows = db.query(
-        "select sha, message, author_name, committed_at, parents from commits "
-        "where repo = ? and pr_number is not null and on_default_branch = 1 order by committed_at",
-        [repo],
-    )
+    where = "where repo = ? and pr_number is not null and on_default_branch = 1"
+    files: dict[str, list[dict[str, Any]]] = {}
+    for f in db.query(f"select sha, path, status, insertions, deletions, old_path from commit_files where repo = ? "
+                      f"and sha in (select sha from commits {where}) order by path", [repo, repo]):
+        files.setdefault(f["sha"], []).append(
+            {"path": f["path"], "status": f["status"], "additions": f["insertions"], "deletions": f["deletions"],
+             "previous_path": f["old_path"], "patch": ""})
+    rows = db.query(f"select sha, message, author_name, committed_at, parents from commits {where} "
+                    "order by committed_at", [repo])
     for row in rows:
         first, _, rest = row["message"].partition("\n")
         merge = MERGE_TITLE.match(first)
         number = int(merge.group(1)) if merge else int(re.search(r"\(#(\d+)\)\s*$", first).group(1))  # type: ignore[union-attr]
         title = (rest.strip().split("\n", 1)[0] or first) if merge else re.sub(r"\s*\(#\d+\)\s*$", "", first)
-        files = [
-            {"path": f["path"], "status": f["status"], "additions": f["insertions"], "deletions": f["deletions"],
-             "previous_path": f["old_path"], "patch": ""}
-            for f in db.query("select * from commit_files where repo = ? and sha = ?", [repo, row["sha"]])
-        ]
         yield PullRequest(
             number=number, title=title, body=rest.strip(), state="merged", author=row["author_name"],
             base=None, head=merge.group(2) if merge else None, from_fork=False, labels=[],
             created_at=None, updated_at=row["committed_at"], merged_at=row["committed_at"], merge_sha=row["sha"],
-            source="history", files=files,
+            source="history", files=files.get(row["sha"], []),
         )
 
 

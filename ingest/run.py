@@ -65,8 +65,19 @@ Progress = Callable[[str, int, int | None, str], None]
 
 def ingest(
     settings: Settings, full: bool = False, sources: list[str] | None = None, repo: str | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, pool: workers.Pool | None = None,
 ) -> RunResult:
+    """One run of `sources` (default: all). `pool`: workers started already (the command
+    line starts them before it imports the rest of ingest); the run closes it."""
+    pool = pool or workers.pool_for(settings)
+    try:
+        return _open(settings, full, sources, repo, progress, pool)
+    finally:
+        pool.close()
+
+
+def _open(settings: Settings, full: bool, sources: list[str] | None, repo: str | None, progress: Progress | None,
+          pool: workers.Pool) -> RunResult:
     names = sources or list(SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
@@ -79,19 +90,16 @@ def ingest(
     except (GitError, store_db.StoreError, sqlite3.Error) as e:
         raise IngestError(str(e)) from e
     try:
-        return _run(settings, names, spec, git, default, db, full, progress)
+        return _run(settings, names, spec, git, default, db, full, progress, pool)
     finally:
         db.close()  # not left to the collector: a long-lived process (the nightly cycle) runs many
 
 
 def _run(settings: Settings, names: list[str], spec: str, git: Repo, default: str, db: sqlite_utils.Database,
-         full: bool, progress: Progress | None) -> RunResult:
+         full: bool, progress: Progress | None, pool: workers.Pool) -> RunResult:
     cfg = settings.config.ingest
     store = Store(db, spec)
     store.add_repo(str(git.path), default)
-    pool = workers.Pool(
-        lambda: models.tokenizer_path(settings.config.model.base), cfg.chunk_tokens, cfg.workers
-    )
     job = Job(git, store, pool, cfg, default, full, settings.secrets.github_token, settings.data_dir / "repos",
               progress or (lambda *a: None))
     result = RunResult(spec, store.start_run(names))

@@ -73,6 +73,7 @@ class Redacted:
 
 
 _SECRET_FILE = re.compile("|".join(fnmatch.translate(p) for p in SECRET_FILES))
+_BLOCK_PATH = re.compile(r"diff --git a/(.*?) b/(.*)")
 
 
 def is_secret_file(path: str) -> bool:
@@ -477,5 +478,5 @@ def _count(counts: Counter[str], kind: str) -> str:
 
 
 def _block_path(block: str) -> str | None:
-    m = re.match(r"diff --git a/(.*?) b/(.*)", block)
+    m = _BLOCK_PATH.match(block)
     return m.group(2).strip() if m else None

@@ -22,12 +22,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingest.chunks import Chunker, Tokens, Unit, file_units, section_units
 from ingest.git import SPAWNING, Caps, Commit, parse_block
 from ingest.github import PullRequest
 from ingest.secrets import Redacted, Scanner
+
+if TYPE_CHECKING:
+    from repotune.config import Settings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -242,7 +245,7 @@ def _pull_request(pr: PullRequest, ctx: Context, redacted: Iterator[Redacted]) -
 
 
 class Pool:
-    """`map` over worker processes, started on first use (a run with nothing new starts none)."""
+    """`map` over worker processes, started on first use or by `start`."""
 
     def __init__(self, tokenizer: Callable[[], Path], max_tokens: int, processes: int = 0):
         self.tokenizer = tokenizer  # resolved on first use: building builtin:tiny's takes seconds
@@ -344,6 +347,14 @@ class Pool:
                 self._pool.join()
                 self._pool = None
                 gc.unfreeze()
+
+
+def pool_for(settings: Settings) -> Pool:
+    """The workers `ingest.workers` and `ingest.chunk_tokens` ask for, with the base model's tokenizer."""
+    from repotune import models
+
+    cfg = settings.config.ingest
+    return Pool(lambda: models.tokenizer_path(settings.config.model.base), cfg.chunk_tokens, cfg.workers)
 
 
 class _Pool(multiprocessing.pool.Pool):

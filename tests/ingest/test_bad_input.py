@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import subprocess
 
@@ -22,6 +23,20 @@ def test_a_folder_that_is_not_a_repository_is_named(tmp_path, settings_for) -> N
         ingest(settings_for(tmp_path / "plain"))
     with pytest.raises(IngestError, match="no such folder"):
         ingest(settings_for(tmp_path / "nowhere"))
+
+
+def test_the_command_names_a_folder_that_is_not_a_repository_and_leaves_no_worker_running(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from repotune.cli import app
+
+    (tmp_path / "plain").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "state"}"\n[ingest]\nrepo = "{tmp_path / "plain"}"\n'
+                      "workers = 2\n")
+    result = CliRunner().invoke(app, ["ingest", "--config", str(config)])
+    assert result.exit_code == 1 and "plain is not a git repository" in result.output
+    assert multiprocessing.active_children() == []  # the workers started for the run were stopped
 
 
 def test_an_unreachable_remote_is_named_without_its_credentials(tmp_path, settings_for) -> None:

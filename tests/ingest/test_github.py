@@ -135,4 +135,8 @@ def test_without_a_token_pull_requests_come_from_merge_and_squash_commits(histor
     assert set(prs) == {7, 9}
     assert prs[7]["title"] == "Multiply" and prs[7]["source"] == "history" and prs[7]["trusted"] == 1
     assert prs[9]["title"] == "Document subtraction"
+    # the squash commit's files, as git names them
+    squash = history.git("log", "--format=%H", "--grep", r"(#9)", "--fixed-strings", "main").split()[0]
+    named = history.git("show", "--name-only", "--format=", squash).split()
+    assert named and [f["path"] for f in json.loads(prs[9]["files"])] == sorted(named)
     assert ingest(settings, sources=["github"]).reports["github"].items == 0
