@@ -9,6 +9,7 @@ ever written.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -104,7 +105,15 @@ def setup(tokenizer: Path, max_tokens: int) -> None:
     _scanner = scanner
 
 
+# The workers yield the processor to the parent, which reads git for them and writes what
+# they return (they all wait on it: measured, full ingests of the benchmark history 0.24 s
+# faster, median of 16 pairs), and to anything else on the machine, a server first.
+WORKER_NICENESS = 10
+
+
 def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     setup(tokenizer, max_tokens)
     gc.freeze()  # what setup built lives as long as the worker: its collector need not walk it
 

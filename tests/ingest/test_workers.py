@@ -86,3 +86,15 @@ def test_a_worker_killed_halfway_stops_the_map_with_a_clear_error(tiny) -> None:
         pool.close()
     assert got == [0, 1]  # results before the lost one still come, in order
     assert time.monotonic() - started < 60  # instead of waiting for ever
+
+
+def _niceness(_: int) -> int:
+    return os.nice(0)
+
+
+def test_the_workers_yield_the_processor_to_the_parent(tiny) -> None:
+    pool = workers.Pool(lambda: models.tokenizer_path("builtin:tiny"), 64, 2)
+    try:
+        assert set(pool.map(_niceness, range(4))) == {min(19, os.nice(0) + workers.WORKER_NICENESS)}
+    finally:
+        pool.close()
