@@ -8,6 +8,7 @@ stays, with its cursor, and the other sources still run. The run's row in
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections import Counter
@@ -69,30 +70,22 @@ def ingest(
 ) -> RunResult:
     """One run of `sources` (default: all). `pool`: workers started already (the command
     line starts them before it imports the rest of ingest); the run closes it."""
-    pool = pool or workers.pool_for(settings)
-    try:
-        return _open(settings, full, sources, repo, progress, pool)
-    finally:
-        pool.close()
-
-
-def _open(settings: Settings, full: bool, sources: list[str] | None, repo: str | None, progress: Progress | None,
-          pool: workers.Pool) -> RunResult:
-    names = sources or list(SOURCES)
-    unknown = [n for n in names if n not in SOURCES]
-    if unknown:
-        raise IngestError(f"unknown source {', '.join(unknown)}; sources: {', '.join(SOURCES)}")
-    spec = repo or settings.repo
-    try:
-        git = open_repo(spec, settings.data_dir / "repos")
-        default = git.default_branch()
-        db = store_db.open_db(store_db.db_path(settings.data_dir))
-    except (GitError, store_db.StoreError, sqlite3.Error) as e:
-        raise IngestError(str(e)) from e
-    try:
-        return _run(settings, names, spec, git, default, db, full, progress, pool)
-    finally:
-        db.close()  # not left to the collector: a long-lived process (the nightly cycle) runs many
+    with contextlib.closing(pool or workers.pool_for(settings)) as running:
+        names = sources or list(SOURCES)
+        unknown = [n for n in names if n not in SOURCES]
+        if unknown:
+            raise IngestError(f"unknown source {', '.join(unknown)}; sources: {', '.join(SOURCES)}")
+        spec = repo or settings.repo
+        try:
+            git = open_repo(spec, settings.data_dir / "repos")
+            default = git.default_branch()
+            db = store_db.open_db(store_db.db_path(settings.data_dir))
+        except (GitError, store_db.StoreError, sqlite3.Error) as e:
+            raise IngestError(str(e)) from e
+        # The connection is closed, not left to the collector: a long-lived process (the
+        # nightly cycle) runs many.
+        with contextlib.closing(db):
+            return _run(settings, names, spec, git, default, db, full, progress, running)
 
 
 def _run(settings: Settings, names: list[str], spec: str, git: Repo, default: str, db: sqlite_utils.Database,

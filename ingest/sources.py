@@ -79,7 +79,10 @@ def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Rep
                cursor_after: Callable[[workers.Done], Any] | None = None) -> None:
     """Write results in batches; with `cursor_after`, each batch also moves the source's cursor."""
     source = name if cursor_after else None
-    of = total.get if isinstance(total, _Later) else lambda: total
+
+    def of(wait: bool = False) -> int | None:
+        return total.get(wait) if isinstance(total, _Later) else total
+
     batch, n = Batch(), 0
     done = workers.Done()
     for done in results:
@@ -94,7 +97,7 @@ def _write_all(job: Job, name: str, results: Iterable[workers.Done], report: Rep
             job.progress(name, n, of(), "")
     if len(batch):
         job.store.write(batch, source, cursor_after(done) if cursor_after else None)
-    job.progress(name, n, of(), "")
+    job.progress(name, n, of(wait=True), "")  # the last line shows the total
     report.items += n
 
 
@@ -153,8 +156,8 @@ class GitSource:
 
 
 class _Later(Generic[T]):
-    """A value computed in a thread of its own; `get` does not wait for it (None until then,
-    or if computing it failed)."""
+    """A value computed in a thread of its own; `get` does not wait for it unless asked
+    (None until then, or if computing it failed)."""
 
     def __init__(self, compute: Callable[[], T]):
         self._value: T | None = None
@@ -163,9 +166,12 @@ class _Later(Generic[T]):
             with contextlib.suppress(Exception):
                 self._value = compute()
 
-        threading.Thread(target=run, name="later", daemon=True).start()
+        self._thread = threading.Thread(target=run, name="later", daemon=True)
+        self._thread.start()
 
-    def get(self) -> T | None:
+    def get(self, wait: bool = False) -> T | None:
+        if wait:
+            self._thread.join()
         return self._value
 
 

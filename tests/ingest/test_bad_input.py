@@ -39,6 +39,22 @@ def test_the_command_names_a_folder_that_is_not_a_repository_and_leaves_no_worke
     assert multiprocessing.active_children() == []  # the workers started for the run were stopped
 
 
+def test_the_command_names_a_base_model_it_cannot_find_source_by_source(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from repotune.cli import app
+
+    repo = GitRepo(tmp_path / "proj")
+    repo.commit("One", {"a.py": "x = 1\n"})
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "state"}"\n[model]\nbase = "builtin:nope"\n'
+                      f'[ingest]\nrepo = "{repo.path}"\nworkers = 2\n')
+    result = CliRunner().invoke(app, ["ingest", "--config", str(config), "--json"])
+    assert result.exit_code == 1
+    assert "unknown built-in model 'builtin:nope'" in result.output
+    assert multiprocessing.active_children() == []
+
+
 def test_an_unreachable_remote_is_named_without_its_credentials(tmp_path, settings_for) -> None:
     url = "http://user:hunter2@127.0.0.1:9/team/project.git"  # nothing listens on port 9
     with pytest.raises(IngestError, match=r"cannot clone http://127\.0\.0\.1:9/team/project\.git") as e:

@@ -320,3 +320,11 @@ def test_runs_in_one_long_lived_process_leave_no_store_open(history: GitRepo, se
     with pytest.raises(KeyboardInterrupt):
         ingest(settings, full=True)
     assert _open_files_under(settings.data_dir) == []
+
+
+def test_the_history_s_progress_ends_at_its_total(history: GitRepo, settings_for) -> None:
+    seen: list[tuple[int, int | None]] = []
+    settings = settings_for(history.path, workers=1)
+    ingest(settings, sources=["git"], progress=lambda name, done, total, note: seen.append((done, total)))
+    commits = len(history.git("rev-list", "main").split())
+    assert seen[-1] == (commits, commits)  # the total is counted beside `git log`, and shown by the end
