@@ -93,7 +93,8 @@ class Tokens:
                 special = self.words.special(new)
                 plain = [line for line in new if line not in special] if special else new
                 cache.update(zip(plain, self.words.counts(plain), strict=True))
-                cache.update(zip(special, self._count(list(special)), strict=True))
+                if special:  # (a call into the tokenizer costs microseconds even with nothing to count)
+                    cache.update(zip(special, self._count(list(special)), strict=True))
             counts = list(map(cache.__getitem__, lines))
         return counts  # type: ignore[return-value]
 
