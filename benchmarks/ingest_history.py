@@ -141,6 +141,7 @@ class History:
 
 def generate(root: Path, commits: int, prs: int, secrets: int, seed: int = 0) -> tuple[Path, list[str]]:
     repo = root / "history"
+    shutil.rmtree(repo, ignore_errors=True)  # fast-import would not move an existing branch to another history
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     rng = random.Random(seed)
     proc = subprocess.Popen(["git", "-C", str(repo), "fast-import", "--quiet"], stdin=subprocess.PIPE)
@@ -154,14 +155,18 @@ def generate(root: Path, commits: int, prs: int, secrets: int, seed: int = 0) ->
         if made % pr_every == pr_every - 1 and number < prs:
             number += 1
             branch, tip = f"refs/heads/pr-{number}", head
+            merged: dict[str, str | None] = {}
             for _ in range(rng.randint(1, 3)):
                 if made >= commits - 1:
                     break
                 message, changes = history.change(plant_at.get(made))
                 tip = history.blob_commit(branch, message, changes, [tip] if tip else [])
+                merged.update(changes)
                 made += 1
             title = f"Merge pull request #{number} from dev/feature-{number}\n\nFeature {number}"
-            head = history.blob_commit("refs/heads/main", title, {}, [head, tip])
+            # fast-import starts a merge from its first parent's tree: the branch's changes are
+            # written again, so that the merge's tree is the branch's (as `git merge` leaves it)
+            head = history.blob_commit("refs/heads/main", title, merged, [head, tip])
             history.out.write(f"reset {branch}\nfrom 0000000000000000000000000000000000000000\n\n".encode())
         else:
             message, changes = history.change(plant_at.get(made))
