@@ -77,3 +77,36 @@ def test_the_prefilter_finds_all_that_detect_secrets_finds_line_by_line(seed: in
     finally:
         scanner.close()
         every_line.close()
+
+
+def test_lines_seen_before_are_redacted_again_in_every_later_text() -> None:
+    """What was found on a line is kept per file; a later diff showing the line again (as
+    context, removed, in another batch) is redacted and counted as if scanned anew."""
+    rng = random.Random(7)
+    lines = _corpus(rng)[:-1]  # (the private key is redacted before any line is looked at)
+    batches = [
+        [(f"diff --git a/{path} b/{path}\n" + "\n".join(rng.choice("+- ") + rng.choice(lines) for _ in range(12)),
+          path, True) for path in rng.sample(["settings.py", "deploy/config.yaml", "README.md"], 2)]
+        for _ in range(30)
+    ]
+    remembering = Scanner()
+    small = Scanner()
+    small.LINE_CACHE = 5  # what it remembers is dropped again and again
+    try:
+        for batch in batches:
+            fresh = Scanner()
+            try:
+                reference = fresh.redact_many(batch)
+            finally:
+                fresh.close()
+            for scanner in (remembering, small):
+                got = scanner.redact_many(batch)
+                assert [r.text for r in got] == [r.text for r in reference]
+                assert [r.counts for r in got] == [r.counts for r in reference]
+        assert sum(len(lines) for lines in remembering._seen.values()) < sum(
+            len(text.split("\n")) for batch in batches for text, _, _ in batch)  # lines did repeat
+        redacted = remembering.redact_many(batches[-1])
+        assert all("[REDACTED:" in r.text for r in redacted)
+    finally:
+        remembering.close()
+        small.close()
