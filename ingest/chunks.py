@@ -339,7 +339,7 @@ class Chunker:
 
 
 def chunk_id(kind: str, path: str | None, sha: str | None, pr_number: int | None, text: str) -> str:
-    source = "\0".join(str(x) for x in (kind, path or "", sha or "", pr_number or "", text))
+    source = f"{kind}\0{path or ''}\0{sha or ''}\0{pr_number or ''}\0{text}"
     return hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()[:32]
 
 

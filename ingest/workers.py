@@ -154,7 +154,7 @@ def _commit(c: Commit, ctx: Context, on_default: bool, message: Redacted, diff: 
     assert _chunker is not None
     trusted = on_default or ctx.trust_all
     number = pr_number(message.text)
-    out = Done(redactions=message.counts + diff.counts)
+    out = Done(redactions=message.counts + diff.counts if message.counts or diff.counts else Counter())
     out.rows["commits"] = [{
         "repo": ctx.repo, "sha": c.sha, "parents": " ".join(c.parents), "author_name": c.author_name,
         "author_email": c.author_email, "authored_at": c.authored_at, "committer_name": c.committer_name,
@@ -411,4 +411,4 @@ def _widen(pool: Any) -> None:
 
 
 def _json(counts: Counter[str]) -> str:
-    return json.dumps(dict(counts), sort_keys=True)
+    return json.dumps(dict(counts), sort_keys=True) if counts else "{}"  # (most texts: nothing redacted)
