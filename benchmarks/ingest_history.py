@@ -152,7 +152,7 @@ def generate(root: Path, commits: int, prs: int, secrets: int, seed: int = 0) ->
     pr_every = commits // prs
     head, made, number = 0, 0, 0
     while made < commits:
-        if made % pr_every == pr_every - 1 and number < prs:
+        if number < prs and made >= number * pr_every + 1:  # the last one too has room for its branch
             number += 1
             branch, tip = f"refs/heads/pr-{number}", head
             merged: dict[str, str | None] = {}
