@@ -20,19 +20,11 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.ingest_history import generate
-
-
-def _timed(cmd: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+from benchmarks.ingest_history import generate, timed
 
 
 def _pairs(a: Path, b: Path, pairs: int, run) -> dict[str, float | int | list[float]]:
@@ -70,13 +62,13 @@ def main() -> None:
 
     def full(checkout: Path) -> float:
         shutil.rmtree(root / "state", ignore_errors=True)
-        return _timed([*cli, "--full"], checkout)
+        return timed([*cli, "--full"], cwd=checkout)
 
     def rerun(checkout: Path) -> float:
-        return _timed(cli, checkout)
+        return timed(cli, cwd=checkout)
 
     result = {"full": _pairs(args.old, args.new, args.pairs, full)}
-    _timed(cli, args.new)  # a store with everything in it, for the reruns
+    timed(cli, cwd=args.new)  # a store with everything in it, for the reruns
     result["rerun"] = _pairs(args.old, args.new, args.pairs, rerun)
     for name, r in result.items():
         print(f"{name}: old {r['old_median_s']:.3f} s, new {r['new_median_s']:.3f} s (medians); "

@@ -152,19 +152,18 @@ class Scanner:
             for (file, line), found_there in new.items():
                 self._seen[file][line] = found_there
             self._lines_seen += len(new)
-        with_secrets = {key: found_there for key, found_there in new.items() if found_there}
+        anything_new = any(new.values())
         for out, file, lines, found in zip(outs, files, lines_of, known, strict=True):
-            hits = [(n, f) for n, f in enumerate(found) if f] if any(found) else []
-            if with_secrets and None in found:
-                hits += [(n, with_secrets[file, lines[n]]) for n, f in enumerate(found)
-                         if f is None and (file, lines[n]) in with_secrets]
-            for n, secrets in hits:
-                for value, kind in secrets:
+            if anything_new and None in found:  # (rare: a secret on a line not seen before)
+                found = list(map(self._seen[file].__getitem__, lines))
+            if not any(found):
+                continue
+            for n, secrets in enumerate(found):
+                for value, kind in secrets or ():
                     if value in lines[n]:
                         lines[n] = lines[n].replace(value, f"[REDACTED:{kind}]")
                         out.counts[kind] += 1
-            if hits:
-                out.text = "\n".join(lines)
+            out.text = "\n".join(lines)
         return outs
 
     def _look_at(self, lines: dict[tuple[tuple[str, bool], str], Found]) -> None:

@@ -35,6 +35,22 @@ def test_open_creates_a_wal_database_with_a_busy_timeout(tmp_path):
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_S * 1000
 
 
+def test_a_store_made_with_other_pages_opens_as_it_was(tmp_path):
+    """New stores get `PAGE_SIZE` pages; one made before (SQLite's 4 KiB) keeps its own and its rows."""
+    path = tmp_path / "repotune.db"
+    old = sqlite_utils.Database(sqlite3.connect(path))
+    old.execute("PRAGMA page_size = 4096")
+    old.enable_wal()
+    store.migrate(old, [m001_things])
+    old["things"].insert({"id": 1, "name": "kept"})
+    old.close()
+    db = store.open_db(path, migrations=[m001_things, m002_things_size])
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert list(db["things"].rows) == [{"id": 1, "name": "kept", "size": None}]
+    new = store.open_db(tmp_path / "new.db", migrations=[])
+    assert new.execute("PRAGMA page_size").fetchone()[0] == store.PAGE_SIZE != 4096
+
+
 def test_migrations_run_once_in_order_and_later_ones_are_appended(tmp_path):
     path = tmp_path / "repotune.db"
     db = store.open_db(path, migrations=[m001_things])

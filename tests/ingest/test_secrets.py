@@ -103,7 +103,7 @@ def test_lines_seen_before_are_redacted_again_in_every_later_text() -> None:
                 got = scanner.redact_many(batch)
                 assert [r.text for r in got] == [r.text for r in reference]
                 assert [r.counts for r in got] == [r.counts for r in reference]
-        assert sum(len(lines) for lines in remembering._seen.values()) < sum(
+        assert sum(len(kept) for kept in remembering._seen.values()) < sum(
             len(text.split("\n")) for batch in batches for text, _, _ in batch)  # lines did repeat
         redacted = remembering.redact_many(batches[-1])
         assert all("[REDACTED:" in r.text for r in redacted)
