@@ -342,8 +342,10 @@ def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tm
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
     slow = {**chat, "max_tokens": 450, "ignore_eos": True}  # seconds of generation, no byte until done
     before = _engine_generated(server)
-    with _gateway(tmp_path / "slow", monkeypatch, f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 1'
-                  ) as url:
+    # 2.5 s between bytes: the whole answer takes about 7 s here, and a busy machine can stall
+    # a stream between two tokens for a second or two (a limit of 1 s cut one off).
+    with _gateway(tmp_path / "slow", monkeypatch,
+                  f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 2.5') as url:
         r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json=slow, timeout=60)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
         # a stream is not cut: the timeout is between bytes, and tokens keep coming
