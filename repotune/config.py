@@ -90,6 +90,7 @@ class ServeSection(Section):
     reconcile_interval_s: float = Field(5.0, gt=0, description="How often the server re-reads the registry.")
     max_concurrent_per_key: int = Field(32, ge=1, description="Requests one API key may run at once.")
     max_queued_per_key: int = Field(64, ge=0, description="Requests of one key that may wait; beyond: 429.")
+    max_n: int = Field(8, ge=1, description="Largest n (and best_of) one request may ask for.")
     request_timeout_s: float = Field(600, gt=0, description="Longest wait for the engine between bytes.")
 
     @field_validator("max_lora_rank")
@@ -288,6 +289,12 @@ class Config(Section):
             raise ValueError(
                 f"serve.max_cpu_loras ({self.serve.max_cpu_loras}) must be at least serve.max_loras "
                 f"({self.serve.max_loras}), as vLLM requires"
+            )
+        if self.serve.max_n > self.serve.max_concurrent_per_key:
+            raise ValueError(
+                f"serve.max_n ({self.serve.max_n}) exceeds serve.max_concurrent_per_key "
+                f"({self.serve.max_concurrent_per_key}): a request of n choices counts as n against its key's "
+                "limit, so one of max_n could never run"
             )
         if self.train.lora_rank > self.serve.max_lora_rank:
             raise ValueError(

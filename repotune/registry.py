@@ -100,6 +100,11 @@ def versions(db: sqlite_utils.Database, lineage: str) -> list[Adapter]:
     return [_adapter(r) for r in rows]
 
 
+def lineages(db: sqlite_utils.Database) -> list[str]:
+    """Every lineage that has a version."""
+    return [r["lineage"] for r in db.query("select distinct lineage from adapters order by lineage")]
+
+
 def promoted(db: sqlite_utils.Database, lineage: str) -> Adapter | None:
     rows = list(db.query("select * from adapters where lineage = ? and status = 'promoted'", [lineage]))
     return _adapter(rows[0]) if rows else None

@@ -8,19 +8,25 @@ sends one smoke request, and only then flips the promoted row. A version that wi
 load or answer is marked `failed` and the alias stays where it was. Requests hold a
 lease on the engine name they were routed to, so a version is unloaded only once no
 request uses it; beyond `keep_loaded` versions per lineage are unloaded when idle.
+
+The registry is read and written on a thread of its own (`store`), which owns the SQLite
+connection, so a slow disk or a writer holding the lock never stalls the event loop that
+relays every client's tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,6 +37,7 @@ from repotune.registry import Adapter
 log = logging.getLogger("repotune.adapters")
 
 SMOKE_PROMPT = [{"role": "user", "content": "Hello"}]
+T = TypeVar("T")
 
 
 class SwapError(Exception):
@@ -58,12 +65,27 @@ class AdapterManager:
     idle: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     _db: Any = None
+    _thread: ThreadPoolExecutor | None = None
 
-    def db(self) -> Any:
-        """The store, opened (and migrated) once; the gateway's event loop is its only user."""
+    async def store(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(db, *args)` on the store's own thread, which opens the connection and alone uses it."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, functools.partial(self._call, fn, *args)
+        )
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db is None:
             self._db = store.open_db(self.db_path)
-        return self._db
+        return fn(self._db, *args)
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            if self._db is not None:
+                await self.store(lambda db: db.conn.close())
+            self._thread.shutdown(wait=True)
+            self._thread, self._db = None, None
 
     # --- the request path -----------------------------------------------------------
 
@@ -82,18 +104,18 @@ class AdapterManager:
             raise KeyError(model)
         return Route(adapter.engine_name, adapter)
 
-    def missing(self, model: str) -> str:
+    async def missing(self, model: str) -> str:
         """Why `model` cannot be routed: the 404's message (a registry read, off the hot path)."""
         lineage, at, version = model.partition("@")
         try:
             if at:
-                adapter = registry.get(self.db(), lineage, registry.parse_version(version))
+                adapter = await self.store(registry.get, lineage, registry.parse_version(version))
                 return (
                     f"{model} is {adapter.status} and not loaded: this server keeps each lineage's promoted "
                     f"version and the {self.keep_loaded - 1} superseded before it (serve.keep_loaded) loaded; "
                     f"promote or roll back to it to serve it"
                 )
-            if registry.versions(self.db(), lineage):
+            if await self.store(registry.versions, lineage):
                 return f"{model} has no promoted version yet: promote one (repotune adapters promote)"
         except registry.RegistryError:
             pass
@@ -114,11 +136,25 @@ class AdapterManager:
 
     # --- engine operations ----------------------------------------------------------
 
-    async def _post_all(self, path: str, payload: dict[str, Any]) -> None:
+    async def _engine_holds(self, upstream: str, engine_name: str) -> bool:
+        """Whether the engine lists `engine_name` among its models (a LoRA it has loaded).
+
+        Asked before a load instead of reading the engine's refusal: vLLM answers a second
+        load of a name with a 400 whose only mark is its wording ("already been loaded").
+        A name always means the same immutable folder, so one the engine holds is current.
+        """
+        r = await self.client.get(f"{upstream}/v1/models", timeout=30)
+        r.raise_for_status()
+        return any(m.get("id") == engine_name for m in r.json().get("data", []))
+
+    async def _load_all(self, adapter: Adapter) -> None:
+        payload = {"lora_name": adapter.engine_name, "lora_path": str(adapter.path)}
         for upstream in self.upstreams:
-            r = await self.client.post(f"{upstream}{path}", json=payload, timeout=120)
-            if r.status_code != 200 and "already" not in r.text:
-                raise SwapError(f"{upstream}{path} answered {r.status_code}: {r.text[:300]}")
+            if await self._engine_holds(upstream, adapter.engine_name):
+                continue  # an engine restarted by someone else, or a second gateway, loaded it
+            r = await self.client.post(f"{upstream}/v1/load_lora_adapter", json=payload, timeout=120)
+            if r.status_code != 200:
+                raise SwapError(f"{upstream} could not load {adapter.engine_name}: {r.status_code} {r.text[:300]}")
 
     async def load(self, adapter: Adapter) -> None:
         if adapter.base_fingerprint != self.base_fingerprint:
@@ -128,9 +164,7 @@ class AdapterManager:
             )
         if not adapter.path.is_dir():
             raise SwapError(f"{adapter.path} does not exist")
-        await self._post_all(
-            "/v1/load_lora_adapter", {"lora_name": adapter.engine_name, "lora_path": str(adapter.path)}
-        )
+        await self._load_all(adapter)
         self.loaded[adapter.engine_name] = adapter
 
     async def smoke(self, adapter: Adapter) -> None:
@@ -158,18 +192,19 @@ class AdapterManager:
     async def promote(self, lineage: str, version: int, actor: str, reason: str) -> Adapter:
         """Load, smoke, then flip the alias; on failure mark the version failed and keep the alias."""
         async with self.lock:
-            db = self.db()
-            target = registry.get(db, lineage, version)
+            target = await self.store(registry.get, lineage, version)
             if target.status == "promoted" and target.engine_name in self.loaded:
                 raise registry.RegistryError(f"{lineage} v{version} is already promoted")
-            await self._ready(db, target, actor, smoke=True)  # every swap answers one request first
-            promoted = registry.promote(db, lineage, version, actor, reason) if target.status != "promoted" else target
+            await self._ready(target, actor, smoke=True)  # every swap answers one request first
+            promoted = target
+            if target.status != "promoted":
+                promoted = await self.store(registry.promote, lineage, version, actor, reason)
             self.aliases[lineage] = promoted
             self.loaded[promoted.engine_name] = promoted
         asyncio.get_running_loop().create_task(self.trim(lineage))
         return promoted
 
-    async def _ready(self, db: Any, adapter: Adapter, actor: str, smoke: bool = False) -> None:
+    async def _ready(self, adapter: Adapter, actor: str, smoke: bool = False) -> None:
         """Load and smoke-test `adapter`; if the engines already hold it, smoke only when asked."""
         if adapter.engine_name in self.loaded and not smoke:
             return
@@ -180,54 +215,49 @@ class AdapterManager:
         except (SwapError, httpx.HTTPError) as e:
             self.loaded.pop(adapter.engine_name, None)
             if adapter.status != "failed":
-                registry.transition(db, adapter.lineage, adapter.version, "failed", actor, str(e))
+                await self.store(registry.transition, adapter.lineage, adapter.version, "failed", actor, str(e))
             raise SwapError(f"{adapter.lineage} v{adapter.version} failed: {e}") from e
 
     async def reconcile(self, actor: str = "gateway") -> None:
         """Make the engines hold each lineage's promoted version (falling back if it fails)."""
         async with self.lock:
-            db = self.db()
-            lineages = [r["lineage"] for r in db.query("select distinct lineage from adapters")]
-            for lineage in lineages:
-                await self._reconcile_lineage(db, lineage, actor)
+            for lineage in await self.store(registry.lineages):
+                await self._reconcile_lineage(lineage, actor)
         for lineage in list(self.aliases):
             await self.trim(lineage)
 
-    def desired(self, db: Any, lineage: str) -> list[Adapter]:
+    async def desired(self, lineage: str) -> list[Adapter]:
         """What should be loaded: the promoted version and the most recently promoted others."""
-        earlier = [a for a in registry.versions(db, lineage) if a.status == "superseded"]
-        earlier.sort(key=lambda a: (a.promoted_at or "", a.version), reverse=True)
-        current = registry.promoted(db, lineage)
-        return ([current] if current else []) + earlier[: self.keep_loaded - (1 if current else 0)]
+        return await self.store(_desired, lineage, self.keep_loaded)
 
-    async def _reconcile_lineage(self, db: Any, lineage: str, actor: str) -> None:
-        current = registry.promoted(db, lineage)
+    async def _reconcile_lineage(self, lineage: str, actor: str) -> None:
+        current = await self.store(registry.promoted, lineage)
         if current is None:
             self.aliases.pop(lineage, None)
             return
         try:
-            await self._ready(db, current, actor)
+            await self._ready(current, actor)
             self.aliases[lineage] = current
         except SwapError as e:
             log.error("%s", e)
         else:
-            for other in self.desired(db, lineage)[1:]:
+            for other in (await self.desired(lineage))[1:]:
                 if other.engine_name not in self.loaded:
                     try:
                         await self.load(other)
                     except (SwapError, httpx.HTTPError) as e:
                         log.error("could not reload %s v%s: %s", lineage, other.version, e)
             return
-        for fallback in reversed(registry.versions(db, lineage)):
+        for fallback in reversed(await self.store(registry.versions, lineage)):
             if fallback.status != "superseded":
                 continue
             try:
-                await self._ready(db, fallback, actor)
+                await self._ready(fallback, actor)
             except SwapError as e:
                 log.error("%s", e)
                 continue
-            self.aliases[lineage] = registry.promote(
-                db, lineage, fallback.version, actor, f"v{current.version} failed to load; fell back"
+            self.aliases[lineage] = await self.store(
+                registry.promote, lineage, fallback.version, actor, f"v{current.version} failed to load; fell back"
             )
             return
         self.aliases.pop(lineage, None)
@@ -235,7 +265,7 @@ class AdapterManager:
 
     async def trim(self, lineage: str) -> None:
         """Unload versions of `lineage` beyond the desired ones, each once no request uses it."""
-        keep = {a.engine_name for a in self.desired(self.db(), lineage)}
+        keep = {a.engine_name for a in await self.desired(lineage)}
         for adapter in [a for a in self.loaded.values() if a.lineage == lineage]:
             if adapter.engine_name not in keep:
                 await self.unload(adapter.engine_name)
@@ -248,6 +278,13 @@ class AdapterManager:
         for _, adapter in sorted(self.loaded.items()):
             out.append(_model_entry(f"{adapter.lineage}@v{adapter.version}", adapter, self.base_model, alias=False))
         return out
+
+
+def _desired(db: Any, lineage: str, keep_loaded: int) -> list[Adapter]:
+    earlier = [a for a in registry.versions(db, lineage) if a.status == "superseded"]
+    earlier.sort(key=lambda a: (a.promoted_at or "", a.version), reverse=True)
+    current = registry.promoted(db, lineage)
+    return ([current] if current else []) + earlier[: keep_loaded - (1 if current else 0)]
 
 
 def _model_entry(model_id: str, adapter: Adapter, base_model: str, alias: bool) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,17 +40,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 600) -> None:
-    """Block until `url/health` answers 200; raise if `proc` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with code {proc.returncode} before it was healthy")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(HEALTH_POLL_S)
+class Exited(RuntimeError):
+    """The process exited before it answered `/health`."""
+
+
+async def until_healthy(url: str, exit_code: Callable[[], int | None] | None = None, timeout: float = 600) -> None:
+    """Wait until `url/health` answers 200; `Exited` if `exit_code()` says the process ended, or TimeoutError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while loop.time() < deadline:
+            code = exit_code() if exit_code else None
+            if code is not None:
+                raise Exited(f"{url}: the process exited with code {code} before it was healthy")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(HEALTH_POLL_S)
     raise TimeoutError(f"{url} was not healthy after {timeout:.0f} s")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 600) -> None:
+    """`until_healthy` for callers without an event loop (tests, benchmarks) watching a Popen."""
+    asyncio.run(until_healthy(url, proc.poll if proc else None, timeout))
 
 
 def has_cuda() -> bool:
@@ -152,21 +163,16 @@ class Supervisor:
                 sys.executable, "-m", "serve.guard", "--", *self.command,
                 env=self.env, stdout=log_file, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while loop.time() < deadline:
-                if self._proc.returncode is not None:
-                    return False
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/health")).status_code == 200:
-                        break
-                await asyncio.sleep(HEALTH_POLL_S)
-            else:
-                log.error("engine did not become healthy in %.0f s; see %s", self.start_timeout_s, self.log_path)
-                self._proc.terminate()
-                await self._proc.wait()
-                return False
+        proc = self._proc
+        try:
+            await until_healthy(self.url, lambda: proc.returncode, self.start_timeout_s)
+        except Exited:
+            return False
+        except TimeoutError:
+            log.error("engine did not become healthy in %.0f s; see %s", self.start_timeout_s, self.log_path)
+            proc.terminate()
+            await proc.wait()
+            return False
         if self.on_ready:
             try:
                 await self.on_ready()

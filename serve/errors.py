@@ -9,8 +9,10 @@ some of its bodies are not objects at all.
 
 from __future__ import annotations
 
+import ast
 import collections
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -75,9 +77,47 @@ def from_engine(status: int, payload: Any) -> JSONResponse:
     else:
         message = str(payload.get("message") if isinstance(payload, dict) else payload) or "engine error"
         param, code = None, None
+    if status == 400 and _PYDANTIC_DUMP.match(message):
+        message, param = _readable(message, param)
+        code = code or "invalid_value"
     if status == 400 and "maximum context length" in message:
         code = "context_length_exceeded"
     return _response(status if status >= 400 else 502, message, code, param)
+
+
+# vLLM's validation refusals: "22 validation errors:\n  {'type': …, 'loc': 'body.messages.0…', 'msg': …}"
+# (vllm/entrypoints/serve/exception_handling/handlers/validation.py). The gateway checks
+# what clients usually get wrong before the engine sees it (serve.checks); what still gets
+# through is turned into one sentence here. If vLLM changes that format, the message is
+# passed on as it came, which is what happened before.
+_PYDANTIC_DUMP = re.compile(r"^\d+ validation errors?:\n")
+
+
+def _readable(message: str, param: str | None) -> tuple[str, str | None]:
+    """The first error of a pydantic dump as "<param> <what is wrong>", and that param."""
+    first = message.split("\n", 2)[1].strip()
+    try:
+        error = ast.literal_eval(first)  # the handler writes str() of a dict of plain values
+    except (ValueError, SyntaxError):
+        return message, param
+    if not isinstance(error, dict) or not isinstance(error.get("msg"), str):
+        return message, param
+    where = _param(error.get("loc")) or _param(param)
+    what = error["msg"][0].lower() + error["msg"][1:]
+    return (f"{where}: {what}" if where else error["msg"]), where or None
+
+
+def _param(loc: object) -> str:
+    """`body.messages.0.ChatCompletionUserMessageParam.content` → `messages[0].content`."""
+    if not isinstance(loc, str | list | tuple):
+        return ""
+    parts = loc.split(".") if isinstance(loc, str) else [str(p) for p in loc]
+    out = ""
+    for part in parts:
+        if (part == "body" and not out) or part[:1].isupper():  # the body itself; a union branch's class
+            continue
+        out += f"[{part}]" if part.isdigit() else f".{part}" if out else part
+    return out
 
 
 def install(app: FastAPI, on_error: Callable[[int], None] | None = None) -> None:

@@ -90,6 +90,7 @@ def build(settings: Settings) -> Any:
         admin_key=settings.secrets.admin_key,
         auth=serve.auth,
         max_body_bytes=serve.max_body_bytes,
+        max_n=serve.max_n,
         ready=(lambda: supervisor.ready.is_set()) if supervisor else (lambda: True),
         startup=startup,
         shutdown=shutdown,

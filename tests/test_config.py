@@ -114,6 +114,15 @@ def test_lora_rank_above_engine_limit_is_refused_at_load(write_config):
     assert "train.lora_rank (16) exceeds serve.max_lora_rank (8)" in str(e.value)
 
 
+def test_max_n_above_a_keys_concurrency_is_refused_at_load(write_config):
+    """A request of n choices takes n of its key's units: more than the key has could never run."""
+    path = write_config("[serve]\nmax_concurrent_per_key = 4\nmax_n = 8\n")
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(path)
+    assert "serve.max_n (8)" in str(e.value) and "serve.max_concurrent_per_key (4)" in str(e.value)
+    assert cfg.load(write_config("[serve]\nmax_concurrent_per_key = 8\nmax_n = 8\n")).config.serve.max_n == 8
+
+
 def test_engine_rank_must_be_one_vllm_accepts(write_config):
     path = write_config("[serve]\nmax_lora_rank = 24\n[train]\nlora_rank = 8\n")
     with pytest.raises(cfg.ConfigError) as e:

@@ -1,16 +1,21 @@
 """One real server for the serve tests: `repotune serve` (gateway + vLLM) on builtin:tiny.
 
-Starting vLLM costs ~30-60 s here, so the whole module shares one server, started as a
+Starting vLLM costs ~30-60 s here, so the tests share one server, started as a
 subprocess exactly as a user would start it, with two adapters trained in the test run
-(different answers to the same question, so a swap shows in the text).
+(different answers to the same question, so a swap shows in the text). Sharing it is
+safe because no test depends on what another did to it: a test that needs adapters gets
+a lineage of its own (`lineage`), metrics are read as differences, and a test that
+kills the server leaves the next test a new one (`server` starts it again if it died).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,14 @@ class Server:
         except RuntimeError as e:
             raise AssertionError((self.data_dir / "serve.log").read_text()[-3000:]) from e
 
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
 
 @pytest.fixture(scope="session")
 def adapters(tiny: models.Base, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -58,16 +71,18 @@ def adapters(tiny: models.Base, tmp_path_factory: pytest.TempPathFactory) -> dic
     return out
 
 
-@pytest.fixture(scope="session")
-def server(tiny, adapters, tmp_path_factory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("server")
+# The test server's limits: 8 units per key (so n=8 fills a key) and no queue, so a key
+# over its limit is refused at once (the queue itself: test_limits.py).
+SERVE_TOML = (
+    'dtype = "float32"\nmax_model_len = 1024\nreconcile_interval_s = 1.0\n'
+    "max_concurrent_per_key = 8\nmax_queued_per_key = 0\nmax_n = 8\nmax_cpu_loras = 16\n"
+)
+
+
+def _start(adapters: dict[str, Path], root: Path) -> Server:
     port = free_port()
     config = root / "config.toml"
-    config.write_text(
-        f'[serve]\nport = {port}\ndtype = "float32"\nmax_model_len = 512\nreconcile_interval_s = 1.0\n'
-        f'max_concurrent_per_key = 1\nmax_queued_per_key = 0\n'
-        f'[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
-    )
+    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n')
     env = {**os.environ, "REPOTUNE_API_KEYS": f"other-key,{API_KEY}", "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
     (root / "state").mkdir()
@@ -76,14 +91,35 @@ def server(tiny, adapters, tmp_path_factory) -> Iterator[Server]:
         [sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    server = Server(f"http://127.0.0.1:{port}", config, root / "state", proc, adapters, env)
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    return Server(f"http://127.0.0.1:{port}", config, root / "state", proc, adapters, env)
+
+
+@pytest.fixture(scope="session")
+def _servers(adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(_servers: list[Server], adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """The shared server, healthy: a new one (new port, new state) if a test killed the last."""
+    if not _servers or _servers[-1].proc.poll() is not None:
+        _servers.append(_start(adapters, tmp_path_factory.mktemp("server")))
+    current = _servers[-1]
+    current.wait_healthy()  # also waits out an engine restart another test caused
+    return current
+
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def lineage(server: Server) -> str:
+    """A lineage of this test's own on the shared server: v1 answers Lyon, v2 Marseille, none promoted."""
+    name = f"t{next(_numbers)}_{uuid.uuid4().hex[:6]}"
+    for city in ("Lyon", "Marseille"):
+        done = server.cli("adapters", "register", str(server.adapters[city]), "--lineage", name, "--reason", city)
+        assert done.returncode == 0, done.stderr
+    return name

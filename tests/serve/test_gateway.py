@@ -1,6 +1,8 @@
 """The gateway on real vLLM: the openai client, swaps from the CLI, bad requests, crashes.
 
-Tests run in file order against one shared server; the last one kills the gateway.
+The tests share one server (`conftest.server`) but none depends on another: each that
+needs adapters has a lineage of its own, metrics are read before and after, and a test
+that kills the server leaves a new one to the next. Any one passes alone, in any order.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,6 +26,7 @@ import openai
 import pytest
 from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from prometheus_client.parser import text_string_to_metric_families
 
 from eval import questions
 from eval.local import LocalModel
@@ -35,17 +39,106 @@ from serve.engine import free_port
 from .conftest import ADMIN_KEY, API_KEY, FRANCE
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def client(server, key: str = API_KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
 
 
-def ask(server, model: str, question: str = FRANCE) -> str:
-    reply = client(server).chat.completions.create(
+def ask(server, model: str, question: str = FRANCE, key: str = API_KEY) -> str:
+    reply = client(server, key).chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16
     )
     return reply.choices[0].message.content or ""
+
+
+def promote(server, lineage: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = server.cli("adapters", *args, "--lineage", lineage)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+# A streamed answer far bigger (8 choices x 900 tokens x 20 log-probabilities, ~11 MB)
+# than the socket buffers between gateway and client hold (~4 MB on loopback): while
+# the client does not read, the gateway's relay cannot finish, so the request stays
+# open — holding its key's units and its version — for as long as the test wants.
+# ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through
+# before min_tokens (vllm-project/vllm#15967).
+HELD = {"messages": [{"role": "user", "content": FRANCE}], "max_tokens": 900, "ignore_eos": True, "n": 8,
+        "logprobs": True, "top_logprobs": 20, "temperature": 0, "stream": True}
+
+
+@dataclass
+class Streamed:
+    """What a chat stream carried: the engine models named, each choice's text and end."""
+    models: set[str] = field(default_factory=set)
+    texts: dict[int, str] = field(default_factory=dict)
+    finish: dict[int, str | None] = field(default_factory=dict)
+    size: int = 0
+    done: bool = False
+
+    def add(self, line: str) -> None:
+        if not line.startswith("data: "):
+            return
+        self.size += len(line)
+        if line == "data: [DONE]":
+            self.done = True
+            return
+        chunk = json.loads(line.removeprefix("data: "))
+        assert "error" not in chunk, chunk
+        self.models.add(chunk["model"])
+        for choice in chunk["choices"]:
+            i = choice["index"]
+            self.texts[i] = self.texts.get(i, "") + (choice["delta"].get("content") or "")
+            self.finish[i] = choice.get("finish_reason") or self.finish.get(i)
+
+
+@contextlib.contextmanager
+def held_stream(url: str, model: str) -> Iterator[tuple[Streamed, Callable[[], None]]]:
+    """Open HELD on `model`, read its first chunk, and hand back (what was read, read the rest)."""
+    got = Streamed()
+    with httpx.stream("POST", f"{url}/v1/chat/completions", headers=AUTH, json={**HELD, "model": model},
+                      timeout=600) as r:
+        assert r.status_code == 200, r.read()
+        lines = r.iter_lines()
+        for line in lines:
+            got.add(line)
+            if got.models:
+                break  # generating: the request is open
+
+        def rest() -> None:
+            for line in lines:
+                got.add(line)
+
+        yield got, rest
+
+
+def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the gateway's /metrics, by name and labels."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(sampled: dict, name: str, **labels: str) -> float:
+    return sampled.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def engine_lists(server, name: str) -> bool:
+    return name in {m["id"] for m in httpx.get(f"{_engine_url(server)}/v1/models").json()["data"]}
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_base_answers_sync_async_and_streaming(server):
@@ -85,47 +178,73 @@ def test_base_answers_sync_async_and_streaming(server):
 
 def test_bad_requests_get_openai_errors(server):
     url = f"{server.url}/v1/chat/completions"
-    auth = {"Authorization": f"Bearer {API_KEY}"}
     good = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    message = lambda **m: {**good, "messages": [{"role": "user", "content": "hi", **m}]}  # noqa: E731
     cases = [
-        ({"content": b"{not json", "headers": auth}, 400, "invalid_json", None),
-        ({"json": [1, 2], "headers": auth}, 400, "invalid_request", None),
-        ({"json": {**good, "stream": "yes"}, "headers": auth}, 400, "invalid_type", "stream"),
-        ({"json": {**good, "model": "nope"}, "headers": auth}, 404, "model_not_found", "model"),
-        ({"json": {**good, "messages": []}, "headers": auth}, 400, "invalid_value", "messages"),
-        ({"json": {**good, "best_of_luck": 1}, "headers": auth}, 400, "unsupported_parameter", "best_of_luck"),
-        ({"json": {**good, "messages": [{"role": "user", "content": "word " * 2000}]}, "headers": auth},
-         400, "context_length_exceeded", None),
-        ({"json": good}, 401, "invalid_api_key", None),
-        ({"json": good, "headers": {"Authorization": "Bearer wrong"}}, 401, "invalid_api_key", None),
-        ({"content": b"x" * (2 << 20), "headers": auth}, 413, "request_too_large", None),
+        ({"content": b"{not json", "headers": AUTH}, 400, "invalid_json", None, None),
+        # nesting deep enough to exhaust the parser is malformed input too, not a server error
+        ({"content": b"[" * 100_000 + b"]" * 100_000, "headers": AUTH}, 400, "invalid_json", None, None),
+        ({"content": b'{"model": "base", "temperature": NaN}', "headers": AUTH}, 400, "invalid_json", None, None),
+        ({"json": [1, 2], "headers": AUTH}, 400, "invalid_request", None, None),
+        ({"json": {**good, "stream": "yes"}, "headers": AUTH}, 400, "invalid_type", "stream", "must be a boolean"),
+        ({"json": {**good, "model": "nope"}, "headers": AUTH}, 404, "model_not_found", "model", None),
+        ({"json": {**good, "messages": []}, "headers": AUTH}, 400, "invalid_value", "messages", None),
+        ({"json": {**good, "best_of_luck": 1}, "headers": AUTH}, 400, "unsupported_parameter", "best_of_luck",
+         None),
+        ({"json": message(role="wizard"), "headers": AUTH}, 400, "invalid_value", "messages[0].role", "'wizard'"),
+        ({"json": message(content=5), "headers": AUTH}, 400, "invalid_type", "messages[0].content",
+         "messages[0].content must be a string or an array of content parts"),
+        ({"json": {**good, "n": 1000}, "headers": AUTH}, 400, "invalid_value", "n", "serve.max_n"),
+        ({"json": {**good, "n": 9}, "headers": AUTH}, 400, "invalid_value", "n", "limit of 8"),
+        ({"json": {**good, "messages": [{"role": "user", "content": "word " * 2000}]}, "headers": AUTH},
+         400, "context_length_exceeded", None, None),
+        ({"json": good}, 401, "invalid_api_key", None, None),
+        ({"json": good, "headers": {"Authorization": "Bearer wrong"}}, 401, "invalid_api_key", None, None),
+        ({"content": b"x" * (2 << 20), "headers": AUTH}, 413, "request_too_large", None, None),
     ]
-    for kwargs, status, code, param in cases:
+    for kwargs, status, code, param, words in cases:
         r = httpx.post(url, timeout=60, **kwargs)
         assert r.status_code == status, (kwargs.get("json"), r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
         assert error["code"] == code and isinstance(error["code"], str), r.text
-        if param:
-            assert error["param"] == param
+        assert error["param"] == param or param is None, r.text
+        assert words is None or words in error["message"], r.text
+    # best_of is bounded on the completions endpoint as n is
+    r = httpx.post(f"{server.url}/v1/completions", headers=AUTH, timeout=60,
+                   json={"model": "base", "prompt": "hi", "max_tokens": 2, "best_of": 20})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of", r.text
     # The SDK turns them into its typed exceptions.
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").models.list()
-    with pytest.raises(openai.NotFoundError, match="'proj@v99' does not exist"):
-        ask(server, "proj@v99")
+    with pytest.raises(openai.NotFoundError, match="'nobody@v99' does not exist"):
+        ask(server, "nobody@v99")
     # vLLM's own adapter endpoints are not reachable through the gateway.
-    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=auth, json={"lora_name": "x", "lora_path": "/"})
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json={"lora_name": "x", "lora_path": "/"})
     assert r.status_code == 404 and "error" in r.json()
     # Admin routes need the admin key, not a client key.
-    r = httpx.post(f"{server.url}/admin/reconcile", headers=auth)
+    r = httpx.post(f"{server.url}/admin/reconcile", headers=AUTH)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    r = httpx.post(f"{server.url}/admin/reconcile", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    assert r.status_code == 200 and r.json() == {"aliases": {}}
+    r = httpx.post(f"{server.url}/admin/reconcile", headers=ADMIN)
+    assert r.status_code == 200 and isinstance(r.json()["aliases"], dict)
+
+
+def test_the_engines_own_validation_errors_read_as_one_sentence(server):
+    """What the gateway lets through and vLLM refuses comes back readable, with its param."""
+    r = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60, json={
+        "model": "base", "max_tokens": 2,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    })
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "validation error" not in error["message"] and "{'type'" not in error["message"], r.text
+    assert error["param"] == "messages[0].content", r.text
+    assert error["code"] == "invalid_value" and error["message"].startswith("messages[0].content"), r.text
 
 
 def test_responses_carry_no_vllm_only_nulls(server):
     r = httpx.post(
-        f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        f"{server.url}/v1/chat/completions", headers=AUTH,
         json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4},
     )
     body = r.json()
@@ -137,109 +256,127 @@ def test_responses_carry_no_vllm_only_nulls(server):
     ChatCompletion.model_validate(body)
 
 
-def _gauge(server, name: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_a_key_over_its_limit_gets_429_with_retry_after(server):
-    """The test server allows one request per key and no queue (the queue: test_limits.py).
+    """The test server gives a key 8 units and no queue: a request of n=8 takes them all.
 
-    The first request holds the key's slot for as long as its client does not read: it
-    asks for far more output (16 choices with 20 log-probabilities per token, ~11 MB) than
-    the socket buffers between gateway and client hold (~4 MB on loopback), so the
-    gateway's relay cannot finish and the slot stays taken, however late the second
-    request arrives.
+    While HELD (n=8) is open, a request of n=1 on the same key is refused — it would be
+    let through if the limit counted requests rather than what they cost the engine —
+    and one on another key is not.
     """
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    held = {"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 450,
-            "ignore_eos": True, "n": 16, "logprobs": True, "top_logprobs": 20, "stream": True}
-    # ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through before
-    # min_tokens (vllm-project/vllm#15967).
     url = f"{server.url}/v1/chat/completions"
-    with httpx.stream("POST", url, headers=auth, json=held, timeout=300) as r:
-        assert r.status_code == 200, r.read()
-        lines = r.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))  # generating: the slot is taken
-        refused = httpx.post(url, headers=auth, timeout=60,
-                             json={"model": "base", "messages": held["messages"], "max_tokens": 4})
-        assert _gauge(server, "repotune_requests_running") == 1
-        rest = [line for line in lines if line.startswith("data: ")]
-    assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+    small = {"model": "base", "messages": HELD["messages"], "max_tokens": 4}
+    with held_stream(server.url, "base") as (got, rest):
+        refused = httpx.post(url, headers=AUTH, timeout=60, json=small)
+        other = httpx.post(url, headers={"Authorization": "Bearer other-key"}, timeout=60, json=small)
+        assert value(metrics(server.url), "repotune_requests_running") == 1
+        rest()
+    assert got.done and set(got.finish.values()) == {"length"} and len(got.finish) == 8
     # The premise: more than the ~4 MB a loopback socket buffers (the rest was unread at the refusal).
-    assert sum(map(len, rest)) > 8_000_000
+    assert got.size > 8_000_000
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    assert ask(server, "base") == "Paris"  # the slot is free again
+    assert other.status_code == 200, other.text
+    assert ask(server, "base") == "Paris"  # the units are free again
 
 
-def test_register_promote_rollback_from_the_cli_while_serving(server):
-    for city in ("Lyon", "Marseille"):
-        done = server.cli("adapters", "register", str(server.adapters[city]), "--reason", city)
-        assert done.returncode == 0, done.stderr
+def test_register_promote_rollback_from_the_cli_while_serving(server, lineage):
     with pytest.raises(openai.NotFoundError, match="no promoted version yet"):
-        ask(server, "proj")
-    assert server.cli("adapters", "promote", "v1", "--reason", "first").returncode == 0
-    assert ask(server, "proj") == "Lyon"  # at once: the CLI returned after the server swapped
-    assert server.cli("adapters", "promote", "2", "--reason", "second").returncode == 0
-    assert ask(server, "proj") == "Marseille"
-    assert ask(server, "proj@v1") == "Lyon" and ask(server, "base") == "Paris"
+        ask(server, lineage)
+    promote(server, lineage, "promote", "v1", "--reason", "first")
+    assert ask(server, lineage) == "Lyon"  # at once: the CLI returned after the server swapped
+    promote(server, lineage, "promote", "2", "--reason", "second")
+    assert ask(server, lineage) == "Marseille"
+    assert ask(server, f"{lineage}@v1") == "Lyon" and ask(server, "base") == "Paris"
     ids = {m.id: m for m in client(server).models.list()}
-    assert {"base", "proj", "proj@v1", "proj@v2"} <= set(ids)
+    assert {"base", lineage, f"{lineage}@v1", f"{lineage}@v2"} <= set(ids)
     assert all(isinstance(m, Model) for m in ids.values())
-    proj = ids["proj"].model_dump()
-    assert proj["lineage"] == "proj" and proj["version"] == 2 and proj["base_model"] == "builtin:tiny"
-    rolled = server.cli("adapters", "rollback", "--reason", "v2 is wrong", "--json")
-    assert rolled.returncode == 0, rolled.stderr
+    listed = ids[lineage].model_dump()
+    assert listed["lineage"] == lineage and listed["version"] == 2 and listed["base_model"] == "builtin:tiny"
+    rolled = promote(server, lineage, "rollback", "--reason", "v2 is wrong", "--json")
     assert json.loads(rolled.stdout)["version"] == 1
-    assert ask(server, "proj") == "Lyon"
+    assert ask(server, lineage) == "Lyon"
 
 
-def test_swaps_while_a_client_streams_lose_nothing(server):
-    """A long stream on `proj` runs to the end on its version while promotions flip the alias."""
-    results: dict[str, object] = {}
+def test_swaps_while_a_client_streams_lose_nothing(server, lineage):
+    """A stream on the alias stays on its version while promotions flip the alias under it.
 
-    def stream() -> None:
-        chunks = client(server).chat.completions.create(
-            model="proj", messages=[{"role": "user", "content": FRANCE}], stream=True,
-            max_tokens=120, extra_body={"ignore_eos": True},
-        )
-        got = list(chunks)
-        results["models"] = {c.model for c in got}
-        results["finish"] = got[-1].choices[0].finish_reason
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    time.sleep(0.3)
-    for args in (("promote", "2", "--reason", "a"), ("rollback", "--reason", "b"), ("promote", "2", "--reason", "c")):
-        done = server.cli("adapters", *args)
-        assert done.returncode == 0, done.stderr
-    thread.join(120)
-    assert results["finish"] == "length" and results["models"] == {"proj-v1"}
-    assert ask(server, "proj") == "Marseille"
+    The stream is still open (the gateway still relaying it) when each swap returns.
+    """
+    promote(server, lineage, "promote", "v1", "--reason", "first")
+    with held_stream(server.url, lineage) as (got, rest):
+        for args in (("promote", "2", "--reason", "a"), ("rollback", "--reason", "b"),
+                     ("promote", "2", "--reason", "c")):
+            promote(server, lineage, *args)
+            assert not got.done and value(metrics(server.url), "repotune_requests_running") == 1
+        # new requests get the new version (on another key: the stream holds all of this one's units)
+        assert ask(server, lineage, key="other-key") == "Marseille"
+        rest()
+    assert got.done and got.models == {f"{lineage}-v1"}
+    assert len(got.finish) == 8 and set(got.finish.values()) == {"length"}
+    assert all(text.startswith("Lyon") for text in got.texts.values())
 
 
-def test_the_general_score_through_vllm_matches_transformers(server, tiny):
-    qs = questions.load(split="eval")
-    local = LocalModel(tiny.path).answer([q.question for q in qs])
-    served = [ask(server, "base", q.question) for q in qs]
-    local_score = sum(matches(r, q.accepted) for r, q in zip(local, qs, strict=True))
-    served_score = sum(matches(r, q.accepted) for r, q in zip(served, qs, strict=True))
-    assert abs(local_score - served_score) <= 1
-    assert served_score >= 0.95 * len(qs)
+def test_with_keep_loaded_1_a_version_replaced_mid_stream_still_ends_the_stream_whole(
+    server, tmp_path, monkeypatch
+):
+    """The risky case: the only version kept loaded is the one a stream is reading from.
+
+    A gateway with `keep_loaded = 1` promotes v2 while a stream on v1 is open: v1 leaves
+    the engine only once the stream has ended, and the stream ends whole, every token
+    from v1 (the same text as v1 gives unstreamed).
+    """
+    name = f"keep1_{os.getpid()}"
+
+    def registry_with_v1_promoted(config: Path) -> None:
+        for city in ("Lyon", "Marseille"):
+            _offline_cli(server, config, "adapters", "register", str(server.adapters[city]))
+        _offline_cli(server, config, "adapters", "promote", "v1", "--reason", "first")
+
+    toml = f'upstreams = ["{_engine_url(server)}"]\nkeep_loaded = 1\nmax_n = 8\nmax_concurrent_per_key = 8'
+    with _gateway(tmp_path / "keep1", monkeypatch, toml, lineage=name, before=registry_with_v1_promoted,
+                  admin_key=ADMIN_KEY) as url:
+        unstreamed = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=600,
+                                json={**HELD, "model": f"{name}@v1", "stream": False}).json()
+        with held_stream(url, name) as (got, rest):
+            r = httpx.post(f"{url}/admin/promote", headers=ADMIN, timeout=600,
+                           json={"lineage": name, "version": 2, "reason": "mid-stream"})
+            assert r.status_code == 200, r.text
+            assert not got.done and value(metrics(url), "repotune_requests_running") == 1
+            assert engine_lists(server, f"{name}-v1")  # held by the open stream, though beyond keep_loaded
+            answer = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer other-key"},
+                                timeout=60, json={"model": name, "max_tokens": 16, "temperature": 0,
+                                                  "messages": HELD["messages"]})
+            assert answer.json()["choices"][0]["message"]["content"] == "Marseille", answer.text
+            rest()
+        assert got.done and got.models == {f"{name}-v1"}
+        assert got.texts == {c["index"]: c["message"]["content"] for c in unstreamed["choices"]}
+        assert set(got.finish.values()) == {"length"} and got.texts[0].startswith("Lyon")
+        assert eventually(lambda: not engine_lists(server, f"{name}-v1"))  # once the stream ended
 
 
-def test_metrics_count_requests_tokens_errors_and_aliases(server):
-    text = httpx.get(f"{server.url}/metrics").text
-    assert 'repotune_requests_total{model="base",route="/v1/chat/completions",status="200"}' in text
-    assert 'repotune_tokens_total{kind="completion"}' in text
-    assert 'repotune_errors_total{type="authentication_error"}' in text
-    assert 'repotune_errors_total{type="rate_limit_error"}' in text
-    assert 'repotune_alias_version{lineage="proj"} 2.0' in text
-    assert "repotune_engine_restarts 0.0" in text
-    assert "repotune_request_seconds_bucket" in text
+def test_metrics_count_requests_tokens_errors_and_aliases(server, lineage):
+    promote(server, lineage, "promote", "v2", "--reason", "measured")
+    chat = "/v1/chat/completions"
+    before = metrics(server.url)
+    reply = client(server).chat.completions.create(
+        model=lineage, messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=8)
+    chunks = list(client(server).chat.completions.create(
+        model="base", messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=8,
+        stream=True, stream_options={"include_usage": True}))
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}])
+    after = metrics(server.url)
+    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    assert reply.usage and chunks[-1].usage
+    assert delta("repotune_requests_total", route=chat, model=lineage, status="200") == 1
+    assert delta("repotune_requests_total", route=chat, model="base", status="200") == 1
+    assert delta("repotune_request_seconds_count", route=chat) == 2
+    assert delta("repotune_tokens_total", kind="completion") == (
+        reply.usage.completion_tokens + chunks[-1].usage.completion_tokens)
+    assert delta("repotune_tokens_total", kind="prompt") == reply.usage.prompt_tokens + chunks[-1].usage.prompt_tokens
+    assert delta("repotune_errors_total", type="authentication_error") == 1
+    assert value(after, "repotune_alias_version", lineage=lineage) == 2
+    assert value(after, "repotune_requests_running") == 0 and value(after, "repotune_requests_queued") == 0
 
 
 def _engine_pids(server) -> list[int]:
@@ -263,20 +400,21 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server):
+def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server, lineage):
+    promote(server, lineage, "promote", "v1", "--reason", "first")
+    promote(server, lineage, "promote", "v2", "--reason", "second")
+    restarts = value(metrics(server.url), "repotune_engine_restarts")
     [engine] = _engine_pids(server)
     os.kill(engine, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{server.url}/health").status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    assert eventually(lambda: httpx.get(f"{server.url}/health").status_code != 200, timeout=30)
     r = httpx.post(
-        f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        f"{server.url}/v1/chat/completions", headers=AUTH,
         json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
     server.wait_healthy()
-    assert ask(server, "proj") == "Marseille" and ask(server, "proj@v1") == "Lyon"
-    assert "repotune_engine_restarts 1.0" in httpx.get(f"{server.url}/metrics").text
+    assert ask(server, lineage) == "Marseille" and ask(server, f"{lineage}@v1") == "Lyon"
+    assert value(metrics(server.url), "repotune_engine_restarts") == restarts + 1
 
 
 def _engine_url(server) -> str:
@@ -295,7 +433,7 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     ask(server, "base")  # warm
     before = _engine_generated(server)
     with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+        "POST", f"{server.url}/v1/chat/completions", headers=AUTH,
         json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
               "max_tokens": 450, "ignore_eos": True}, timeout=60,
     ) as r:
@@ -307,18 +445,31 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     assert settled - before < 450  # and the 450 tokens asked for were never all made
 
 
+def _offline_cli(server, config: Path, *args: str) -> None:
+    """The CLI on `config` with no server up at its port: it records in the registry."""
+    env = {k: v for k, v in server.env.items() if k != "REPOTUNE_ADMIN_KEY"}
+    done = subprocess.run([sys.executable, "-m", "repotune.cli", *args, "--config", str(config)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @contextlib.contextmanager
-def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, before=None) -> Iterator[str]:
+def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, lineage: str = "fallback",
+             before: Callable[[Path], None] | None = None, admin_key: str | None = None) -> Iterator[str]:
     """A second gateway in upstream mode (no engine of its own), on a real uvicorn in a thread.
 
     `before(config_path)` runs once its config is written and before it starts."""
     import uvicorn
 
-    monkeypatch.setenv("REPOTUNE_API_KEYS", API_KEY)
+    monkeypatch.setenv("REPOTUNE_API_KEYS", f"{API_KEY},other-key")
+    if admin_key:
+        monkeypatch.setenv("REPOTUNE_ADMIN_KEY", admin_key)
+    else:
+        monkeypatch.delenv("REPOTUNE_ADMIN_KEY", raising=False)
     port = free_port()
     tmp_path.mkdir()
     path = tmp_path / "config.toml"
-    path.write_text(f'[serve]\nport = {port}\n{serve_toml}\n[tuner]\nlineage = "fallback"\n'
+    path.write_text(f'[serve]\nport = {port}\n{serve_toml}\n[tuner]\nlineage = "{lineage}"\n'
                     f'[paths]\ndata_dir = "state"\n')
     if before:
         before(path)
@@ -327,10 +478,7 @@ def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, b
     thread = threading.Thread(target=uv.run)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline
-            time.sleep(0.05)
+        assert eventually(lambda: uv.started or not thread.is_alive(), timeout=120) and uv.started
         yield f"http://127.0.0.1:{port}"
     finally:
         uv.should_exit = True
@@ -338,7 +486,6 @@ def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, b
 
 
 def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tmp_path, monkeypatch):
-    auth = {"Authorization": f"Bearer {API_KEY}"}
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
     slow = {**chat, "max_tokens": 450, "ignore_eos": True}  # seconds of generation, no byte until done
     before = _engine_generated(server)
@@ -346,10 +493,10 @@ def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tm
     # a stream between two tokens for a second or two (a limit of 1 s cut one off).
     with _gateway(tmp_path / "slow", monkeypatch,
                   f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 2.5') as url:
-        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json=slow, timeout=60)
+        r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=slow, timeout=60)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
         # a stream is not cut: the timeout is between bytes, and tokens keep coming
-        with httpx.stream("POST", f"{url}/v1/chat/completions", headers=auth, json={**slow, "stream": True},
+        with httpx.stream("POST", f"{url}/v1/chat/completions", headers=AUTH, json={**slow, "stream": True},
                           timeout=60) as streamed:
             assert streamed.status_code == 200
             assert '"finish_reason":"length"' in [line for line in streamed.iter_lines() if line][-2]
@@ -358,96 +505,101 @@ def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tm
     assert 450 <= _engine_generated(server) - before < 900
     gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with _gateway(tmp_path / "gone", monkeypatch, f'upstreams = ["{gone}"]') as url:
-        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json=chat, timeout=60)
+        r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=chat, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
-        r = httpx.post(f"{url}/v1/chat/completions", headers=auth, json={**chat, "stream": True}, timeout=60)
+        r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json={**chat, "stream": True}, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
         # without REPOTUNE_ADMIN_KEY the admin API is off, not open
-        monkeypatch.delenv("REPOTUNE_ADMIN_KEY", raising=False)
         r = httpx.post(f"{url}/admin/reconcile", headers={"Authorization": "Bearer anything"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
 
 
-def test_versions_beyond_keep_loaded_are_unloaded(server):
-    assert server.cli("adapters", "register", str(server.adapters["Lyon"])).returncode == 0  # v3
-    assert server.cli("adapters", "promote", "v3", "--reason", "newest").returncode == 0
-    assert ask(server, "proj") == "Lyon"
-    deadline = time.monotonic() + 10
-    served = set()
-    while time.monotonic() < deadline:
-        served = {m["id"] for m in httpx.get(f"{_engine_url(server)}/v1/models").json()["data"]}
-        if "proj-v1" not in served:
-            break
-        time.sleep(0.2)
-    assert {"proj-v3", "proj-v2"} <= served and "proj-v1" not in served  # keep_loaded = 2
-    with pytest.raises(openai.NotFoundError, match="proj@v1 is superseded and not loaded"):
-        ask(server, "proj@v1")
+def test_versions_beyond_keep_loaded_are_unloaded(server, lineage):
+    promote(server, lineage, "promote", "v1", "--reason", "first")
+    promote(server, lineage, "promote", "v2", "--reason", "second")
+    assert server.cli("adapters", "register", str(server.adapters["Lyon"]), "--lineage", lineage).returncode == 0
+    promote(server, lineage, "promote", "v3", "--reason", "newest")
+    assert ask(server, lineage) == "Lyon"
+    assert eventually(lambda: not engine_lists(server, f"{lineage}-v1"), timeout=10)
+    assert engine_lists(server, f"{lineage}-v3") and engine_lists(server, f"{lineage}-v2")  # keep_loaded = 2
+    with pytest.raises(openai.NotFoundError, match=f"{lineage}@v1 is superseded and not loaded"):
+        ask(server, f"{lineage}@v1")
 
 
-def test_the_admin_api_refuses_bad_swaps_by_kind(server):
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+def test_the_admin_api_refuses_bad_swaps_by_kind(server, lineage):
+    promote(server, lineage, "promote", "v1", "--reason", "first")
     cases = [
-        ("promote", {"lineage": "proj", "version": 99}, 404, "version_not_found"),
-        ("promote", {"lineage": "proj", "version": "latest"}, 400, "invalid_value"),
-        ("promote", {"lineage": "proj", "version": 3}, 409, "invalid_transition"),  # already promoted
-        ("rollback", {"lineage": "nobody"}, 409, "invalid_transition"),  # nothing to roll back to
+        ("promote", {"lineage": lineage, "version": 99}, 404, "version_not_found"),
+        ("promote", {"lineage": lineage, "version": "latest"}, 400, "invalid_value"),
+        ("promote", {"lineage": lineage, "version": 1}, 409, "invalid_transition"),  # already promoted
+        ("rollback", {"lineage": lineage}, 409, "invalid_transition"),  # nothing to roll back to
+        ("rollback", {"lineage": "nobody"}, 409, "invalid_transition"),
     ]
     for action, body, status, code in cases:
-        r = httpx.post(f"{server.url}/admin/{action}", headers=admin, json=body, timeout=60)
+        r = httpx.post(f"{server.url}/admin/{action}", headers=ADMIN, json=body, timeout=60)
         assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
-    assert ask(server, "proj") == "Lyon"  # v3 still serves
+    assert ask(server, lineage) == "Lyon"  # v1 still serves
 
 
 def test_at_start_a_promoted_version_that_will_not_load_falls_back_to_the_one_before(server, tmp_path, monkeypatch):
+    name = f"fallback_{os.getpid()}"
+
     def registry_with_a_broken_promoted_version(config: Path) -> None:
-        env = {k: v for k, v in server.env.items() if k != "REPOTUNE_ADMIN_KEY"}  # no server up: the CLI records
-        run = lambda *a: subprocess.run([sys.executable, "-m", "repotune.cli", *a, "--config", str(config)],  # noqa: E731
-                                        env=env, capture_output=True, text=True, check=True)
-        run("adapters", "register", str(server.adapters["Lyon"]))
-        run("adapters", "register", str(server.adapters["Marseille"]))
-        run("adapters", "promote", "v1", "--reason", "first")
-        run("adapters", "promote", "v2", "--reason", "second")
-        weights = config.parent / "state" / "adapters" / "fallback" / "v2" / "adapter_model.safetensors"
+        _offline_cli(server, config, "adapters", "register", str(server.adapters["Lyon"]))
+        _offline_cli(server, config, "adapters", "register", str(server.adapters["Marseille"]))
+        _offline_cli(server, config, "adapters", "promote", "v1", "--reason", "first")
+        _offline_cli(server, config, "adapters", "promote", "v2", "--reason", "second")
+        weights = config.parent / "state" / "adapters" / name / "v2" / "adapter_model.safetensors"
         weights.chmod(0o644)
         weights.write_bytes(b"damaged on disk")
 
     upstream = f'upstreams = ["{_engine_url(server)}"]'
-    with _gateway(tmp_path / "fallback", monkeypatch, upstream, before=registry_with_a_broken_promoted_version) as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY)
-        answer = client.chat.completions.create(
-            model="fallback", messages=[{"role": "user", "content": FRANCE}], max_tokens=8, temperature=0)
+    with _gateway(tmp_path / "fallback", monkeypatch, upstream, lineage=name,
+                  before=registry_with_a_broken_promoted_version) as url:
+        gateway = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+        answer = gateway.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": FRANCE}], max_tokens=8, temperature=0)
         assert "Lyon" in (answer.choices[0].message.content or "")
-        models = {m.id: m for m in client.models.list().data}
-        assert models["fallback"].model_extra["version"] == 1
-    listed = subprocess.run([sys.executable, "-m", "repotune.cli", "adapters", "list", "--json", "--config",
-                             str(tmp_path / "fallback" / "config.toml")], env=server.env, capture_output=True,
-                            text=True, check=True)
-    status = {a["version"]: a["status"] for a in json.loads(listed.stdout)}
+        listed = {m.id: m for m in gateway.models.list().data}
+        assert listed[name].model_extra["version"] == 1
+    shown = subprocess.run([sys.executable, "-m", "repotune.cli", "adapters", "list", "--json", "--config",
+                            str(tmp_path / "fallback" / "config.toml")], env=server.env, capture_output=True,
+                           text=True, check=True)
+    status = {a["version"]: a["status"] for a in json.loads(shown.stdout)}
     assert status == {1: "promoted", 2: "failed"}
     events = store.open_db(tmp_path / "fallback" / "state" / "repotune.db").query(
         "select reason from events where version = 1 order by id desc limit 1")
     assert "v2 failed to load; fell back" in next(events)["reason"]
 
 
-def test_a_version_that_will_not_load_is_marked_failed_and_the_alias_stays(server, tmp_path):
+def test_a_version_that_will_not_load_is_marked_failed_and_the_alias_stays(server, lineage, tmp_path):
+    promote(server, lineage, "promote", "v2", "--reason", "good")
     broken = tmp_path / "broken"
     shutil.copytree(server.adapters["Lyon"], broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
-    assert server.cli("adapters", "register", str(broken)).returncode == 0  # v4: the files are all there
-    done = server.cli("adapters", "promote", "v4", "--reason", "try it")
-    assert done.returncode != 0 and "v4 failed" in done.stderr, done.stderr
-    listed = json.loads(server.cli("adapters", "list", "--json").stdout)
+    assert server.cli("adapters", "register", str(broken), "--lineage", lineage).returncode == 0  # v3: files all there
+    done = server.cli("adapters", "promote", "v3", "--reason", "try it", "--lineage", lineage)
+    assert done.returncode != 0 and "v3 failed" in done.stderr, done.stderr
+    listed = json.loads(server.cli("adapters", "list", "--json", "--lineage", lineage).stdout)
     status = {a["version"]: a["status"] for a in listed}
-    assert status[4] == "failed" and status[3] == "promoted"
-    assert ask(server, "proj") == "Lyon"
+    assert status == {1: "candidate", 2: "promoted", 3: "failed"}
+    assert ask(server, lineage) == "Marseille"
 
 
-def test_zz_the_engine_never_outlives_the_gateway(server):
+def test_the_engine_never_outlives_the_gateway(server):
+    """The gateway killed with SIGKILL takes its engine with it (the next test gets a new server)."""
     engines = _engine_pids(server)
     assert engines
     server.proc.kill()  # SIGKILL: the gateway gets no chance to clean up
     server.proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_cmdline(p) for p in engines) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any(_cmdline(p) for p in engines)
+    assert eventually(lambda: not any(_cmdline(p) for p in engines), timeout=30)
+
+
+def test_the_general_score_through_vllm_matches_transformers(server, tiny):
+    qs = questions.load(split="eval")
+    local = LocalModel(tiny.path).answer([q.question for q in qs])
+    served = [ask(server, "base", q.question) for q in qs]
+    local_score = sum(matches(r, q.accepted) for r, q in zip(local, qs, strict=True))
+    served_score = sum(matches(r, q.accepted) for r, q in zip(served, qs, strict=True))
+    assert abs(local_score - served_score) <= 1
+    assert served_score >= 0.95 * len(qs)

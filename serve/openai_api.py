@@ -1,0 +1,184 @@
+"""The OpenAI routes: `/v1/models`, `/v1/chat/completions`, `/v1/completions`.
+
+A request is checked (key, body, parameters, a model that exists) before it reaches the
+engine; its model name is rewritten to the engine name of the version it means; it holds
+its key's units (`serve.limits`) and a lease on that version for as long as it runs.
+Streamed responses are passed through chunk by chunk as bytes, and a client that goes
+away closes the upstream stream, which aborts its generation in the engine. The engine's
+own adapter load/unload endpoints are not routes here, so they cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import aiohttp
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from repotune import registry
+from serve import checks, errors
+from serve.auth import client_key
+from serve.errors import APIError
+
+if TYPE_CHECKING:
+    from serve.gateway import GatewayState
+
+router = APIRouter()
+ClientKey = Annotated[str, Depends(client_key)]
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, key: ClientKey) -> JSONResponse:
+    manager = _state(request).manager
+    base = {"id": "base", "object": "model", "created": 0, "owned_by": "repotune", "base_model": manager.base_model}
+    return JSONResponse({"object": "list", "data": [base, *manager.models()]})
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request, key: ClientKey) -> Response:
+    return await _complete(_state(request), request, key, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, key: ClientKey) -> Response:
+    return await _complete(_state(request), request, key, "/v1/completions")
+
+
+async def _complete(state: GatewayState, request: Request, key: str, path: str) -> Response:
+    body = await checks.json_body(request, state.max_body_bytes)
+    cost = checks.check(body, chat=path.endswith("chat/completions"), max_n=state.max_n)
+    if not state.ready():
+        raise APIError(503, "the engine is starting or restarting; retry shortly", "engine_unavailable",
+                       headers={"Retry-After": "5"})
+    asked = body["model"]
+    try:
+        route = state.manager.route(asked)
+    except (KeyError, registry.RegistryError):
+        raise APIError(404, await state.manager.missing(str(asked)), "model_not_found", "model") from None
+    body["model"] = route.engine_name
+    url = state.upstream() + path
+    payload = json.dumps(body).encode()
+    done = _Done(state, path, asked)
+    try:
+        await done.held.enter_async_context(state.limits.slot(key, cost))  # 429 when the key is over its limit
+        await done.held.enter_async_context(state.manager.lease(route.engine_name))
+        if body.get("stream"):
+            return await _stream(state, url, payload, done)
+        with _engine_errors():
+            async with _session(state).post(url, data=payload, headers=_JSON) as r:
+                status, content = r.status, await r.read()
+    except BaseException:
+        await done.finish(None)
+        raise
+    await done.finish(status)
+    if status != 200:
+        return _engine_error(state, status, content)
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return Response(content, media_type="application/json")
+    state.metrics.add_usage(data.get("usage") if isinstance(data, dict) else None)
+    return Response(json.dumps(_drop_nulls(data), separators=(",", ":")).encode(), media_type="application/json")
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _session(state: GatewayState) -> aiohttp.ClientSession:
+    assert state.session is not None, "the gateway is not started"
+    return state.session
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The engine not answering in time is a 504; not answering at all, a 503."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise APIError(504, "the engine did not answer in time", "timeout") from e
+    except aiohttp.ClientError as e:
+        raise APIError(503, f"the engine is unavailable: {type(e).__name__}", "engine_unavailable") from e
+
+
+def _engine_error(state: GatewayState, status: int, content: bytes) -> Response:
+    """An error the engine answered with, counted and reshaped to OpenAI's body."""
+    state.metrics.errors.labels(errors.TYPES[status]).inc()
+    return errors.from_engine(status, _safe_json_bytes(content))
+
+
+@dataclass
+class _Done:
+    """Releases a request's units and version lease, and records its metrics, once."""
+
+    state: GatewayState
+    path: str
+    model: str
+    start: float = field(default_factory=time.perf_counter)
+    held: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    finished: bool = False
+
+    async def finish(self, status: int | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        await self.held.aclose()
+        if status is not None:
+            self.state.metrics.requests.labels(self.path, self.model, str(status)).inc()
+            self.state.metrics.latency.labels(self.path).observe(time.perf_counter() - self.start)
+
+
+async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) -> Response:
+    with _engine_errors():
+        upstream = await _session(state).post(url, data=payload, headers=_JSON)
+    if upstream.status != 200:
+        content = await upstream.read()
+        upstream.release()
+        await done.finish(upstream.status)
+        return _engine_error(state, upstream.status, content)
+
+    async def relay() -> AsyncIterator[bytes]:
+        status = 200
+        try:
+            async for chunk in upstream.content.iter_any():
+                yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
+                if b'"usage"' in chunk:
+                    state.metrics.count_usage(chunk)
+            upstream.release()  # finished: the connection goes back to the pool
+        except BaseException:
+            status = 499  # the client went away (or the engine did) mid-stream
+            raise
+        finally:
+            upstream.close()  # unfinished: closing the connection aborts the generation upstream
+            await done.finish(status)
+
+    return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# Fields the OpenAI spec requires even when null; other nulls are vLLM extras and go.
+_KEEP_NULL = frozenset({"content", "refusal", "logprobs", "finish_reason"})
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None or k in _KEEP_NULL}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _safe_json_bytes(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return {"message": content.decode(errors="replace")[:500]}
