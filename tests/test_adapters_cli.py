@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from repotune import db as store
 from repotune import models, registry
 from repotune.cli import app
+from serve.engine import free_port
 
 from .test_registry import make_adapter
 
@@ -18,8 +19,11 @@ runner = CliRunner()
 
 @pytest.fixture
 def project(tmp_path, micro, clean_env):
+    """A project with no server: serve.port is a free port nobody listens on, so promote and
+    rollback take the registry path whatever runs on this machine (8000, the default, may be taken)."""
     config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nbase = "{micro}"\n[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n')
+    config.write_text(f'[model]\nbase = "{micro}"\n[serve]\nport = {free_port()}\n[tuner]\nlineage = "proj"\n'
+                      f'[paths]\ndata_dir = "state"\n')
     return config
 
 

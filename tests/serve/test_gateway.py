@@ -33,6 +33,7 @@ from eval.local import LocalModel
 from eval.scoring import matches
 from repotune import config as cfg
 from repotune import db as store
+from serve import checks
 from serve import server as serve_server
 from serve.engine import free_port
 
@@ -231,15 +232,17 @@ def test_bad_requests_get_openai_errors(server):
 
 def test_the_engines_own_validation_errors_read_as_one_sentence(server):
     """What the gateway lets through and vLLM refuses comes back readable, with its param."""
-    r = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60, json={
-        "model": "base", "max_tokens": 2,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
-    })
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert "validation error" not in error["message"] and "{'type'" not in error["message"], r.text
-    assert error["param"] == "messages[0].content", r.text
-    assert error["code"] == "invalid_value" and error["message"].startswith("messages[0].content"), r.text
+    good = {"model": "base", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    for param, bad in (("tools", [{"type": "function"}]),
+                       ("tools", [{"type": "function", "function": {"name": 5}}])):
+        body = {**good, param: bad}
+        checks.check(body, chat=True, max_n=8)  # the gateway's checks pass it: the engine refuses it
+        r = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60, json=body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert "validation error" not in error["message"] and "{'" not in error["message"], r.text
+        assert (error["param"] or "").startswith(param), r.text
+        assert error["message"].startswith(error["param"]) and "\n" not in error["message"], r.text
 
 
 def test_responses_carry_no_vllm_only_nulls(server):
