@@ -213,24 +213,18 @@ def adapters_rollback(
 
 
 def _swap(config: Any, lineage: str | None, action: str, version: str | None, reason: str, as_json: bool) -> None:
-    """Promote or roll back: through the running server if there is one, else in the registry."""
-    from repotune import registry
+    """Promote or roll back (repotune.promotion): through the running server if there is one."""
+    from repotune import promotion, registry
 
     settings = load_settings(config, as_json)
-    db = _store(settings)
     name = lineage or settings.lineage
     try:
         wanted = registry.parse_version(version) if version else None
         if action == "promote":
             assert wanted is not None
-            target = registry.get(db, name, wanted)
+            adapter = promotion.promote(settings, name, wanted, _actor(), reason)
         else:
-            target = registry.rollback_target(db, name, wanted)
-        _check_base(settings, target)
-        key = "version" if action == "promote" else "to"
-        if not _ask_server(settings, action, {"lineage": name, key: target.version, "reason": reason}):
-            registry.promote(db, name, target.version, _actor(), reason)
-        adapter = registry.get(db, name, target.version)
+            adapter = promotion.rollback(settings, name, _actor(), reason, to=wanted)
     except registry.RegistryError as e:
         fail(str(e))
     _print_adapter(adapter, as_json)
@@ -264,51 +258,6 @@ def _store(settings: Any) -> Any:
         return store.open_db(store.db_path(settings.data_dir))
     except store.StoreError as e:
         fail(str(e))
-
-
-def _ask_server(settings: Any, action: str, payload: dict[str, Any]) -> bool:
-    """Ask a running server to swap (load, smoke, then record); False if none is running."""
-    import httpx
-
-    from repotune import registry
-
-    serve = settings.config.serve
-    host = "127.0.0.1" if serve.host in ("0.0.0.0", "::") else serve.host
-    url = f"http://{host}:{serve.port}"
-    try:
-        httpx.get(f"{url}/health", timeout=2.0)
-    except httpx.HTTPError:
-        return False  # no server: the CLI records the change; a server applies it at start
-    if not settings.secrets.admin_key:
-        raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to swap through it")
-    r = httpx.post(
-        f"{url}/admin/{action}",
-        json={**payload, "actor": _actor()},
-        headers={"Authorization": f"Bearer {settings.secrets.admin_key}"},
-        timeout=600.0,
-    )
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:300]
-        raise registry.RegistryError(f"the server refused: {message}")
-    return True
-
-
-def _check_base(settings: Any, adapter: Any) -> None:
-    """Refuse to promote a version trained on another base than the configured one."""
-    from repotune import models, registry
-
-    try:
-        base = models.resolve(settings.config.model.base)
-    except models.ModelError as e:
-        fail(str(e))
-    if adapter.base_fingerprint != base.fingerprint:
-        raise registry.RegistryError(
-            f"{adapter.lineage} v{adapter.version} was trained on base {adapter.base_fingerprint}, but the "
-            f"configured base {base.spec} is {base.fingerprint}; it cannot be served on it"
-        )
 
 
 def _actor() -> str:
