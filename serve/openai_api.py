@@ -162,7 +162,24 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) ->
             upstream.close()  # unfinished: closing the connection aborts the generation upstream
             await done.finish(status)
 
-    return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _ClosingStream(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that closes its body when it ends, however it ends.
+
+    When the client goes away, Starlette cancels the response; if that lands while the body
+    generator is suspended at its `yield` (the gateway sending a chunk), the generator is not
+    closed but left to the garbage collector, and with it the upstream connection: the
+    engine would go on generating for no one until a collection happened to run. Closing it
+    here runs the relay's `finally` at once, which aborts the generation.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 # Fields the OpenAI spec requires even when null; other nulls are vLLM extras and go.

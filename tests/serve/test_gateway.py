@@ -68,7 +68,7 @@ def promote(server, lineage: str, *args: str) -> subprocess.CompletedProcess[str
 # ignore_eos, not min_tokens, for a certain length: vLLM sometimes lets EOS through
 # before min_tokens (vllm-project/vllm#15967).
 HELD = {"messages": [{"role": "user", "content": FRANCE}], "max_tokens": 900, "ignore_eos": True, "n": 8,
-        "logprobs": True, "top_logprobs": 20, "temperature": 0, "stream": True}
+        "logprobs": True, "top_logprobs": 20, "temperature": 0.01, "seed": 7, "stream": True}
 
 
 @dataclass
