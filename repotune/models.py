@@ -181,18 +181,29 @@ def record_base(folder: Path, base: Base) -> None:
     (folder / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def ensure_same_base(
+    what: str, made_for: str, base_spec: str, base_fingerprint: str, made_for_spec: str | None = None
+) -> None:
+    """The one check that `what` (an adapter, a dataset, a registered version) was made for this base.
+
+    Every place that uses an artifact on a base calls this, so the rule and its message are
+    the same everywhere: the registry, the promotion, the server's load, the tuner, eval.
+    """
+    if made_for != base_fingerprint:
+        raise IncompatibleBase(
+            f"{what} was made for {made_for_spec or 'another base'} with fingerprint {made_for}, but the base "
+            f"model is {base_spec} with fingerprint {base_fingerprint}; it would answer wrongly on this base, "
+            "so it is refused and cannot be served on it (retrain it on the current base)"
+        )
+
+
 def check_base(folder: Path, base: Base, what: str = "adapter") -> None:
     """Refuse an artifact made for another base, or one that does not say which."""
-    made_for = read_manifest(folder).get("base_fingerprint")
+    manifest = read_manifest(folder)
+    made_for = manifest.get("base_fingerprint")
     if not made_for:
         raise IncompatibleBase(
             f"{what} {folder} does not record the base model it was made for "
             f"({MANIFEST} with base_fingerprint); refusing to use it on {base.spec} ({base.fingerprint})"
         )
-    if made_for != base.fingerprint:
-        spec = read_manifest(folder).get("base_model", "another base")
-        raise IncompatibleBase(
-            f"{what} {folder} was made for {spec} with fingerprint {made_for}, but the base model "
-            f"is {base.spec} with fingerprint {base.fingerprint}; it would answer wrongly on this "
-            "base, so it is refused (retrain it on the current base)"
-        )
+    ensure_same_base(f"{what} {folder}", str(made_for), base.spec, base.fingerprint, manifest.get("base_model"))

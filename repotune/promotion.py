@@ -84,8 +84,8 @@ def check_base(settings: Settings, adapter: registry.Adapter) -> None:
         base = models.resolve(settings.config.model.base)
     except models.ModelError as e:
         raise registry.RegistryError(str(e)) from None
-    if adapter.base_fingerprint != base.fingerprint:
-        raise registry.RegistryError(
-            f"{adapter.lineage} v{adapter.version} was trained on base {adapter.base_fingerprint}, but the "
-            f"configured base {base.spec} is {base.fingerprint}; it cannot be served on it"
-        )
+    try:
+        models.ensure_same_base(f"{adapter.lineage} v{adapter.version}", adapter.base_fingerprint, base.spec,
+                                base.fingerprint, adapter.base_model)
+    except models.IncompatibleBase as e:
+        raise registry.RegistryError(str(e)) from None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import db as store
-from repotune.models import MANIFEST, Base, IncompatibleBase, read_manifest
+from repotune.models import MANIFEST, Base, IncompatibleBase, ensure_same_base, read_manifest
 
 if TYPE_CHECKING:
     import sqlite_utils  # loaded at run time by repotune.db (see there)
@@ -176,11 +176,8 @@ def register(
     peft_config = check_servable(source, max_lora_rank)
     manifest = read_manifest(source)
     made_for = manifest.get("base_fingerprint")
-    if made_for and made_for != base.fingerprint:
-        raise IncompatibleBase(
-            f"{source} was trained on {manifest.get('base_model', 'another base')} with fingerprint {made_for}, "
-            f"but the base model is {base.spec} with fingerprint {base.fingerprint}; refused"
-        )
+    if made_for:
+        ensure_same_base(str(source), str(made_for), base.spec, base.fingerprint, manifest.get("base_model"))
     if not made_for and not assume_base:
         raise IncompatibleBase(
             f"{source} does not record the base it was trained on ({MANIFEST} with base_fingerprint); "

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httpx
 
 from repotune import db as store
-from repotune import registry
+from repotune import models, registry
 from repotune.registry import Adapter
 
 log = logging.getLogger("repotune.adapters")
@@ -157,11 +157,11 @@ class AdapterManager:
                 raise SwapError(f"{upstream} could not load {adapter.engine_name}: {r.status_code} {r.text[:300]}")
 
     async def load(self, adapter: Adapter) -> None:
-        if adapter.base_fingerprint != self.base_fingerprint:
-            raise SwapError(
-                f"{adapter.lineage} v{adapter.version} was trained on base {adapter.base_fingerprint}, "
-                f"not on the served {self.base_model} ({self.base_fingerprint})"
-            )
+        try:
+            models.ensure_same_base(f"{adapter.lineage} v{adapter.version}", adapter.base_fingerprint,
+                                    self.base_model, self.base_fingerprint, adapter.base_model)
+        except models.IncompatibleBase as e:
+            raise SwapError(str(e)) from None
         if not adapter.path.is_dir():
             raise SwapError(f"{adapter.path} does not exist")
         await self._load_all(adapter)
