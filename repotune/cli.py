@@ -11,7 +11,7 @@ are composed; it is the one place in the kernel that names them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from ingest.cli import app as ingest_app
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
 from tuner.data.cli import app as data_app
+
+if TYPE_CHECKING:
+    from repotune.manifests import AdapterManifest
 
 app = typer.Typer(
     help="repotune: a self-hosted chatbot that knows a code repository and stays current with it.",
@@ -183,7 +186,7 @@ def adapters_list(lineage: LineageOpt = None, config: ConfigOpt = None, as_json:
         style = {"promoted": "bold green", "retired": "dim", "failed": "red", "rejected": "yellow"}.get(a.status)
         table.add_row(
             f"v{a.version}", a.status, a.created_at, a.promoted_at or "", a.base_fingerprint,
-            _scores(a.manifest), str(a.manifest.get("ingest_cursor") or ""), style=style,
+            _scores(a.manifest), str(a.manifest.ingest_cursor or ""), style=style,
         )
     out.print(table if rows else f"lineage {name} has no adapters yet")
 
@@ -271,9 +274,8 @@ def _actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-def _scores(manifest: dict[str, Any]) -> str:
-    scores = manifest.get("eval") or {}
-    return " ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, int | float))
+def _scores(manifest: AdapterManifest) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in manifest.scores.items())
 
 
 def _adapter_json(adapter: Any) -> dict[str, Any]:
@@ -281,6 +283,7 @@ def _adapter_json(adapter: Any) -> dict[str, Any]:
 
     data = asdict(adapter)
     data["path"] = str(adapter.path)
+    data["manifest"] = adapter.manifest.dump()
     data["engine_name"] = adapter.engine_name
     return data
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repotune import builtin
+from repotune import builtin, manifests
 
 BUILTIN = {builtin.NAME}
-MANIFEST = "manifest.json"
+MANIFEST = manifests.FILE
 
 _CONFIG_VOLATILE = ("transformers_version", "_name_or_path", "_commit_hash")
 _TOKENIZER_FILES = (
@@ -165,20 +165,11 @@ def file_digest(file: Path) -> str:
 # --- what adapters and datasets record of their base ----------------------------------
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} is not a JSON object")
-    return data
-
-
 def record_base(folder: Path, base: Base) -> None:
     """Write the base an artifact was made for into its `manifest.json`, keeping other fields."""
-    data = read_manifest(folder) | {"base_model": base.spec, "base_fingerprint": base.fingerprint}
-    (folder / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    manifest = manifests.read_adapter(folder)
+    manifest.base_model, manifest.base_fingerprint = base.spec, base.fingerprint
+    manifests.write(folder, manifest)
 
 
 def ensure_same_base(
@@ -199,11 +190,13 @@ def ensure_same_base(
 
 def check_base(folder: Path, base: Base, what: str = "adapter") -> None:
     """Refuse an artifact made for another base, or one that does not say which."""
-    manifest = read_manifest(folder)
-    made_for = manifest.get("base_fingerprint")
-    if not made_for:
+    try:
+        manifest = manifests.read(folder, manifests.Manifest)
+    except manifests.ManifestError as e:
+        raise ModelError(str(e)) from None
+    if not manifest.base_fingerprint:
         raise IncompatibleBase(
             f"{what} {folder} does not record the base model it was made for "
             f"({MANIFEST} with base_fingerprint); refusing to use it on {base.spec} ({base.fingerprint})"
         )
-    ensure_same_base(f"{what} {folder}", str(made_for), base.spec, base.fingerprint, manifest.get("base_model"))
+    ensure_same_base(f"{what} {folder}", manifest.base_fingerprint, base.spec, base.fingerprint, manifest.base_model)

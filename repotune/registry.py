@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repotune import db as store
-from repotune.models import MANIFEST, Base, IncompatibleBase, ensure_same_base, read_manifest
+from repotune import manifests
+from repotune.manifests import AdapterManifest
+from repotune.models import MANIFEST, Base, IncompatibleBase, ensure_same_base
 
 if TYPE_CHECKING:
     import sqlite_utils  # loaded at run time by repotune.db (see there)
@@ -63,7 +65,7 @@ class Adapter:
     created_at: str
     updated_at: str
     promoted_at: str | None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: AdapterManifest = field(default_factory=AdapterManifest)
 
     @property
     def engine_name(self) -> str:
@@ -125,7 +127,8 @@ def _adapter(row: dict[str, Any]) -> Adapter:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         promoted_at=row["promoted_at"],
-        manifest=json.loads(row["manifest"] or "{}"),
+        manifest=manifests.parse(AdapterManifest, json.loads(row["manifest"] or "{}"),
+                                 f"the registry's manifest of {row['lineage']} v{row['version']}"),
     )
 
 
@@ -174,10 +177,13 @@ def register(
     trained elsewhere that has no manifest, on the caller's word.
     """
     peft_config = check_servable(source, max_lora_rank)
-    manifest = read_manifest(source)
-    made_for = manifest.get("base_fingerprint")
+    try:
+        manifest = manifests.read_adapter(source)
+    except manifests.ManifestError as e:
+        raise RegistryError(str(e)) from None
+    made_for = manifest.base_fingerprint
     if made_for:
-        ensure_same_base(str(source), str(made_for), base.spec, base.fingerprint, manifest.get("base_model"))
+        ensure_same_base(str(source), made_for, base.spec, base.fingerprint, manifest.base_model)
     if not made_for and not assume_base:
         raise IncompatibleBase(
             f"{source} does not record the base it was trained on ({MANIFEST} with base_fingerprint); "
@@ -194,20 +200,20 @@ def register(
             if final.exists():
                 raise RegistryError(f"{final} exists but is not in the registry; move it away first")
             now = store.now()
-            manifest |= {
+            manifest = manifest.model_copy(update={
                 "lineage": lineage,
                 "version": version,
                 "base_model": base.spec,
                 "base_fingerprint": base.fingerprint,
-                "created_at": manifest.get("created_at", now),
+                "created_at": manifest.created_at or now,
                 "lora_rank": peft_config.get("r"),
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            })
+            manifests.write(tmp, manifest)
             os.rename(tmp, final)
             db.execute(
                 "insert into adapters (lineage, version, path, base_model, base_fingerprint, status, "
                 "created_at, updated_at, manifest) values (?, ?, ?, ?, ?, 'candidate', ?, ?, ?)",
-                [lineage, version, str(final), base.spec, base.fingerprint, now, now, json.dumps(manifest)],
+                [lineage, version, str(final), base.spec, base.fingerprint, now, now, json.dumps(manifest.dump())],
             )
             _event(db, lineage, version, "register", None, "candidate", actor, reason or f"from {source}")
     finally:

@@ -299,5 +299,5 @@ def _model_entry(model_id: str, adapter: Adapter, base_model: str, alias: bool) 
         "status": adapter.status,
         "promoted_at": adapter.promoted_at,
         "base_model": base_model,
-        "knowledge_cursor": adapter.manifest.get("ingest_cursor"),
+        "knowledge_cursor": adapter.manifest.ingest_cursor,
     }

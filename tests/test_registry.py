@@ -165,3 +165,16 @@ def test_versions_are_accepted_as_7_or_v7(text, version):
 def test_bad_versions_are_refused(text):
     with pytest.raises(registry.RegistryError, match="is not a version"):
         registry.parse_version(text)
+
+
+def test_an_adapter_with_a_malformed_manifest_is_refused_and_nothing_is_copied(db, tmp_path, base, adapter):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in adapter.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "manifest.json").write_text(json.dumps({"base_fingerprint": base.fingerprint,
+                                                      "ingest_cursor": "last night"}))
+    with pytest.raises(registry.RegistryError) as e:
+        register(db, tmp_path, base, broken)
+    assert str(broken / "manifest.json") in str(e.value) and "ingest_cursor" in str(e.value)
+    assert registry.versions(db, "proj") == [] and not (tmp_path / "data" / "adapters" / "proj").exists()

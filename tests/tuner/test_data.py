@@ -36,11 +36,11 @@ def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRep
     ingest(settings)
     built = build(settings)
     folder, manifest = built.path, built.manifest
-    assert folder.name == manifest["hash"] and folder.parent.name == settings.lineage
-    assert manifest["base_fingerprint"] == tiny.fingerprint and manifest["base_model"] == "builtin:tiny"
+    assert folder.name == manifest.hash and folder.parent.name == settings.lineage
+    assert manifest.base_fingerprint == tiny.fingerprint and manifest.base_model == "builtin:tiny"
     rows = _all(folder)
     train, evals = read(folder, "train") + read(folder, "val"), read(folder, "eval")
-    assert manifest["counts"]["train"] == len(read(folder, "train")) and manifest["counts"]["eval"] == len(evals)
+    assert manifest.counts["train"] == len(read(folder, "train")) and manifest.counts["eval"] == len(evals)
     for r in rows:
         roles = [m["role"] for m in r["messages"]]
         assert roles == ["user", "assistant"] and all(m["content"].strip() for m in r["messages"]), r
@@ -79,7 +79,7 @@ def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRep
     for r in rows[:50]:
         enc = tok.apply_chat_template(r["messages"], return_dict=True, return_assistant_tokens_mask=True)
         assert sum(enc["assistant_masks"]) > 0
-    tally = manifest["generators"]["templates"]
+    tally = manifest.generators["templates"]
     assert tally["definition"]["examples"] >= 3 and tally["definition"]["tokens"] > tally["definition"]["examples"]
 
 
@@ -104,7 +104,7 @@ def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
     assert all(r["replay"] and not r["new"] for r in everything if r["generator"] == "replay")
     again = build(settings)
     assert again.reused and again.path == first.path
-    _promote_with_cursor(settings, tiny, first.manifest["ingest_cursor"], tmp_path / "adapter")
+    _promote_with_cursor(settings, tiny, first.manifest.ingest_cursor, tmp_path / "adapter")
     with pytest.raises(NothingToTrain, match=r"nothing new since the data of .*@v1.*nothing to train on"):
         build(settings)
     history.commit("Add divide", {"calculator.py": (history.path / "calculator.py").read_text()
@@ -112,7 +112,7 @@ def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
     ingest(settings)
     second = build(settings)
     assert second.path != first.path
-    assert second.manifest["new_since"] == {"ingest_cursor": first.manifest["ingest_cursor"],
+    assert second.manifest.new_since == {"ingest_cursor": first.manifest.ingest_cursor,
                                             "adapter": f"{settings.lineage}@v1"}
     rows = read(second.path, "train") + read(second.path, "val")
     new = [r for r in rows if r["new"]]
@@ -174,6 +174,12 @@ def test_the_cli_builds_shows_and_counts(history: GitRepo, tmp_path, clean_env, 
     assert _cli("show", "--split", "nope", config=config).returncode == 1
     unknown = _cli("stats", "--dataset", "0000", config=config)
     assert unknown.returncode == 1 and "no dataset '0000'" in unknown.stderr
+    manifest = Path(built["path"]) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "counts": {**data["counts"], "train": "many"}}))
+    broken = _cli("stats", config=config)
+    assert broken.returncode == 1 and str(manifest) in broken.stderr and "counts.train" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 @pytest.mark.parametrize(("data", "teacher", "message"), [

@@ -74,7 +74,7 @@ def test_teacher_qa_from_a_local_vllm_is_cached_and_a_rerun_sends_no_request(his
                          max_tokens=200, min_grounding=0.3)
     ingest(settings)
     first = build(settings)
-    report = first.manifest["teacher"]
+    report = first.manifest.teacher
     assert report["chunks"] > 5 and report["requests"] == report["chunks"] and report["failed"] == 0, report
     assert report["stopped"] is None and not first.warnings
     rows = _cache_rows(settings)
@@ -90,7 +90,7 @@ def test_teacher_qa_from_a_local_vllm_is_cached_and_a_rerun_sends_no_request(his
         chunk = db.execute("select text from chunks where id = ?", [example["sources"]["chunks"][0]]).fetchone()[0]
         assert grounding(example["messages"][1]["content"], content_words(chunk)) >= 0.3
     again = build(settings)
-    assert again.manifest["teacher"]["requests"] == 0 and again.manifest["teacher"]["cached"] == report["chunks"]
+    assert again.manifest.teacher["requests"] == 0 and again.manifest.teacher["cached"] == report["chunks"]
     assert again.path == first.path and again.reused
 
 
@@ -99,7 +99,7 @@ def test_a_teacher_that_is_down_leaves_the_templates_and_says_so(history: GitRep
                          concurrency=2, timeout_s=5)
     ingest(settings)
     built = build(settings)
-    report = built.manifest["teacher"]
+    report = built.manifest.teacher
     assert "APIConnectionError" in report["stopped"] and report["requests"] <= 2 and report["failed"] >= 1
     assert built.warnings and "the teacher stopped early" in built.warnings[0]
     assert not _cache_rows(settings)
@@ -109,9 +109,10 @@ def test_a_teacher_that_is_down_leaves_the_templates_and_says_so(history: GitRep
 class _OpenAIReplay(BaseHTTPRequestHandler):
     """OpenAI's chat completions as the hosted API answers them: `allow` requests are
     answered (with pairs grounded in the chunk, or with prose for chunks of commits), the
-    rest get its 429 rate-limit error."""
+    rest get its 429 rate-limit error. Each test serves its own subclass (`_replay`), so
+    what one test sets is never seen by another."""
 
-    allow = 3
+    allow = 10_000
     seen = 0
     refuse = ""
     lock = threading.Lock()
@@ -161,64 +162,61 @@ class _OpenAIReplay(BaseHTTPRequestHandler):
         pass
 
 
-def test_rate_limits_that_outlast_the_retries_keep_what_was_answered(history: GitRepo, tmp_path, tiny):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIReplay)
+@pytest.fixture
+def replay() -> Iterator[tuple[str, type[_OpenAIReplay]]]:
+    """A replay of OpenAI's API on a free port, with state of its own: (base url, handler class)."""
+    handler = type("Replay", (_OpenAIReplay,), {"allow": 10_000, "seen": 0, "refuse": "", "lock": threading.Lock()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        settings = _settings(tmp_path, history.path, base_url=url, concurrency=1, max_retries=1, min_grounding=0.5)
-        ingest(settings)
-        first = build(settings)
-        report = first.manifest["teacher"]
-        assert "RateLimitError (429)" in report["stopped"] and first.warnings
-        rows = _cache_rows(settings)
-        assert len(rows) == 3  # the three answered before the limit, kept as they arrived
-        assert report["malformed"] == sum(r["status"] == "malformed" for r in rows)
-        kept = [e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"]
-        assert len(kept) == report["kept"] == sum(len(json.loads(r["pairs"])) for r in rows) - sum(
-            report["dropped"].values())
-        _OpenAIReplay.allow = 10_000  # the limit is lifted: the rest is asked for, and only the rest
-        _OpenAIReplay.seen = 0
-        second = build(settings)
-        assert second.manifest["teacher"]["requests"] == report["chunks"] - 3 == _OpenAIReplay.seen
-        assert second.manifest["teacher"]["stopped"] is None and not second.warnings
-        assert second.manifest["teacher"]["malformed"] >= 1  # the prose answers: dropped and counted
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
     finally:
         server.shutdown()
+        server.server_close()
 
 
-def test_the_judge_drops_what_it_finds_unsupported_and_is_cached(history: GitRepo, tmp_path, tiny):
-    _OpenAIReplay.allow, _OpenAIReplay.seen = 10_000, 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIReplay)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        settings = _settings(tmp_path, history.path, base_url=url, concurrency=2, min_grounding=0.5, judge=True)
-        ingest(settings)
-        first = build(settings)
-        report = first.manifest["teacher"]
-        teacher = [e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"]
-        assert report["dropped"].get("judge", 0) >= 1 and teacher and len(teacher) == report["kept"]
-        assert not [e for e in teacher if e["sources"].get("path", "").startswith("README.md@")]
-        sent = _OpenAIReplay.seen
-        assert build(settings).manifest["teacher"]["requests"] == 0 and _OpenAIReplay.seen == sent
-    finally:
-        server.shutdown()
+def test_rate_limits_that_outlast_the_retries_keep_what_was_answered(history: GitRepo, tmp_path, tiny, replay):
+    url, api = replay
+    api.allow = 3
+    settings = _settings(tmp_path, history.path, base_url=url, concurrency=1, max_retries=1, min_grounding=0.5)
+    ingest(settings)
+    first = build(settings)
+    report = first.manifest.teacher
+    assert "RateLimitError (429)" in report["stopped"] and first.warnings
+    rows = _cache_rows(settings)
+    assert len(rows) == 3  # the three answered before the limit, kept as they arrived
+    assert report["malformed"] == sum(r["status"] == "malformed" for r in rows)
+    kept = [e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"]
+    assert len(kept) == report["kept"] == sum(len(json.loads(r["pairs"])) for r in rows) - sum(
+        report["dropped"].values())
+    api.allow = 10_000  # the limit is lifted: the rest is asked for, and only the rest
+    api.seen = 0
+    second = build(settings)
+    assert second.manifest.teacher["requests"] == report["chunks"] - 3 == api.seen
+    assert second.manifest.teacher["stopped"] is None and not second.warnings
+    assert second.manifest.teacher["malformed"] >= 1  # the prose answers: dropped and counted
 
 
-def test_a_chunk_the_teacher_refuses_is_skipped_and_asked_again_next_build(history: GitRepo, tmp_path, tiny):
-    _OpenAIReplay.allow, _OpenAIReplay.seen, _OpenAIReplay.refuse = 10_000, 0, "Text: doc docs/usage.md"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIReplay)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        settings = _settings(tmp_path, history.path, base_url=url, concurrency=2)
-        ingest(settings)
-        report = build(settings).manifest["teacher"]
-        assert report["failed"] == 1 and report["dropped"]["refused by the teacher"] == 1
-        assert report["stopped"] is None and len(_cache_rows(settings)) == report["chunks"] - 1
-        _OpenAIReplay.refuse = ""
-        assert build(settings).manifest["teacher"]["requests"] == 1  # only the refused one, again
-    finally:
-        _OpenAIReplay.refuse = ""
-        server.shutdown()
+def test_the_judge_drops_what_it_finds_unsupported_and_is_cached(history: GitRepo, tmp_path, tiny, replay):
+    url, api = replay
+    settings = _settings(tmp_path, history.path, base_url=url, concurrency=2, min_grounding=0.5, judge=True)
+    ingest(settings)
+    first = build(settings)
+    report = first.manifest.teacher
+    teacher = [e for split in ("train", "val") for e in read(first.path, split) if e["generator"] == "teacher"]
+    assert report["dropped"].get("judge", 0) >= 1 and teacher and len(teacher) == report["kept"]
+    assert not [e for e in teacher if e["sources"].get("path", "").startswith("README.md@")]
+    sent = api.seen
+    assert build(settings).manifest.teacher["requests"] == 0 and api.seen == sent
+
+
+def test_a_chunk_the_teacher_refuses_is_skipped_and_asked_again_next_build(history: GitRepo, tmp_path, tiny, replay):
+    url, api = replay
+    api.refuse = "Text: doc docs/usage.md"
+    settings = _settings(tmp_path, history.path, base_url=url, concurrency=2)
+    ingest(settings)
+    report = build(settings).manifest.teacher
+    assert report["failed"] == 1 and report["dropped"]["refused by the teacher"] == 1
+    assert report["stopped"] is None and len(_cache_rows(settings)) == report["chunks"] - 1
+    api.refuse = ""
+    assert build(settings).manifest.teacher["requests"] == 1  # only the refused one, again

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from repotune import db as store
-from repotune import models, registry
+from repotune import manifests, models, registry
 from repotune.config import Settings
+from repotune.manifests import DatasetManifest
 from tuner.data import others, templates
 from tuner.data.examples import Example, fraction
 from tuner.data.items import Items
@@ -49,12 +50,12 @@ class NothingToTrain(DataError):
 @dataclass
 class Built:
     path: Path
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
     reused: bool  # the same data was built before: its folder is returned
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "reused": self.reused, "warnings": self.warnings, **self.manifest}
+        return {"path": str(self.path), "reused": self.reused, "warnings": self.warnings, **self.manifest.dump()}
 
 
 Progress = Callable[[str, int, int | None, str], None]
@@ -76,7 +77,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     if cursor == 0:
         raise DataError(f"nothing ingested from {settings.repo} yet: run `repotune ingest` first")
     promoted = registry.promoted(db, settings.lineage)
-    since = int(promoted.manifest.get("ingest_cursor", 0)) if promoted else 0
+    since = (promoted.manifest.ingest_cursor or 0) if promoted else 0
     adapter = f"{promoted.lineage}@v{promoted.version}" if promoted else None
 
     qa: list[Example] = []
@@ -136,25 +137,25 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     folder = datasets_dir(settings) / key
     warnings = [f"the teacher stopped early ({teacher_report.stopped}); built with what it had answered"] \
         if teacher_report and teacher_report.stopped else []
-    if (folder / "manifest.json").is_file():
+    if (folder / manifests.FILE).is_file():
         _point_latest(folder)
         manifest = manifest_of(folder)
         if teacher_report:
-            manifest["teacher"] = teacher_report.as_dict()  # this build's requests (none, when all were cached)
+            manifest.teacher = teacher_report.as_dict()  # this build's requests (none, when all were cached)
         return Built(folder, manifest, reused=True, warnings=warnings)
 
     progress("tokens", 0, None, "")
-    manifest = {
-        "hash": key, "lineage": settings.lineage, "repo": settings.repo, "created_at": store.now(),
-        "base_model": base.spec, "base_fingerprint": base.fingerprint,
-        "ingest_cursor": cursor, "new_since": {"ingest_cursor": since, "adapter": adapter},
-        "counts": {"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
-                   "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
-        "generators": _tally(settings, chats, raw),
-        "config": cfg.model_dump(),
-        "refusals": settings.config.policy.train_refusals,
-        "teacher": teacher_report.as_dict() if teacher_report else None,
-    }
+    manifest = DatasetManifest(
+        hash=key, lineage=settings.lineage, repo=settings.repo, created_at=store.now(),
+        base_model=base.spec, base_fingerprint=base.fingerprint,
+        ingest_cursor=cursor, new_since={"ingest_cursor": since, "adapter": adapter},
+        counts={"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
+                "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
+        generators=_tally(settings, chats, raw),
+        config=cfg.model_dump(),
+        refusals=settings.config.policy.train_refusals,
+        teacher=teacher_report.as_dict() if teacher_report else None,
+    )
     progress("tokens", 1, 1, "")
     _write(folder, files, manifest)
     _point_latest(folder)
@@ -195,7 +196,7 @@ def _tally(settings: Settings, chats: list[Example], raw: list[dict[str, Any]]) 
     return {g: {k: dict(c) for k, c in sorted(kinds.items())} for g, kinds in sorted(out.items())}
 
 
-def _write(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+def _write(folder: Path, files: dict[str, bytes], manifest: DatasetManifest) -> None:
     """All files into a temporary folder, renamed into place: a killed build leaves no half dataset."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
@@ -204,7 +205,7 @@ def _write(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> N
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifests.write(tmp, manifest)
         os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -224,14 +225,17 @@ def latest(settings: Settings, name: str | None = None) -> Path:
         if not pointer.is_file():
             raise DataError(f"no dataset built for {settings.lineage} yet: run `repotune data build`")
         name = pointer.read_text().strip()
-    found = sorted(p for p in root.glob(f"{name}*") if (p / "manifest.json").is_file()) if root.is_dir() else []
+    found = sorted(p for p in root.glob(f"{name}*") if (p / manifests.FILE).is_file()) if root.is_dir() else []
     if len(found) != 1:
         raise DataError(f"no dataset {name!r} in {root}" if not found else f"{name!r} names several datasets")
     return found[0]
 
 
-def manifest_of(folder: Path) -> dict[str, Any]:
-    return dict(json.loads((folder / "manifest.json").read_text()))
+def manifest_of(folder: Path) -> DatasetManifest:
+    try:
+        return manifests.read_dataset(folder)
+    except manifests.ManifestError as e:
+        raise DataError(str(e)) from None
 
 
 def read(folder: Path, split: str) -> list[dict[str, Any]]:

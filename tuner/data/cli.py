@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import err, out, print_json, progress_bars
+
+if TYPE_CHECKING:
+    from repotune.manifests import DatasetManifest
 
 app = typer.Typer(help="Training data: template and teacher Q&A, refusals, replay and raw text, built into datasets.")
 
@@ -36,14 +39,14 @@ def build_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(built.as_dict())
         return
-    c = built.manifest["counts"]
-    out.print(f"dataset {built.manifest['hash']} ({'unchanged, reused' if built.reused else 'new'}): {built.path}",
+    c = built.manifest.counts
+    out.print(f"dataset {built.manifest.hash} ({'unchanged, reused' if built.reused else 'new'}): {built.path}",
               highlight=False)
     out.print(f"train {c['train']:,}, val {c['val']:,}, eval {c['eval']:,}, raw {c['raw']:,}; "
               f"new {c['new']:,}, replayed {c['replay']:,}", highlight=False)
     _print_generators(built.manifest)
-    if built.manifest.get("teacher"):
-        t = built.manifest["teacher"]
+    if built.manifest.teacher:
+        t = built.manifest.teacher
         out.print(f"teacher: {t['chunks']:,} chunks, {t['requests']:,} requests sent, {t['cached']:,} from the cache, "
                   f"{t['malformed']:,} malformed, {t['kept']:,} of {t['pairs']:,} pairs kept", highlight=False)
 
@@ -56,16 +59,16 @@ def stats_command(dataset: DatasetOpt = None, config: ConfigOpt = None, as_json:
     settings = load_settings(config, as_json)
     try:
         folder = latest(settings, dataset)
+        manifest = manifest_of(folder)
     except DataError as e:
         fail(str(e))
-    manifest = manifest_of(folder)
     if as_json:
-        print_json({"path": str(folder), **manifest})
+        print_json({"path": str(folder), **manifest.dump()})
         return
-    out.print(f"dataset {manifest['hash']} of {manifest['lineage']}, built {manifest['created_at']} for "
-              f"{manifest['base_model']} ({manifest['base_fingerprint']}), ingest cursor {manifest['ingest_cursor']}",
+    out.print(f"dataset {manifest.hash} of {manifest.lineage}, built {manifest.created_at} for "
+              f"{manifest.base_model} ({manifest.base_fingerprint}), ingest cursor {manifest.ingest_cursor}",
               highlight=False)
-    out.print(", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items()), highlight=False)
+    out.print(", ".join(f"{k} {v:,}" for k, v in manifest.counts.items()), highlight=False)
     _print_generators(manifest)
 
 
@@ -107,11 +110,11 @@ def show_command(
     out.print(table)
 
 
-def _print_generators(manifest: dict[str, Any]) -> None:
+def _print_generators(manifest: DatasetManifest) -> None:
     from rich.table import Table
 
     table = Table("generator", "kind", "examples", "tokens", "new")
-    for generator, kinds in manifest["generators"].items():
+    for generator, kinds in manifest.generators.items():
         for kind, c in kinds.items():
             table.add_row(generator, kind, f"{c.get('examples', 0):,}", f"{c.get('tokens', 0):,}",
                           f"{c.get('new', 0):,}")
