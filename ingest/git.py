@@ -146,8 +146,22 @@ class Repo:
         # block cut short asks git for its commit's counts.
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-p", "-M",
                 "--no-color", "--no-ext-diff", "--no-textconv", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
+        merges = _Merges(self.merge_changes(heads, done, caps))
         for block, cut in _blocks(self._stream(args), caps.block_bytes):
+            if _is_merge(block):  # `log -p` gives a merge no files: its first parent's diff does
+                block = block.rstrip(b"\n") + b"\n" + merges.take(block[1:41].decode())
             yield (self._with_numstat(block) if cut else block), cut
+
+    def merge_changes(self, heads: list[str], done: list[str], caps: Caps, numstat: bool = True
+                      ) -> Iterator[tuple[str, bytes]]:
+        """(sha, `--raw` and `--numstat` lines) of each merge's change against its first
+        parent (what the merged branch brought in), for all merges in one `git log`, in
+        the order `log_blocks` gives them. No patch: its lines are the merged commits'."""
+        args = ["log", "--merges", "--diff-merges=first-parent", "--reverse", "--topo-order", "--no-abbrev",
+                "--raw", *(["--numstat"] if numstat else []), "-M", "--no-color", "--no-ext-diff", "--no-textconv",
+                "--format=%x1e%H", *heads, "--not", *done, "--"]
+        for block, _ in _blocks(self._stream(args), caps.block_bytes):
+            yield block[1:41].decode(), block[41:].lstrip(b"\n")
 
     def _with_numstat(self, block: bytes) -> bytes:
         """A cut block with its commit's line counts from git, before its diff: files whose
@@ -160,7 +174,7 @@ class Repo:
     def log_without(self, heads: list[str], done: list[str], caps: Caps) -> Iterator[Commit]:
         """As `log`, when blobs are missing: their files are skipped and marked, the rest diffed."""
         args = ["log", "--reverse", "--topo-order", "--no-abbrev", "--raw", "-M", "--no-color",
-                f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
+                "--diff-merges=first-parent", f"--format={LOG_FORMAT}", *heads, "--not", *done, "--"]
         commits = [parse_block(block, cut, caps) for block, cut in _blocks(self._stream(args), caps.block_bytes)]
         missing = self.missing_blobs(b for c in commits for f in c.files for b in (f.old_blob, f.new_blob))
         for commit in commits:
@@ -170,6 +184,8 @@ class Repo:
                     f.skipped = "missing object"
             if len(commit.parents) <= 1:  # merges have no diff in `git log -p` either
                 self._diff_one(commit, lost, caps)
+            else:
+                self._count_merge(commit, lost)
             yield commit
 
     def _diff_one(self, commit: Commit, lost: set[str], caps: Caps) -> None:
@@ -183,6 +199,17 @@ class Repo:
             if f.path in stats:
                 f.insertions, f.deletions = stats[f.path].insertions, stats[f.path].deletions
         commit.diff, commit.blocks, commit.diff_truncated = parsed.diff, parsed.blocks, parsed.diff_truncated
+
+    def _count_merge(self, commit: Commit, lost: set[str]) -> None:
+        """A merge's line counts against its first parent, without the files whose blobs are missing."""
+        exclude = [f":(exclude,literal){p}" for p in sorted(lost)]
+        out = self.run("diff-tree", "-r", "--raw", "--no-abbrev", "--numstat", "-M", "--no-ext-diff",
+                       "--no-textconv", commit.parents[0], commit.sha, "--", ".", *exclude)
+        header = f"\x1e{commit.sha}\x1f\x1f\x1f\x1f\x1f\x1f\x1f\x1f\n".encode()
+        stats = {f.path: f for f in parse_block(header + out, False, Caps()).files}
+        for f in commit.files:
+            if f.path in stats:
+                f.insertions, f.deletions = stats[f.path].insertions, stats[f.path].deletions
 
     def _stream(self, args: list[str]) -> Iterator[bytes]:
         """git's output in large chunks; its exit status checked at the end."""
@@ -311,6 +338,30 @@ def _error(args: Iterable[str], stderr: bytes) -> GitError:
 
 
 # --- reading `git log --raw -p` ------------------------------------------------
+
+
+def _is_merge(block: bytes) -> bool:
+    """Whether a `log_blocks` block is a merge's: its parents field (after the sha) holds a space."""
+    end = block.find(b"\x1f", 42)
+    return end > 0 and b" " in block[42:end]
+
+
+class _Merges:
+    """Merges' changes (`Repo.merge_changes`) taken by sha as `log_blocks` meets them: the
+    two walks give merges in the same order, so this holds none, or the few out of step."""
+
+    def __init__(self, changes: Iterator[tuple[str, bytes]]):
+        self._changes = changes
+        self._ahead: dict[str, bytes] = {}
+
+    def take(self, sha: str) -> bytes:
+        if sha in self._ahead:
+            return self._ahead.pop(sha)
+        for found, changes in self._changes:
+            if found == sha:
+                return changes
+            self._ahead[found] = changes
+        return b""
 
 
 def _blocks(chunks: Iterable[bytes], block_bytes: int) -> Iterator[tuple[bytes, bool]]:

@@ -112,11 +112,16 @@ class GitSource:
         heads = job.repo.heads(branches)
         cursor = (job.store.cursor(self.name) or {}) if not job.full else {}
         done = [sha for sha in cursor.get("done", []) if job.repo.has_commit(sha)]
-        final = {"heads": heads, "done": sorted(set(heads.values()))}
+        # Merges read before their file lists were (from their first-parent diff) keep none
+        # until a full read: the cursor says whether every merge stored has its files.
+        merge_files = not done or bool(cursor.get("merge_files"))
+        final = {"heads": heads, "done": sorted(set(heads.values())), "merge_files": merge_files}
+        stale = "" if merge_files else (
+            "merges read by an earlier version have no file lists: `repotune ingest --full` fills them")
         if set(heads.values()) <= set(done):  # every head read already: no walk of the history
             if cursor != final:
                 job.store.write(Batch(), self.name, final)
-            report.note = "nothing new"
+            report.note = "; ".join(filter(None, ["nothing new", stale]))
             return report
         job.pool.start()  # the workers set themselves up while the rest is read
         # The count is for the progress bar only: it walks the history beside `log`, not before it.
@@ -133,26 +138,28 @@ class GitSource:
         job.progress(self.name, 0, None, "")
         try:
             self._run(job, job.repo.log_blocks(list(heads.values()), done, caps), ctx, done, total, report,
-                      on_default)
+                      on_default, merge_files)
         except MissingObjects as e:
             # Read again without the missing blobs; what was written so far stays (upserts).
             report.note = f"objects missing ({e}); their files were skipped"
             done = [sha for sha in (job.store.cursor(self.name) or {}).get("done", done) if job.repo.has_commit(sha)]
             commits = job.repo.log_without(list(heads.values()), done, caps)
-            self._run(job, commits, ctx, done, total, report, on_default)
+            self._run(job, commits, ctx, done, total, report, on_default, merge_files)
         if not report.items and not report.note:  # a head moved back to a commit already read
             report.note = "nothing new"
+        report.note = "; ".join(filter(None, [report.note, stale]))
         job.store.write(Batch(), self.name, final)
         return report
 
     def _run(self, job: Job, commits: Iterator[Commit | tuple[bytes, bool]], ctx: workers.Context,
-             done: list[str], total: _Later[int], report: Report, on_default: set[str] | None) -> None:
+             done: list[str], total: _Later[int], report: Report, on_default: set[str] | None,
+             merge_files: bool) -> None:
         items = ((c, ctx, on_default is None or _sha(c) in on_default) for c in commits)
         finished = (d for batch in job.pool.map(workers.commits, _batches(items, 48)) for d in batch)
         for_report = (_count_skipped(r, report) for r in finished)
         # Parents come before children, so after commit N every ancestor of it is stored too.
         _write_all(job, self.name, for_report, report, total,
-                   lambda last: {"done": sorted({*done, last.rows["commits"][0]["sha"]})})
+                   lambda last: {"done": sorted({*done, last.rows["commits"][0]["sha"]}), "merge_files": merge_files})
 
 
 class _Later(Generic[T]):

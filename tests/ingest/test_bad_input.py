@@ -136,6 +136,10 @@ def test_missing_objects_skip_their_files_and_the_run_completes(tmp_path, settin
     repo = GitRepo(tmp_path / "partial")
     repo.commit("Code", {"a.py": "def a():\n    return 1\n", "model.bin.txt": "weights " * 1000})
     repo.commit("More code", {"b.py": "def b():\n    return 2\n"})
+    repo.git("checkout", "-q", "-b", "topic")
+    repo.commit("Topic", {"c.py": "def c():\n    return 3\n"})
+    repo.git("checkout", "-q", "main")
+    repo.git("merge", "-q", "--no-ff", "topic", "-m", "Merge topic")
     _drop_blob(repo, "model.bin.txt")
     settings = settings_for(repo.path, workers=1)
     result = ingest(settings)
@@ -143,12 +147,16 @@ def test_missing_objects_skip_their_files_and_the_run_completes(tmp_path, settin
     assert result.reports["git"].skipped["missing object"] == 1
     assert result.reports["snapshot"].skipped["missing object"] == 1
     db = _db(settings)
-    assert db.execute("select count(*) from commits").fetchone()[0] == 2
+    assert db.execute("select count(*) from commits").fetchone()[0] == 4
+    # Read without the missing blob, a merge still lists what its branch changed, with line counts.
+    merged = list(db.query("select f.path, f.insertions, f.deletions from commit_files f join commits c "
+                           "on c.sha = f.sha where c.message = 'Merge topic'"))
+    assert merged == [{"path": "c.py", "insertions": 2, "deletions": 0}]
     skipped = next(db.query("select * from commit_files where path = 'model.bin.txt'"))
     assert skipped["skipped"] == "missing object"
     code = next(db.query("select diff from commits where message = 'Code'"))["diff"]
     assert "def a():" in code and "weights" not in code
-    assert {r["path"] for r in db.query("select path from documents")} == {"a.py", "b.py"}
+    assert {r["path"] for r in db.query("select path from documents")} == {"a.py", "b.py", "c.py"}
 
 
 def test_a_failing_source_leaves_the_others_and_its_cursor_alone(tmp_path, settings_for) -> None:

@@ -140,3 +140,55 @@ def test_without_a_token_pull_requests_come_from_merge_and_squash_commits(histor
     named = history.git("show", "--name-only", "--format=", squash).split()
     assert named and [f["path"] for f in json.loads(prs[9]["files"])] == sorted(named)
     assert ingest(settings, sources=["github"]).reports["github"].items == 0
+
+
+def _first_parent_numstat(repo: GitRepo, merge: str) -> list[dict[str, object]]:
+    """What `git diff M^1 M --numstat` says a merge changed: path, lines added and removed."""
+    rows = []
+    for line in repo.git("diff", "--numstat", "--no-renames", f"{merge}^1", merge).splitlines():
+        added, deleted, path = line.split("\t")
+        rows.append({"path": path, "additions": None if added == "-" else int(added),
+                     "deletions": None if deleted == "-" else int(deleted)})
+    return sorted(rows, key=lambda r: str(r["path"]))
+
+
+def test_a_merged_pull_request_lists_the_files_its_branch_changed(history, settings_for) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings, sources=["git", "github"])
+    merge = history.git("log", "--merges", "--format=%H", "-1", "main")
+    expected = _first_parent_numstat(history, merge)
+    assert {r["path"] for r in expected} == {"calculator.py", "deploy/id_rsa", "deploy/key.txt", "deploy/notes.md"}
+    db = _db(settings)
+    pr = next(db.query("select files from pull_requests where number = 7"))
+    assert [{k: f[k] for k in ("path", "additions", "deletions")} for f in json.loads(pr["files"])] == expected
+    row = next(db.query("select files_changed, insertions, deletions from commits where sha = ?", [merge]))
+    assert (row["files_changed"], row["insertions"], row["deletions"]) == (
+        len(expected), sum(r["additions"] or 0 for r in expected), sum(r["deletions"] or 0 for r in expected))
+    # The merge's own commit stores no diff: its lines are the merged commits', stored with them.
+    assert not next(db.query("select diff from commits where sha = ?", [merge]))["diff"]
+
+
+def test_merges_added_later_get_their_files_and_an_old_store_is_told_how_to_fill_them(history, settings_for):
+    settings = settings_for(history.path, workers=1)
+    ingest(settings, sources=["git", "github"])
+    db = _db(settings)
+    # A store whose merges were read by an earlier version: no file lists, and a cursor that does not say so.
+    merge = history.git("log", "--merges", "--format=%H", "-1", "main")
+    db.execute("delete from commit_files where sha = ?", [merge])
+    cursor = json.loads(db.execute("select value from cursors where source = 'git'").fetchone()[0])
+    del cursor["merge_files"]
+    db.execute("update cursors set value = ? where source = 'git'", [json.dumps(cursor)])
+    db.conn.commit()
+    history.git("checkout", "-q", "-b", "feature/div")
+    history.commit("Add divide", {"div.py": "def div(a, b):\n    return a / b\n"})
+    history.git("checkout", "-q", "main")
+    history.git("merge", "-q", "--no-ff", "feature/div", "-m", "Merge pull request #11 from ada/feature/div\n\nDivide")
+    again = ingest(settings, sources=["git", "github"])
+    assert "`repotune ingest --full` fills them" in again.reports["git"].note
+    prs = {r["number"]: json.loads(r["files"]) for r in _db(settings).query("select number, files from pull_requests")}
+    assert [f["path"] for f in prs[11]] == ["div.py"] and prs[7] == []
+    full = ingest(settings, sources=["git", "github"], full=True)
+    assert "--full" not in full.reports["git"].note
+    prs = {r["number"]: json.loads(r["files"]) for r in _db(settings).query("select number, files from pull_requests")}
+    assert len(prs[7]) == 4
+    assert "--full" not in ingest(settings, sources=["git"]).reports["git"].note
