@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import operator
+import os
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -150,11 +152,20 @@ class Store:
     # --- runs -----------------------------------------------------------------------
 
     def start_run(self, sources: list[str]) -> int:
+        """Record a run as `running`; earlier runs of this host whose process is gone (killed
+        before they could say how they ended) are marked `killed`."""
+        host = socket.gethostname()
         with self._transaction():
+            for row in self.db.query("select id, pid from ingest_runs where status = 'running' and host = ?", [host]):
+                if not _alive(row["pid"]):
+                    self.db.execute(
+                        "update ingest_runs set status = 'killed', error = ? where id = ?",
+                        ["the process ended without finishing (killed); what it committed is kept", row["id"]])
             table = self.db.table("ingest_runs")
             table.insert(
                 {"repo": self.repo, "started_at": now(), "status": "running",
-                 "sources": json.dumps({s: {} for s in sources}), "redactions": "{}"}
+                 "sources": json.dumps({s: {} for s in sources}), "redactions": "{}", "host": host,
+                 "pid": os.getpid()}
             )
             return int(table.last_pk or 0)
 
@@ -166,6 +177,18 @@ class Store:
                 {"finished_at": now(), "status": status, "sources": json.dumps(sources),
                  "redactions": json.dumps(dict(redactions)), "error": error},
             )
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def status(db: sqlite_utils.Database) -> dict[str, Any]:

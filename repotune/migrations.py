@@ -253,3 +253,11 @@ def m005_chunks_fts_reindex_on_change(db: sqlite_utils.Database) -> None:
             insert into chunks_fts (rowid, title, text) values (new.rowid, new.title, new.text);
         end"""
     )
+
+
+@migration
+def m006_ingest_runs_process(db: sqlite_utils.Database) -> None:
+    """Which process runs an ingest (host and pid), so the next run can tell a run that was
+    killed (SIGKILL, a lost machine) from one still going, and mark it `killed`."""
+    db.execute("alter table ingest_runs add column host text")
+    db.execute("alter table ingest_runs add column pid integer")
