@@ -490,22 +490,29 @@ def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, l
 
 def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tmp_path, monkeypatch):
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
-    slow = {**chat, "max_tokens": 450, "ignore_eos": True}  # seconds of generation, no byte until done
+    slow = {**chat, "max_tokens": 900, "ignore_eos": True}  # seconds of generation, no byte until done
+    # The limit is a third of what the answer takes on this machine, now: the unstreamed answer
+    # cannot beat it, and a stream (as long as the answer) outlives it with room for a busy
+    # machine's stalls between two tokens (up to a second or two where the answer takes ~10 s).
+    start = time.perf_counter()
+    assert httpx.post(f"{_engine_url(server)}/v1/chat/completions", json=slow, timeout=120).status_code == 200
+    took = time.perf_counter() - start
+    limit = round(took / 3, 2)
     before = _engine_generated(server)
-    # 2.5 s between bytes: the whole answer takes about 7 s here, and a busy machine can stall
-    # a stream between two tokens for a second or two (a limit of 1 s cut one off).
     with _gateway(tmp_path / "slow", monkeypatch,
-                  f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = 2.5') as url:
-        r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=slow, timeout=60)
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+                  f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = {limit}') as url:
+        r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=slow, timeout=120)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", (took, r.text)
         # a stream is not cut: the timeout is between bytes, and tokens keep coming
+        start = time.perf_counter()
         with httpx.stream("POST", f"{url}/v1/chat/completions", headers=AUTH, json={**slow, "stream": True},
-                          timeout=60) as streamed:
+                          timeout=120) as streamed:
             assert streamed.status_code == 200
             assert '"finish_reason":"length"' in [line for line in streamed.iter_lines() if line][-2]
+        assert time.perf_counter() - start > 2 * limit  # it lasted well past the limit
     time.sleep(2)
-    # the timed-out request was aborted upstream: the stream made 450 tokens, it made far fewer
-    assert 450 <= _engine_generated(server) - before < 900
+    # the timed-out request was aborted upstream: the stream made 900 tokens, it made far fewer
+    assert 900 <= _engine_generated(server) - before < 1800
     gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with _gateway(tmp_path / "gone", monkeypatch, f'upstreams = ["{gone}"]') as url:
         r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=chat, timeout=60)
