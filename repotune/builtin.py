@@ -136,7 +136,7 @@ def build_tokenizer(
     """The tokenizer alone (seconds): a folder `AutoTokenizer.from_pretrained` reads."""
     recipe, inputs, cache = recipe or Recipe(), inputs or Inputs.shipped(), cache or cache_root()
     key = tokenizer_key(recipe, inputs)
-    return _cached(cache / "tokenizers" / key, key, lambda tmp: _train_tokenizer(recipe, inputs, tmp))
+    return cached(cache / "tokenizers" / key, key, lambda tmp: _train_tokenizer(recipe, inputs, tmp))
 
 
 def build_model(
@@ -154,10 +154,12 @@ def build_model(
         tok = build_tokenizer(recipe, inputs, cache)
         _train_model(recipe, inputs, tok.path, tmp, key, progress)
 
-    return _cached(cache / "models" / key, key, make)
+    return cached(cache / "models" / key, key, make)
 
 
-def _cached(final: Path, key: str, make: Callable[[Path], None]) -> Built:
+def cached(final: Path, key: str, make: Callable[[Path], None]) -> Built:
+    """`final`, made by `make(tmp)` in a temporary folder and renamed into place unless it
+    exists: one build at a time per key (a file lock), a killed build's leftovers removed."""
     start = time.perf_counter()
     if final.is_dir():
         return Built(final, key, cached=True, seconds=time.perf_counter() - start)

@@ -110,18 +110,24 @@ def db_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 @base_app.command("build")
 def base_build(
-    tokenizer_only: Annotated[bool, typer.Option("--tokenizer-only", help="Build only the tokenizer.")] = False,
+    name: Annotated[str, typer.Argument(help="builtin:tiny or builtin:smol.")] = "builtin:tiny",
+    tokenizer_only: Annotated[bool, typer.Option("--tokenizer-only", help="Only builtin:tiny's tokenizer.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build builtin:tiny (seconds when cached) and print its folder and fingerprint."""
+    """Build a built-in base model (at once when cached) and print its folder and fingerprint."""
     from repotune import builtin, models
 
     if tokenizer_only:
+        if name != builtin.NAME:
+            fail(f"--tokenizer-only builds builtin:tiny's tokenizer; {name}'s comes with its weights")
         built = builtin.build_tokenizer()
         info: dict[str, Any] = {"tokenizer": str(built.path), "cached": built.cached}
     else:
-        with progress_bar("building builtin:tiny", quiet=as_json) as update:
-            built = builtin.build_model(progress=lambda stage, done, total, m: update(done, total, **m))
+        try:
+            with progress_bar(f"building {name}", quiet=as_json) as update:
+                built = models.build_builtin(name, progress=lambda stage, done, total, m: update(done, total, **m))
+        except models.ModelError as e:
+            fail(str(e))
         info = _model_info(built.path, models.fingerprint(built.path)) | {"cached": built.cached}
     info["seconds"] = round(built.seconds, 2)
     _print_info(info, as_json)

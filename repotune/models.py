@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repotune import builtin, manifests
+from repotune import builtin, manifests, smol
 
-BUILTIN = {builtin.NAME}
+BUILTIN = {builtin.NAME, smol.NAME}
 MANIFEST = manifests.FILE
 
 _CONFIG_VOLATILE = ("transformers_version", "_name_or_path", "_commit_hash")
@@ -63,9 +63,7 @@ def resolve(spec: str, progress: builtin.Progress | None = None) -> Base:
 
 def resolve_path(spec: str, progress: builtin.Progress | None = None) -> Path:
     if spec.startswith("builtin:"):
-        if spec not in BUILTIN:
-            raise ModelError(f"unknown built-in model {spec!r}; built-in models: {', '.join(sorted(BUILTIN))}")
-        return builtin.build_model(progress=progress).path
+        return build_builtin(spec, progress).path
     local = Path(spec).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -76,9 +74,23 @@ def resolve_path(spec: str, progress: builtin.Progress | None = None) -> Path:
     return _from_hub(spec)
 
 
+def build_builtin(spec: str, progress: builtin.Progress | None = None) -> builtin.Built:
+    """A built-in base model (`builtin:tiny`, `builtin:smol`), built once per machine."""
+    if spec == builtin.NAME:
+        return builtin.build_model(progress=progress)
+    if spec == smol.NAME:
+        try:
+            return smol.build_model(progress=progress)
+        except smol.SmolError as e:
+            raise ModelError(str(e)) from None
+    raise ModelError(f"unknown built-in model {spec!r}; built-in models: {', '.join(sorted(BUILTIN))}")
+
+
 def tokenizer_path(spec: str) -> Path:
     """A folder holding the base model's tokenizer, without building or fetching the weights."""
     if spec.startswith("builtin:"):
+        if spec == smol.NAME:  # its tokenizer comes with its weights, from the same file
+            return build_builtin(spec).path
         if spec not in BUILTIN:
             raise ModelError(f"unknown built-in model {spec!r}; built-in models: {', '.join(sorted(BUILTIN))}")
         return builtin.build_tokenizer().path
