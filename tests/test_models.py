@@ -53,7 +53,7 @@ def test_fingerprint_follows_weights_and_tokenizer_not_bookkeeping(micro, tmp_pa
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("builtin:huge", "unknown built-in model 'builtin:huge'; built-in models: builtin:tiny"),
+        ("builtin:huge", "unknown built-in model 'builtin:huge'; built-in models: builtin:smol, builtin:tiny"),
         ("./no/such/folder", "model folder ./no/such/folder does not exist"),
         ("not a valid id!!", "neither a local model folder nor a Hugging Face model id"),
     ],
