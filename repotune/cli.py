@@ -20,6 +20,7 @@ from ingest.cli import app as ingest_app
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
 from tuner.data.cli import app as data_app
+from tuner.train.cli import train_command
 
 if TYPE_CHECKING:
     from repotune.manifests import AdapterManifest
@@ -44,6 +45,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+app.command("train")(train_command)
 
 LineageOpt = Annotated[str | None, typer.Option("--lineage", help="The lineage (default: tuner.lineage).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the event log.")]

@@ -221,8 +221,88 @@ class TunerSection(Section):
         return None if v is None else validate_lineage(v)
 
 
+TRAIN_BACKENDS = ("auto", "trl", "unsloth")
+TRAIN_STRATEGIES = ("full", "incremental")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class TrainSection(Section):
+    backend: str = Field("auto", description="auto (unsloth where it imports, else trl), trl or unsloth.")
+    strategy: str = Field(
+        "full", description="full: a fresh adapter on the whole dataset; incremental: the promoted adapter "
+        "trained further on the new examples and the replay."
+    )
     lora_rank: int = Field(16, ge=1, description="LoRA rank of trained adapters.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / rank).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA layers' input.")
+    target_modules: list[str] = Field(list(LORA_TARGETS), min_length=1, description="Modules given LoRA layers.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training examples.")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0: as many as the epochs take.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
+    max_seq_len: int = Field(1024, ge=16, description="Longer examples are cut.")
+    packing: bool = Field(False, description="Pack several examples into each sequence of max_seq_len.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming up.")
+    scheduler: str = Field("cosine", description="Learning-rate schedule (transformers' names).")
+    seed: int = Field(0, description="Seed of the adapter's initial weights and the example order.")
+    eval_steps: int = Field(0, ge=0, description="Loss on val.jsonl every N steps; 0: at each epoch's end.")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without a better val loss; 0: never."
+    )
+    keep_best: bool = Field(False, description="Keep the weights of the best val loss, not the last.")
+    budget_tokens: int = Field(0, ge=0, description="Stop once this many tokens were trained on; 0: no limit.")
+    budget_minutes: float = Field(0, ge=0, description="Stop after this many minutes of training; 0: no limit.")
+    checkpoint_steps: int = Field(50, ge=1, description="Steps between checkpoints a killed run resumes from.")
+    resume: bool = Field(True, description="Resume an interrupted run from its last checkpoint (false: start over).")
+    dtype: str = Field("auto", description="Weights during training: auto (the model's own), float32, bfloat16.")
+    load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")
+    niceness: int = Field(10, ge=0, le=19, description="CPU priority of training, so a server beside it answers.")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in TRAIN_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(TRAIN_BACKENDS)}")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v not in TRAIN_STRATEGIES:
+            raise ValueError(f"must be one of {', '.join(TRAIN_STRATEGIES)}")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        # vLLM serves LoRA on the linear layers of attention and MLP; it refuses adapters on
+        # the embeddings or the output head (and whole modules, PEFT's modules_to_save).
+        refused = [m for m in v if m in ("embed_tokens", "lm_head", "wte", "embed_out")]
+        if refused:
+            raise ValueError(f"{', '.join(refused)}: the engine cannot serve LoRA on embeddings or the output head")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("must be auto, float32, bfloat16 or float16")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        known = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+        if v not in known:
+            raise ValueError(f"must be one of {', '.join(known)}")
+        return v
+
+    @model_validator(mode="after")
+    def _best(self) -> TrainSection:
+        if self.early_stopping_patience and not self.keep_best:
+            raise ValueError("train.early_stopping_patience needs train.keep_best = true (the best weights are kept)")
+        return self
 
 
 class EvalSection(Section):

@@ -51,11 +51,36 @@ class GateDecision(BaseModel):
     decided_at: str | None = None
 
 
+class TrainingRecord(BaseModel):
+    """How an adapter was trained: its run, inputs, every hyper-parameter and the run's figures."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: str  # the run's key: dataset, base, strategy, starting adapter and hyper-parameters hashed
+    backend: str
+    strategy: str
+    started_from: str | None = None  # "<lineage>@v<N>" for an incremental run, else from the base
+    examples: int = 0
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    libraries: dict[str, str] = Field(default_factory=dict)
+    loss_form: str = ""
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    stopped: str = "done"
+    resumed_from_step: int | None = None
+    train_loss: list[tuple[int, float]] = Field(default_factory=list)
+    val_loss: list[tuple[int, float]] = Field(default_factory=list)
+
+
 class AdapterManifest(Manifest):
     lineage: str | None = None
     version: int | None = None
     lora_rank: int | None = None
     dataset: str | None = None  # the hash of the dataset it was trained on
+    training: TrainingRecord | None = None
     scores: dict[str, float] = Field(default_factory=dict)  # eval suite → score, higher is better
     gate: GateDecision | None = None
 

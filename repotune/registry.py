@@ -191,6 +191,7 @@ def register(
         )
     lineage_dir = data_dir / "adapters" / lineage
     lineage_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_copies(lineage_dir)
     tmp = lineage_dir / f".tmp-{os.getpid()}-{store.now().replace(':', '')}"
     shutil.copytree(source, tmp)
     try:
@@ -198,7 +199,7 @@ def register(
             version = _next_version(db, lineage)
             final = lineage_dir / f"v{version}"
             if final.exists():
-                raise RegistryError(f"{final} exists but is not in the registry; move it away first")
+                _drop_orphan(final, lineage, version)
             now = store.now()
             manifest = manifest.model_copy(update={
                 "lineage": lineage,
@@ -219,6 +220,40 @@ def register(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return get(db, lineage, version)
+
+
+def _drop_orphan(final: Path, lineage: str, version: int) -> None:
+    """Remove `final` if it is this function's own, cut off between its rename and its commit.
+
+    Such a folder records this lineage and version in its manifest (written just before the
+    rename) but has no row: it was never registered, so nothing can have served it. Any
+    other folder in the way is someone's, and is left for them to move.
+    """
+    try:
+        manifest = manifests.read_adapter(final)
+    except manifests.ManifestError:
+        manifest = AdapterManifest()
+    if manifest.lineage != lineage or manifest.version != version:
+        raise RegistryError(f"{final} exists but is not in the registry; move it away first")
+    shutil.rmtree(final)
+
+
+def _sweep_copies(lineage_dir: Path) -> None:
+    """Remove copies (`.tmp-<pid>-…`) left by registrations whose process is gone."""
+    for tmp in lineage_dir.glob(".tmp-*"):
+        pid = tmp.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _next_version(db: sqlite_utils.Database, lineage: str) -> int:

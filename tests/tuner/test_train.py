@@ -1,0 +1,175 @@
+"""The trainer: real LoRA training on builtin:tiny, killed runs, strategies and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from repotune import db as store
+from repotune import registry
+from tests import training
+from tests.ingest.conftest import GitRepo
+from tuner.data.build import build, latest, read
+from tuner.train.run import train
+
+CLI = [sys.executable, "-m", "repotune.cli"]
+
+
+def _cli(config: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REPOTUNE_CONFIG"}
+    return subprocess.run([*CLI, *args, "--config", str(config)], capture_output=True, text=True, env=env,
+                          timeout=600, **kw)
+
+
+def _versions(settings) -> list[registry.Adapter]:
+    return registry.versions(store.open_db(store.db_path(settings.data_dir)), settings.lineage)
+
+
+def test_the_adapter_answers_a_trained_question_the_base_cannot(trained, tiny):
+    result, t = trained
+    assert t.subject in training.greedy(tiny.path, t.adapter, t.question)
+    assert t.subject not in training.greedy(tiny.path, None, t.question)
+    # Registered as a candidate, in its immutable folder, with what made it.
+    assert result.adapter.status == "candidate" and t.adapter == t.settings.data_dir / "adapters" / "proj" / "v1"
+    manifest = result.adapter.manifest
+    data = latest(t.settings)
+    assert manifest.dataset == data.name and manifest.base_fingerprint == tiny.fingerprint
+    assert manifest.ingest_cursor == json.loads((data / "manifest.json").read_text())["ingest_cursor"]
+    record = manifest.training
+    assert record.backend == "trl" and record.strategy == "full" and record.started_from is None
+    assert record.loss_form == "assistant_only"  # tiny's template marks the answers
+    assert record.hyperparameters["learning_rate"] == training.MEMORISE["learning_rate"]
+    assert {"torch", "transformers", "peft", "trl"} <= set(record.libraries)
+    assert record.tokens > 0 and record.steps == len(record.train_loss) and record.peak_memory_mb > 0
+    assert record.train_loss[-1][1] < record.train_loss[0][1] / 4
+    # Without a GPU, auto picks trl, and says why.
+    assert result.notes[0].startswith("backend trl (auto: unsloth")
+    # Nothing else is left behind: the work folder went with the registration.
+    assert not any(p for p in (t.settings.data_dir / "work").iterdir() if not p.name.startswith("."))
+
+
+def test_a_run_killed_halfway_resumes_from_its_checkpoint_and_registers_one_adapter(tmp_path, tiny):
+    settings = training.prepared(tmp_path, max_steps=60, batch_size=1, checkpoint_steps=5)
+    config = training.write_config(tmp_path, Path(settings.repo), max_steps=60, batch_size=1, checkpoint_steps=5)
+    env = {k: v for k, v in os.environ.items() if k != "REPOTUNE_CONFIG"}
+    proc = subprocess.Popen([*CLI, "train", "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    work = settings.data_dir / "work"
+    deadline = time.monotonic() + 300
+    while not list(work.glob("proj-*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not _versions(settings) and not list((settings.data_dir / "adapters").glob("proj/v*"))
+    done = _cli(config, "train", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["version"] == 1 and out["training"]["resumed_from_step"] >= 5
+    assert out["training"]["steps"] == 60
+    assert [a.version for a in _versions(settings)] == [1]
+    assert sorted(p.name for p in (settings.data_dir / "adapters" / "proj").iterdir()) == ["v1"]
+    assert not any(p for p in work.iterdir() if not p.name.startswith("."))
+
+
+KILL_IN_REGISTER = """
+import os, signal, sys
+from tests import training
+from tuner.train.run import train
+
+real_rename = os.rename
+def rename_then_die(src, dst):
+    real_rename(src, dst)
+    if os.path.basename(dst) == "v1":  # the registry's rename into place; the commit comes next
+        os.kill(os.getpid(), signal.SIGKILL)
+os.rename = rename_then_die
+train(training.settings(*map(__import__("pathlib").Path, sys.argv[1:3]), max_steps=2))
+"""
+
+
+def test_a_run_killed_inside_register_is_registered_once_by_the_next(tmp_path, tiny):
+    settings = training.prepared(tmp_path, max_steps=2)
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_REGISTER, str(tmp_path), settings.repo],
+                            capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    lineage_dir = settings.data_dir / "adapters" / "proj"
+    assert (lineage_dir / "v1").is_dir() and not _versions(settings)  # the orphan the kill left
+    result = train(settings)
+    assert result.adapter.version == 1 and [a.version for a in _versions(settings)] == [1]
+    assert sorted(p.name for p in lineage_dir.iterdir()) == ["v1"]
+    assert (lineage_dir / "v1" / "adapter_model.safetensors").is_file()
+    assert result.record.steps == 2
+
+
+def _lora(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_incremental_starts_from_the_promoted_weights_and_full_from_the_base(tmp_path, tiny):
+    from ingest.run import ingest
+
+    # Training at a rate too small to move a weight shows where each strategy starts.
+    still = {"learning_rate": 1e-12, "max_steps": 1}
+    settings = training.prepared(tmp_path, max_steps=3, learning_rate=5e-3)
+    first = train(settings)
+    db = store.open_db(store.db_path(settings.data_dir))
+    registry.promote(db, "proj", 1, "test", "the first")
+    repo = GitRepo.__new__(GitRepo)
+    repo.path = Path(settings.repo)
+    repo.commit("Count the parsed lines", {"count.py": "def count(lines):\n    return len(lines)\n"})
+    still_settings = training.settings(tmp_path, Path(settings.repo), **still)
+    ingest(still_settings)
+    build(still_settings)
+    incremental = train(still_settings, strategy="incremental")
+    assert incremental.record.started_from == "proj@v1" and incremental.adapter.version == 2
+    rows = read(latest(still_settings), "train")
+    assert incremental.record.examples == sum(1 for r in rows if r["new"] or r["replay"]) < len(rows)
+    before, after = _lora(first.adapter.path), _lora(incremental.adapter.path)
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert any(before[k].abs().max() > 1e-3 for k in before if "lora_B" in k)  # v1 learned something
+    full = train(still_settings, strategy="full")
+    assert full.record.started_from is None and full.record.examples == len(rows)
+    fresh = _lora(full.adapter.path)
+    assert all(fresh[k].abs().max() < 1e-6 for k in fresh if "lora_B" in k)  # PEFT starts B at zero
+
+
+@pytest.mark.parametrize(("case", "train_toml", "message"), [
+    ("no dataset", {}, "no dataset built for proj yet: run `repotune data build`"),
+    ("another base", {}, "was made for builtin:other"),
+    ("rank", {"lora_rank": 64}, "train.lora_rank (64) exceeds serve.max_lora_rank (16)"),
+    ("backend", {}, "the unsloth backend cannot run here: unsloth"),
+    ("strategy", {}, "unknown strategy 'sometimes'"),
+])
+def test_bad_input_exits_2_and_says_what_is_wrong(tmp_path, tiny, case, train_toml, message):
+    repo = training.small_repo(tmp_path / "project")
+    config = training.write_config(tmp_path, repo.path, **train_toml)
+    args = ["train"]
+    if case not in ("no dataset", "rank"):
+        s = training.settings(tmp_path, repo.path)
+        from ingest.run import ingest
+
+        ingest(s)
+        folder = build(s).path
+        if case == "another base":
+            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest.update(base_model="builtin:other", base_fingerprint="0123456789abcdef")
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+    if case == "backend":
+        args += ["--backend", "unsloth"]
+    if case == "strategy":
+        args += ["--strategy", "sometimes"]
+    done = _cli(config, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,218 @@
+"""The training loop every backend shares: TRL's `SFTTrainer` over a model a backend loaded.
+
+A backend only decides how the model is loaded (plain transformers + PEFT, or Unsloth's
+patched kernels); what is trained, and how, is the same for both and lives here:
+
+- **Loss on the answers only.** A chat template that marks assistant turns with
+  `{% generation %}` gets TRL's `assistant_only_loss`; any other template gets the
+  prompt–completion form, on whose completion alone TRL computes the loss.
+- **Checkpoints** every `checkpoint_steps` into the run's folder; a checkpoint is complete
+  once its `trainer_state.json` (transformers writes it last) parses, and only complete
+  ones are resumed.
+- **A budget** in tokens or minutes stops training between two steps; the record says why
+  training stopped.
+- **Progress** (step, loss, tokens/s) goes to a callback, and the same figures into the
+  record (`Trained`): loss curves, tokens seen, time, peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repotune.config import TrainSection
+
+CHECKPOINTS = "checkpoints"
+Progress = Callable[..., None]  # progress(step, total_steps, loss=..., tokens_per_s=...)
+
+
+@dataclass
+class Job:
+    """What one training run is given: plain data, so a backend needs nothing else."""
+
+    base: Path  # a Hugging Face model folder
+    train: list[dict[str, Any]]  # rows of train.jsonl: {"messages": [...], ...}
+    val: list[dict[str, Any]]
+    work: Path  # the run's folder: checkpoints, then the adapter
+    cfg: TrainSection
+    init_adapter: Path | None = None  # continue from these LoRA weights (incremental)
+    resume: bool = True
+    progress: Progress | None = None
+
+
+@dataclass
+class Trained:
+    """What a run produced and what it cost: the adapter's folder and the figures of the run."""
+
+    adapter: Path
+    backend: str
+    steps: int
+    tokens: int  # tokens trained on (prompt and answer, no padding), this run and the runs it resumed
+    seconds: float  # wall time of this process's part of the run
+    train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    val_loss: list[tuple[int, float]] = field(default_factory=list)
+    stopped: str = "done"  # done, budget_tokens, budget_minutes, early_stopping
+    resumed_from: int | None = None  # the checkpoint's step this run started at
+    peak_memory_mb: float = 0.0  # the process's peak RSS, or the GPU's peak allocation
+    loss_form: str = ""  # assistant_only (template markers) or prompt_completion
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    template = tokenizer.chat_template or ""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def as_dataset_rows(rows: list[dict[str, Any]], markers: bool) -> list[dict[str, Any]]:
+    """Chats as TRL takes them: whole conversations with markers, else prompt and completion."""
+    if markers:
+        return [{"messages": r["messages"]} for r in rows]
+    out = []
+    for r in rows:
+        messages = r["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        out.append({"prompt": messages[:last], "completion": messages[last: last + 1]})
+    return out
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written whole; newer broken ones are removed."""
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for p in found:
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            return p
+        except (OSError, ValueError):
+            shutil.rmtree(p, ignore_errors=True)  # cut off mid-save by a kill: never resumed
+    return None
+
+
+def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) -> Trained:
+    """Train `model` (a PEFT model, or a plain one with `peft_config`) on the job; save the adapter."""
+    import datasets
+    import torch
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # the run has its own bar; TRL's per-step dataset bars are noise
+    Dataset = datasets.Dataset
+    cfg = job.cfg
+    markers = has_generation_markers(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train = Dataset.from_list(as_dataset_rows(job.train, markers))
+    val = Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
+    checkpoints = job.work / CHECKPOINTS
+    evaluate = val is not None and (cfg.keep_best or cfg.early_stopping_patience or cfg.eval_steps)
+    interval = "steps" if cfg.eval_steps else "epoch"
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
+        seed=cfg.seed,
+        max_length=cfg.max_seq_len,
+        packing=cfg.packing,
+        assistant_only_loss=markers,
+        logging_steps=1,
+        save_strategy="steps" if not (cfg.keep_best and interval == "epoch") else "epoch",
+        save_steps=cfg.eval_steps if (cfg.keep_best and cfg.eval_steps) else cfg.checkpoint_steps,
+        save_total_limit=2,
+        eval_strategy=interval if evaluate else "no",
+        eval_steps=cfg.eval_steps or None,
+        load_best_model_at_end=bool(cfg.keep_best and val is not None),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=False,  # small models on CPU: recomputing costs more than memory saves
+        bf16=False, fp16=False,  # compute in the dtype the backend loaded, no autocast on top
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    meter = _meter(job)
+    callbacks: list[Any] = [meter]
+    if cfg.early_stopping_patience and val is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val if evaluate else None,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints every log line; the progress callback shows them
+    resume = last_complete_checkpoint(checkpoints) if job.resume else None
+    if not job.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.monotonic() - started
+    adapter = job.work / "adapter"
+    tmp = job.work / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    shutil.rmtree(adapter, ignore_errors=True)
+    tmp.rename(adapter)
+    state = trainer.state
+    stopped = meter.stopped or ("early_stopping" if state.global_step < state.max_steps else "done")
+    return Trained(
+        adapter=adapter, backend=backend, steps=state.global_step, tokens=int(state.num_input_tokens_seen),
+        seconds=seconds, train_loss=_losses("loss", state), val_loss=_losses("eval_loss", state),
+        stopped=stopped, resumed_from=int(resume.name.split("-")[-1]) if resume else None,
+        peak_memory_mb=_peak_memory_mb(), loss_form="assistant_only" if markers else "prompt_completion",
+    )
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.max_memory_allocated()) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _meter(job: Job) -> Any:
+    """A trainer callback for progress and the budget; it records why training stopped."""
+    from transformers import TrainerCallback
+
+    cfg = job.cfg
+
+    class Meter(TrainerCallback):  # type: ignore[misc]
+        stopped = ""
+        started = time.monotonic()
+        tokens_at_start = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = time.monotonic()
+            self.tokens_at_start = int(state.num_input_tokens_seen)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            elapsed = time.monotonic() - self.started
+            tokens = int(state.num_input_tokens_seen)
+            if cfg.budget_tokens and tokens >= cfg.budget_tokens:
+                self.stopped, control.should_training_stop = "budget_tokens", True
+            elif cfg.budget_minutes and elapsed >= cfg.budget_minutes * 60:
+                self.stopped, control.should_training_stop = "budget_minutes", True
+            if job.progress:
+                loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), float("nan"))
+                rate = (tokens - self.tokens_at_start) / elapsed if elapsed else 0.0
+                job.progress(state.global_step, state.max_steps, loss=loss, tokens_per_s=rate)
+
+    return Meter()
+
+
+def _losses(key: str, state: Any) -> list[tuple[int, float]]:
+    return [(int(h["step"]), float(h[key])) for h in state.log_history if key in h]
