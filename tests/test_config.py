@@ -208,3 +208,15 @@ def test_show_prints_toml_that_loads_back(write_config, tmp_path):
     assert data["paths"]["data_dir"] == str(tmp_path / ".repotune")
     data.pop("secrets")
     assert cfg.parse(data).train.lora_rank == 8
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ('target_modules = ["q_proj", "lm_head"]', "lm_head: the engine cannot serve LoRA on embeddings"),
+    ("early_stopping_patience = 2", "needs train.keep_best = true"),
+    ('backend = "deepspeed"', "train.backend: must be one of auto, trl, unsloth"),
+    ('strategy = "sometimes"', "train.strategy: must be one of full, incremental"),
+])
+def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load(write_config, train, message):
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(write_config(f"[train]\n{train}\n"))
+    assert message in str(e.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -178,3 +179,19 @@ def test_an_adapter_with_a_malformed_manifest_is_refused_and_nothing_is_copied(d
         register(db, tmp_path, base, broken)
     assert str(broken / "manifest.json") in str(e.value) and "ingest_cursor" in str(e.value)
     assert registry.versions(db, "proj") == [] and not (tmp_path / "data" / "adapters" / "proj").exists()
+
+
+def test_a_folder_in_the_way_is_kept_unless_it_is_registers_own_orphan(db, tmp_path, base, adapter):
+    """A kill between register's rename and its commit leaves v<N> with no row: the next register takes its place.
+    Any other folder in the way is someone else's and stays, named in the error."""
+    lineage_dir = tmp_path / "data" / "adapters" / "proj"
+    shutil.copytree(adapter, lineage_dir / "v1")
+    with pytest.raises(registry.RegistryError, match="v1 exists but is not in the registry; move it away first"):
+        register(db, tmp_path, base, adapter)
+    assert (lineage_dir / "v1").is_dir()
+    manifest = json.loads((lineage_dir / "v1" / "manifest.json").read_text())
+    manifest.update(lineage="proj", version=1)  # what register writes just before its rename
+    (lineage_dir / "v1" / "manifest.json").write_text(json.dumps(manifest))
+    (lineage_dir / ".tmp-999999999-x").mkdir()  # a copy of a registration whose process is gone
+    assert register(db, tmp_path, base, adapter).version == 1
+    assert sorted(p.name for p in lineage_dir.iterdir()) == ["v1"]
