@@ -173,3 +173,14 @@ def test_bad_input_exits_2_and_says_what_is_wrong(tmp_path, tiny, case, train_to
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in " ".join(done.stderr.split()), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("how", [{"backend": "unsloth"}, {"backend": "trl", "load_in_4bit": True}])
+def test_on_a_gpu_unsloth_and_qlora_train_an_adapter_that_learns(tmp_path, tiny, how):
+    backend = how.pop("backend")
+    settings = training.prepared(tmp_path, **training.MEMORISE, **how)
+    result = train(settings, backend=backend)
+    assert result.record.backend == backend and result.adapter.status == "candidate"
+    question, subject = training.commit_example(latest(settings))
+    assert subject in training.greedy(tiny.path, result.adapter.path, question)
