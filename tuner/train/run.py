@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +36,7 @@ from repotune import manifests, models, registry
 from repotune.config import Settings
 from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
 from tuner.data import build as datasets
-from tuner.train.backends import BackendError, pick
+from tuner.train.backends import Backend, BackendError, pick
 from tuner.train.sft import Job, Progress, Trained
 
 TRAINED = "trained.json"  # the run's figures, beside the adapter until it is registered
@@ -70,50 +70,57 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
         raise TrainError(f"unknown strategy {strategy!r}; strategies: full, incremental")
     base = _base(settings)
     folder, data = _dataset(settings, dataset, base)
-    db = store.open_db(store.db_path(settings.data_dir))
     chosen, note = _backend(backend or cfg.backend)
-    notes = [note]
+    with closing(store.open_db(store.db_path(settings.data_dir))) as db:
+        rows, val, start, notes = _examples(settings, db, strategy, base, folder)
+        if not rows:
+            raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
+        started_from = f"{start.lineage}@v{start.version}" if start else None
+        key = _key(settings, data, base, strategy, started_from, chosen.name)
+        with _lineage_lock(settings):
+            done = _registered(db, settings.lineage, key)
+            if done is not None and done.manifest.training is not None:
+                shutil.rmtree(_work(settings, key), ignore_errors=True)
+                return TrainResult(done, done.manifest.training, [note, *notes, "this run was registered before"],
+                                   reused=True)
+            _clear_abandoned(settings, key)
+            work = _work(settings, key)
+            work.mkdir(parents=True, exist_ok=True)
+            trained = _load_trained(work)
+            if trained is None:
+                job = Job(base=base.path, train=rows, val=val, work=work, cfg=cfg,
+                          init_adapter=start.path if start else None, resume=cfg.resume, progress=progress)
+                try:
+                    trained = chosen.train(job)
+                except BackendError as e:
+                    raise TrainError(str(e)) from None
+                (work / TRAINED).write_text(json.dumps(asdict(trained), default=str))
+            record = _record(key, chosen.name, strategy, started_from, len(rows), cfg.model_dump(), trained)
+            manifests.write(trained.adapter, AdapterManifest(
+                base_model=base.spec, base_fingerprint=base.fingerprint, ingest_cursor=data.ingest_cursor,
+                dataset=data.hash, training=record))
+            adapter = registry.register(db, settings.data_dir, settings.lineage, trained.adapter, base,
+                                        settings.config.serve.max_lora_rank, actor="train",
+                                        reason=f"trained on dataset {data.hash} ({strategy}, {chosen.name})")
+            shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(adapter, record, [note, *notes])
+
+
+def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, folder: Path) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], registry.Adapter | None, list[str]]:
+    """The training and val rows for `strategy`, the adapter it starts from, and what was decided."""
     rows, val = datasets.read(folder, "train"), datasets.read(folder, "val")
     start = registry.promoted(db, settings.lineage) if strategy == "incremental" else None
     if start is not None:
         models.ensure_same_base(f"{start.lineage} v{start.version}", start.base_fingerprint, base.spec,
                                 base.fingerprint, start.base_model)
         rows = [r for r in rows if r.get("new") or r.get("replay")]
-        notes.append(f"incremental: from {start.lineage}@v{start.version}, on {len(rows):,} new and replayed examples")
-    elif strategy == "incremental":
-        notes.append(f"incremental: {settings.lineage} has no promoted adapter yet, so this run starts from the base "
-                     "on the whole dataset")
-    if not rows:
-        raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
-    started_from = f"{start.lineage}@v{start.version}" if start else None
-    key = _key(settings, data, base, strategy, started_from, chosen.name)
-    with _lineage_lock(settings):
-        done = _registered(db, settings.lineage, key)
-        if done is not None:
-            shutil.rmtree(_work(settings, key), ignore_errors=True)
-            assert done.manifest.training is not None
-            return TrainResult(done, done.manifest.training, [*notes, "this run was registered before"], True)
-        _clear_abandoned(settings, key)
-        work = _work(settings, key)
-        work.mkdir(parents=True, exist_ok=True)
-        trained = _load_trained(work)
-        if trained is None:
-            job = Job(base=base.path, train=rows, val=val, work=work, cfg=cfg,
-                      init_adapter=start.path if start else None, resume=cfg.resume, progress=progress)
-            try:
-                trained = chosen.train(job)
-            except BackendError as e:
-                raise TrainError(str(e)) from None
-            (work / TRAINED).write_text(json.dumps(asdict(trained), default=str))
-        record = _record(key, chosen.name, strategy, started_from, len(rows), cfg.model_dump(), trained)
-        manifest = AdapterManifest(base_model=base.spec, base_fingerprint=base.fingerprint,
-                                   ingest_cursor=data.ingest_cursor, dataset=data.hash, training=record)
-        manifests.write(trained.adapter, manifest)
-        adapter = registry.register(db, settings.data_dir, settings.lineage, trained.adapter, base,
-                                    settings.config.serve.max_lora_rank, actor="train",
-                                    reason=f"trained on dataset {data.hash} ({strategy}, {chosen.name})")
-        shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(adapter, record, notes)
+        return rows, val, start, [f"incremental: from {start.lineage}@v{start.version}, on {len(rows):,} new and "
+                                  "replayed examples"]
+    if strategy == "incremental":
+        return rows, val, None, [f"incremental: {settings.lineage} has no promoted adapter yet, so this run starts "
+                                 "from the base on the whole dataset"]
+    return rows, val, None, []
 
 
 def _base(settings: Settings) -> models.Base:
@@ -137,7 +144,7 @@ def _dataset(settings: Settings, name: str | None, base: models.Base) -> tuple[P
     return folder, data
 
 
-def _backend(name: str) -> tuple[Any, str]:
+def _backend(name: str) -> tuple[Backend, str]:
     try:
         return pick(name)
     except BackendError as e:
