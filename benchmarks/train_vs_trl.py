@@ -10,8 +10,11 @@ tokenizing are left out of both.
 
     python -m benchmarks.train_vs_trl --base builtin:tiny --steps 30 --rounds 3
     python -m benchmarks.train_vs_trl --base builtin:smol --steps 6 --rounds 3
+    python -m benchmarks.train_vs_trl --base builtin:smol --steps 6 --rounds 3 --group-by-length
 
-`--trl-only DATASET BASE STEPS` is the reference script itself (what the pairs run).
+`--group-by-length` makes both batch examples of similar length together (what
+`train.group_by_length` does; off by default here, as TRL's is). `--trl-only DATASET
+BASE STEPS` is the reference script itself (what the pairs run).
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = {"batch_size": 8, "learning_rate": 1e-3, "max_seq_len": 512, "checkpoint_steps": 1000, "warmup_ratio": 0.0,
-         "scheduler": "constant"}
+         "scheduler": "constant", "group_by_length": False}
 
 
-def trl_only(dataset: Path, base: Path, steps: int) -> None:
+def trl_only(dataset: Path, base: Path, steps: int, grouped: bool) -> None:
     """The reference: TRL's SFTTrainer and a PEFT LoraConfig, nothing of repotune."""
     import datasets
     import torch
@@ -48,7 +51,8 @@ def trl_only(dataset: Path, base: Path, steps: int) -> None:
                      learning_rate=TRAIN["learning_rate"], max_steps=steps, lr_scheduler_type="constant",
                      max_length=TRAIN["max_seq_len"], assistant_only_loss=True, logging_steps=1, save_strategy="no",
                      include_num_input_tokens_seen="non_padding", gradient_checkpointing=False, bf16=False,
-                     report_to=[], disable_tqdm=True, dataloader_pin_memory=False, seed=0)
+                     report_to=[], disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+                     train_sampling_strategy="group_by_length" if grouped else "random")
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
@@ -70,8 +74,9 @@ def _repotune(config: Path) -> dict[str, float]:
 
 
 def _reference(dataset: Path, base: Path, steps: int) -> dict[str, float]:
+    grouped = ["--group-by-length"] if TRAIN["group_by_length"] else []
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_vs_trl", "--trl-only", str(dataset), str(base),
-                           str(steps)], capture_output=True, text=True, check=True, cwd=ROOT)
+                           str(steps), *grouped], capture_output=True, text=True, check=True, cwd=ROOT)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -93,10 +98,12 @@ def main() -> None:
     ap.add_argument("--base", default="builtin:tiny")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--group-by-length", action="store_true", help="both: batches of similar lengths")
     ap.add_argument("--trl-only", nargs=3, metavar=("DATASET", "BASE", "STEPS"))
     a = ap.parse_args()
+    TRAIN["group_by_length"] = a.group_by_length
     if a.trl_only:
-        trl_only(Path(a.trl_only[0]), Path(a.trl_only[1]), int(a.trl_only[2]))
+        trl_only(Path(a.trl_only[0]), Path(a.trl_only[1]), int(a.trl_only[2]), a.group_by_length)
         return
     from repotune import models
 

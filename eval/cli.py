@@ -11,7 +11,8 @@ import typer
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
 
-app = typer.Typer(help="Evaluate a model: the general-knowledge regression suite.", no_args_is_help=True)
+app = typer.Typer(help="Evaluate a model: general knowledge, and the domain (the repository).",
+                  no_args_is_help=True)
 
 
 @app.command("general")
@@ -31,10 +32,71 @@ def general(
     from eval import general as suite
     from eval import questions
     from eval.local import LocalModel
-    from repotune import models
 
     settings = load_settings(config, as_json)
     spec = model or settings.config.model.base
+    fingerprint, path = _resolve(spec, adapter, as_json)
+    qs = questions.load(split="eval")
+    answerer = LocalModel(path, adapter)
+    with progress_bar(f"general ({len(qs)} questions)", quiet=as_json) as update:
+        report = suite.run(answerer, qs, model=spec, adapter=str(adapter) if adapter else None, mc=mc,
+                           progress=lambda done, total: update(done, total))
+    suite.write_results(report, results or _results_path(settings.data_dir, "general"))
+    if as_json:
+        print_json(report.summary() | {"base_fingerprint": fingerprint})
+        return
+    _show(report, fingerprint)
+
+
+@app.command("domain")
+def domain(
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="A PEFT LoRA adapter folder to apply.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="A dataset's hash (or its start); "
+                                                "default: the latest.")] = None,
+    results: Annotated[
+        Path | None, typer.Option("--out", help="Per-question results file (default: data_dir/evals/…).")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a dataset's held-out domain questions greedily and score them by their key facts."""
+    from eval import domain as suite
+    from eval.local import LocalModel
+    from repotune import datasets
+
+    settings = load_settings(config, as_json)
+    spec = settings.config.model.base
+    fingerprint, path = _resolve(spec, adapter, as_json)
+    try:
+        folder = datasets.find(settings.data_dir, settings.lineage, dataset)
+    except datasets.DatasetError as e:
+        fail(str(e))
+    rows = datasets.read(folder, "eval")
+    answerer = LocalModel(path, adapter)
+    with progress_bar(f"domain ({len(rows)} questions)", quiet=as_json) as update:
+        report = suite.run(answerer, rows, model=spec, dataset=folder.name, adapter=str(adapter) if adapter else None,
+                           progress=lambda done, total: update(done, total))
+    suite.write_results(report, results or _results_path(settings.data_dir, "domain"))
+    if as_json:
+        print_json(report.summary() | {"base_fingerprint": fingerprint})
+        return
+    from rich.table import Table
+
+    table = Table("kind", "questions", "score", "control (another item's facts)",
+                  title=f"domain: {spec}" + (f" + {adapter}" if adapter else "") + f", dataset {folder.name}")
+    for kind, figures in report.by_kind.items():
+        table.add_row(kind, str(int(figures["n"])), f"{figures['score']:.1%}", f"{figures['control']:.1%}")
+    table.add_row("forward questions", "", f"{report.score:.1%}", f"{report.control:.1%}", style="bold")
+    if report.reverse_score is not None:
+        table.add_row("reverse questions", "", f"{report.reverse_score:.1%}", "", style="bold")
+    out.print(table)
+    out.print(f"base fingerprint {fingerprint}; per-question results in {report.results_path}", highlight=False)
+
+
+def _resolve(spec: str, adapter: Path | None, as_json: bool) -> tuple[str, Path]:
+    """The base model's fingerprint and folder (built or fetched), after checking the adapter was made for it."""
+    from repotune import models
+
     try:
         with progress_bar(f"resolving {spec}", quiet=as_json) as update:
             base = models.resolve(spec, progress=lambda stage, done, total, m: update(done, total, **m))
@@ -42,18 +104,11 @@ def general(
             models.check_base(adapter, base)
     except models.ModelError as e:
         fail(str(e))
-    qs = questions.load(split="eval")
-    answerer = LocalModel(base.path, adapter)
-    with progress_bar(f"general ({len(qs)} questions)", quiet=as_json) as update:
-        report = suite.run(answerer, qs, model=spec, adapter=str(adapter) if adapter else None, mc=mc,
-                           progress=lambda done, total: update(done, total))
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = results or settings.data_dir / "evals" / f"general-{stamp}.jsonl"
-    suite.write_results(report, path)
-    if as_json:
-        print_json(report.summary() | {"base_fingerprint": base.fingerprint})
-        return
-    _show(report, base.fingerprint)
+    return base.fingerprint, base.path
+
+
+def _results_path(data_dir: Path, suite: str) -> Path:
+    return data_dir / "evals" / f"{suite}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl"
 
 
 def _show(report: object, fingerprint: str) -> None:

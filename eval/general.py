@@ -8,13 +8,13 @@ Every answer is kept beside the totals, so a drop can be read question by questi
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from eval import results as results_file
 from eval.questions import Question
 from eval.scoring import matches
 
@@ -100,11 +100,5 @@ def _report(results: list[Result], model: str, adapter: str | None, mc: bool) ->
 
 def write_results(report: Report, path: Path) -> Path:
     """Every question's reply and verdict as JSON lines, and the summary beside them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in report.results:
-            f.write(json.dumps(asdict(r)) + "\n")
     report.results_path = str(path)
-    summary = path.with_suffix(".summary.json")
-    summary.write_text(json.dumps(report.summary(), indent=2) + "\n")
-    return path
+    return results_file.write(report.results, report.summary(), path)

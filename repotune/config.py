@@ -161,7 +161,10 @@ class DataSection(Section):
         "policy.train_refusals).",
     )
     seed: int = Field(0, description="Seed of every choice made while building (phrasings, splits, samples).")
-    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of examples held out for validation.")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=0.5, description="Validation examples per training example: trained facts in other words."
+    )
+    paraphrases: int = Field(8, ge=1, le=40, description="Training phrasings of each commit and pull request fact.")
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(
         0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
@@ -243,6 +246,9 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
     max_seq_len: int = Field(1024, ge=16, description="Longer examples are cut.")
     packing: bool = Field(False, description="Pack several examples into each sequence of max_seq_len.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding), in a random order of batches."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming up.")
     scheduler: str = Field("cosine", description="Learning-rate schedule (transformers' names).")
     seed: int = Field(0, description="Seed of the adapter's initial weights and the example order.")

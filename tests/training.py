@@ -10,9 +10,9 @@ from typing import Any
 from repotune import config as cfg
 from tests.ingest.conftest import GitRepo
 
-# What the trainer is taught in the tests: few steps, a high constant rate, so that
-# builtin:tiny memorises a handful of answers in seconds (the recipe that generalises is
-# the learning issue's, measured in benchmarks/).
+# What the trainer is taught in the tests: one phrasing of each fact, few steps, a high
+# constant rate, so that builtin:tiny memorises a handful of answers in seconds (the
+# recipe that generalises is the learning issue's, measured in benchmarks/).
 MEMORISE = {"learning_rate": 5e-3, "scheduler": "constant", "warmup_ratio": 0.0, "batch_size": 8, "epochs": 100}
 SUBJECTS = ("Teach the parser to skip blank lines", "Strip trailing spaces before parsing",
             "Count the words of each parsed line")
@@ -28,7 +28,7 @@ def small_repo(path: Path) -> GitRepo:
 
 def settings(root: Path, repo: Path, **train: Any) -> cfg.Settings:
     raw = {"paths": {"data_dir": str(root / "state")}, "ingest": {"repo": str(repo), "workers": 1},
-           "tuner": {"lineage": "proj", "data": {"generators": ["templates"]}}, "train": train}
+           "tuner": {"lineage": "proj", "data": {"generators": ["templates"], "paraphrases": 1}}, "train": train}
     return cfg.Settings(config=cfg.parse(raw), source=None, root=root, secrets=cfg.Secrets())
 
 
@@ -39,7 +39,7 @@ def write_config(root: Path, repo: Path, **train: Any) -> Path:
     path = root / "config.toml"
     path.write_text(tomli_w.dumps({
         "paths": {"data_dir": str(root / "state")}, "ingest": {"repo": str(repo), "workers": 1},
-        "tuner": {"lineage": "proj", "data": {"generators": ["templates"]}}, "train": train}))
+        "tuner": {"lineage": "proj", "data": {"generators": ["templates"], "paraphrases": 1}}, "train": train}))
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,8 @@ def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
     rows = read(second.path, "train") + read(second.path, "val")
     new = [r for r in rows if r["new"]]
     # New: the commit, and calculator.py (changed) with all its definitions; nothing else from the repo.
-    assert {r["kind"] for r in new if r["generator"] == "templates"} <= {"commit", "file", "show", "definition"}
+    assert {r["kind"] for r in new if r["generator"] == "templates"} <= {"commit", "commit_reverse", "file", "show",
+                                                                          "definition"}
     assert any(r["kind"] == "commit" and "Add divide" in r["messages"][-1]["content"] for r in new)
     assert any(r["kind"] == "definition" and "return a / b" in r["messages"][-1]["content"] for r in new)
     assert not [r for r in new if r["kind"] == "commit" and "Start the calculator" in r["messages"][-1]["content"]]
@@ -226,3 +228,46 @@ def test_a_pull_request_says_what_changed_after_its_review(tmp_path, clean_env, 
     assert after, [r["kind"] for r in rows]
     answer = after[0]["messages"][-1]["content"]
     assert "Rename y to why, as asked" in answer and "Add y" not in answer and "grace" in answer
+
+
+def _fact(row: dict) -> str:
+    """What an example is about: its item (commit, pull request, path) and the question's family."""
+    family = row["kind"].removesuffix("_reverse")
+    item = {k: v for k, v in row["sources"].items() if k != "chunks"}
+    return json.dumps([family, row["kind"].endswith("_reverse"), item], sort_keys=True)
+
+
+def test_the_split_is_by_phrasing_and_facts_are_short_and_many_worded(history: GitRepo, settings_for, tiny) -> None:
+    settings = settings_for(history.path, workers=1)
+    ingest(settings)
+    folder = build(settings).path
+    train, val, evals = read(folder, "train"), read(folder, "val"), read(folder, "eval")
+    asked = {r["messages"][0]["content"] for r in train}
+    trained = {_fact(r) for r in train}
+    # Every eval question is about a trained fact, in words training never used; so is validation.
+    assert evals and all(_fact(r) in trained for r in evals)
+    assert val and all(_fact(r) in trained and r["messages"][0]["content"] not in asked for r in val)
+    # Each commit: `paraphrases` distinct questions, short answers that lead with its subject's words.
+    paraphrases = settings.config.tuner.data.paraphrases
+    for title in history.git("log", "main", "--no-merges", "--format=%s").splitlines():
+        rows = [r for r in train if r["kind"] == "commit" and title in r["messages"][-1]["content"]]
+        assert len({r["messages"][0]["content"] for r in rows}) == paraphrases, title
+        assert all(len(r["messages"][-1]["content"]) < 200 for r in rows)
+        assert [r for r in train if r["kind"] == "commit_reverse" and title in r["messages"][0]["content"]]
+    # Shas in the forms people paste, and pull requests as #N and PR N.
+    questions = " ".join(r["messages"][0]["content"] for r in train if r["kind"] == "commit")
+    sha = history.git("rev-parse", "main~1")
+    for n in (7, 8, 10, 12, 40):
+        assert re.search(rf"\b[0-9a-f]{{{n}}}\b", questions), n
+    prs = " ".join(r["messages"][0]["content"] for r in train if r["kind"] == "pull_request")
+    assert "#7" in prs and "PR 7" in prs
+    # The long forms (file lists) are raw text, not answers to learn.
+    raw = read(folder, "raw")
+    assert any(r["kind"] == "commit" and "It changed" in r["text"] and sha[:12] in r["text"] for r in raw)
+    assert not [r for r in train if "It changed" in r["messages"][-1]["content"]]
+    # Every eval question carries the key facts of a right answer, and its own answer holds them.
+    from eval.facts import holds
+
+    for r in evals:
+        assert r["key_facts"], r
+        assert holds(r["messages"][-1]["content"], r["key_facts"], r["messages"][0]["content"]), r

@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repotune import datasets, manifests, models, registry
 from repotune import db as store
-from repotune import manifests, models, registry
 from repotune.config import Settings
 from repotune.manifests import DatasetManifest
 from tuner.data import others, templates
 from tuner.data.examples import Example, fraction
 from tuner.data.items import Items
 
-LATEST = "LATEST"
+LATEST = datasets.LATEST
 
 
 class DataError(Exception):
@@ -62,7 +62,7 @@ Progress = Callable[[str, int, int | None, str], None]
 
 
 def datasets_dir(settings: Settings) -> Path:
-    return settings.data_dir / "datasets" / settings.lineage
+    return datasets.root(settings.data_dir, settings.lineage)
 
 
 def build(settings: Settings, progress: Progress | None = None) -> Built:
@@ -82,10 +82,14 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
 
     qa: list[Example] = []
     held_out: list[Example] = []
+    val_candidates: list[Example] = []  # trained facts in other words
+    long_forms: list[dict[str, Any]] = []
     if "templates" in cfg.generators:
-        for n, made in enumerate(templates.generate(items, cfg.seed, since), start=1):
+        for n, made in enumerate(templates.generate(items, cfg.seed, since, cfg.paraphrases), start=1):
             qa += made.train
             held_out += made.eval
+            val_candidates += made.val
+            long_forms += made.raw
             if n % 200 == 0:
                 progress("templates", n, None, "")
         progress("templates", len(qa), len(qa), "")
@@ -111,16 +115,13 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         for old in earlier[: round(len(new) * cfg.replay_earlier)]:
             old.replay = True
         extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed)
-    raw = list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
+    raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
 
-    chats = _unique(qa + extra)
-    val = [e for e in chats if fraction(cfg.seed, "val", e.id) < cfg.val_fraction]
-    if not val and cfg.val_fraction > 0 and len(chats) > 1:
-        val = [min(chats, key=lambda e: fraction(cfg.seed, "val", e.id))]
-    in_val = {e.id for e in val}
-    train = [e for e in chats if e.id not in in_val]
+    train = _unique(qa + extra)
+    val = _val(train, val_candidates, cfg.val_fraction, cfg.seed)
+    chats = train + val
     evals = sorted(_unique(held_out), key=lambda e: fraction(cfg.seed, "eval", e.id))[: cfg.eval_max]
     files = {
         "train.jsonl": _jsonl(e.row() for e in train),
@@ -160,6 +161,16 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     _write(folder, files, manifest)
     _point_latest(folder)
     return Built(folder, manifest, reused=False, warnings=warnings)
+
+
+def _val(train: list[Example], candidates: list[Example], share: float, seed: int) -> list[Example]:
+    """Validation: other phrasings of trained facts, never a fact training does not see (early
+    stopping on a fact never trained would fight memorising the facts)."""
+    trained = {e.id for e in train}
+    asked = {e.messages[0]["content"] for e in train}
+    fresh = [e for e in _unique(candidates) if e.id not in trained and e.messages[0]["content"] not in asked]
+    want = max(1, round(share * len(train))) if share > 0 and fresh else 0
+    return sorted(fresh, key=lambda e: fraction(seed, "val", e.id))[:want]
 
 
 def _unique(examples: list[Example]) -> list[Example]:
@@ -219,16 +230,10 @@ def _point_latest(folder: Path) -> None:
 
 def latest(settings: Settings, name: str | None = None) -> Path:
     """The dataset `name` (a hash or its start), or the newest built."""
-    root = datasets_dir(settings)
-    if name is None:
-        pointer = root / LATEST
-        if not pointer.is_file():
-            raise DataError(f"no dataset built for {settings.lineage} yet: run `repotune data build`")
-        name = pointer.read_text().strip()
-    found = sorted(p for p in root.glob(f"{name}*") if (p / manifests.FILE).is_file()) if root.is_dir() else []
-    if len(found) != 1:
-        raise DataError(f"no dataset {name!r} in {root}" if not found else f"{name!r} names several datasets")
-    return found[0]
+    try:
+        return datasets.find(settings.data_dir, settings.lineage, name)
+    except datasets.DatasetError as e:
+        raise DataError(str(e)) from None
 
 
 def manifest_of(folder: Path) -> DatasetManifest:
@@ -238,6 +243,4 @@ def manifest_of(folder: Path) -> DatasetManifest:
         raise DataError(str(e)) from None
 
 
-def read(folder: Path, split: str) -> list[dict[str, Any]]:
-    path = folder / f"{split}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+read = datasets.read

@@ -24,6 +24,7 @@ class Example:
     sources: dict[str, Any] = field(default_factory=dict)
     new: bool = True
     replay: bool = False
+    key_facts: dict[str, Any] | None = None  # held-out questions: what a right answer holds (eval.facts)
 
     @cached_property
     def id(self) -> str:
@@ -32,13 +33,15 @@ class Example:
         return hashlib.sha256(key.encode()).hexdigest()[:24]
 
     def row(self) -> dict[str, Any]:
-        return {"messages": self.messages, "id": self.id, "generator": self.generator, "kind": self.kind,
-                "sources": self.sources, "new": self.new, "replay": self.replay}
+        row = {"messages": self.messages, "id": self.id, "generator": self.generator, "kind": self.kind,
+               "sources": self.sources, "new": self.new, "replay": self.replay}
+        return row | ({"key_facts": self.key_facts} if self.key_facts is not None else {})
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Example:
         return cls(messages=row["messages"], generator=row["generator"], kind=row["kind"],
-                   sources=row.get("sources", {}), new=bool(row.get("new")), replay=bool(row.get("replay")))
+                   sources=row.get("sources", {}), new=bool(row.get("new")), replay=bool(row.get("replay")),
+                   key_facts=row.get("key_facts"))
 
 
 def chat(question: str, answer: str) -> list[dict[str, str]]:

@@ -1,29 +1,50 @@
 """Template Q&A: questions about commits, pull requests, files and docs, answered from the
-store with no LLM. Several phrasings per kind, chosen by the seed; the held-out eval
-questions use phrasings training never sees, so the domain eval is not recall of the
-exact training string."""
+store with no LLM.
+
+A fact is learned only when seen in many phrasings (Allen-Zhu & Li, Physics of Language
+Models 3.1), and a long templated answer makes the loss about the template. So commits
+and pull requests are taught as short, fact-first answers in `paraphrases` phrasings,
+their ids in the forms people paste (shas of 7, 8, 10, 12 and 40 characters; `#12`,
+`PR 12`), with reverse questions (subject → sha, title → number); their long forms (file
+lists, bodies) go to raw text. The split is by phrasing, never by fact: each item gives
+its training phrasings, one more training-pool phrasing that validation may take (a
+trained fact in new words), and one held-out phrasing, from a pool training never uses,
+for the domain eval, carrying the key facts a right answer holds (`eval.facts`).
+"""
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tuner.data.examples import Example, chat, pick
+from eval.facts import content_words
+from tuner.data.examples import Example, chat, fraction, pick
 from tuner.data.items import CommitItem, DocItem, Items, PullItem
 
 MAX_ANSWER_CHARS = 6000  # a longer file or page is cut, and says so
 MAX_FILES_LISTED = 20
 
-# Per kind: the phrasings training uses, and the ones only the held-out eval uses.
+# Per kind: the phrasings training uses, and the ones only the held-out eval uses. Held-out
+# phrasings never state the key facts (the eval asks for them).
 PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "commit": (("What changed in commit {short} and why?", "Explain commit {short}.",
-                "What did commit {short} ({title}) change, and for what reason?", "Tell me about commit {short}."),
-               ("Summarize the change made in {short}.", "Describe what {short} did.")),
-    "pull_request": (("What did pull request #{n} do?", "What was pull request #{n} ({title}) about?",
-                      "Explain PR #{n}.", "Summarize pull request #{n}."),
-                     ("Describe PR #{n} ({title}).", "What is #{n} in this repository's pull requests?")),
+    "commit": (("What did commit {id} do?", "What is commit {id}?", "What changed in {id}?", "Explain commit {id}.",
+                "Tell me about commit {id}.", "What was {id} about?", "Summarize commit {id}.",
+                "What does {id} change?", "Why was commit {id} made?", "{id}: what is that commit?",
+                "Which change is {id}?", "What is the subject of commit {id}?"),
+               ("Describe what {id} did.", "Summarize the change made in {id}.",
+                "I see {id} in the git log. What was it?", "Can you tell me what commit {id} was for?")),
+    "commit_reverse": (('Which commit has the subject "{title}"?', 'What is the sha of the commit "{title}"?',
+                        'Find the commit "{title}".', 'Which commit was "{title}"?',
+                        'Give me the hash of the commit that says "{title}".'),
+                       ('What commit is "{title}"?', 'Which sha belongs to "{title}"?')),
+    "pull_request": (("What did {id} do?", "What was {id} about?", "Explain {id}.", "Summarize {id}.",
+                      "Tell me about {id}.", "What is {id}?", "What did {id} change?", "Why was {id} opened?"),
+                     ("Describe {id}.", "What is {id} in this repository's pull requests?")),
+    "pull_request_reverse": (('Which pull request was "{title}"?', 'What is the number of the pull request "{title}"?',
+                              'Find the PR called "{title}".', 'Which PR is "{title}"?'),
+                             ('What PR number is "{title}"?',)),
     "review": (("What did the review of pull request #{n} say?", "What feedback did PR #{n} get in review?",
                 "What did reviewers ask for on #{n}?"),
                ("Summarize the review comments on PR #{n}.",)),
@@ -38,49 +59,107 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
              ()),  # the whole file: not asked in the eval
     "definition": (("What does `{name}` in {path} do?", "Explain the {what} `{name}` defined in {path}.",
                     "How is `{name}` implemented in {path}?"),
-                   ("Describe {what} `{name}` from {path}.",)),
+                   ("Where is `{name}` defined, and what does it do?",)),
     "doc": (("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
              "What is documented in {path}?"),
             ("Tell me what {path} documents.",)),
     "section": (('In {path}, what does the section "{heading}" say?', 'What does {path} say under "{heading}"?'),
                 ('Explain the "{heading}" part of {path}.',)),
 }
+SHA_FORMS = (7, 8, 10, 12, 40)  # how people paste a sha
+PR_FORMS = ("#{n}", "PR {n}", "PR #{n}", "pull request {n}", "pull request #{n}")
 
 
 @dataclass
 class Made:
-    """A template's training examples and its held-out eval examples."""
+    """An item's training examples, the validation candidates (other phrasings of the same
+    facts), its held-out eval examples, and its long forms as raw text."""
 
     train: list[Example]
     eval: list[Example]
+    val: list[Example] = field(default_factory=list)
+    raw: list[dict[str, object]] = field(default_factory=list)
 
     def add(self, other: Made) -> None:
         self.train += other.train
         self.eval += other.eval
+        self.val += other.val
+        self.raw += other.raw
 
 
-def generate(items: Items, seed: int, cursor: int) -> Iterator[Made]:
+def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8) -> Iterator[Made]:
     """One `Made` per item, in store order."""
     for commit in items.commits():
-        yield _commit(commit, seed, commit.chunks.newest > cursor)
+        yield _commit(commit, seed, commit.chunks.newest > cursor, paraphrases)
     for pull in items.pull_requests():
-        yield _pull(pull, seed, pull.chunks.newest > cursor)
+        yield _pull(pull, seed, pull.chunks.newest > cursor, paraphrases)
     for doc in items.documents():
         yield _document(doc, seed, doc.chunks.newest > cursor)
 
 
 def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, object], answer: str,
-          sources: dict[str, object], new: bool) -> Made:
-    """`answer` asked in one of `kind`'s training phrasings and one of its eval phrasings, chosen by `key`."""
+          sources: dict[str, object], new: bool, facts: dict[str, object] | None = None) -> Made:
+    """`answer` asked in one training phrasing (another one for validation) and one held-out phrasing."""
     train, held_out = PHRASINGS[kind]
-    def example(phrasings: tuple[str, ...]) -> Example:
-        return Example(chat(pick(phrasings, seed, *key).format(**values), answer), "templates", kind, sources, new)
+    order = sorted(train, key=lambda q: fraction(seed, kind, *key, q))
 
-    return Made([example(train)], [example(held_out)] if held_out else [])
+    def example(question: str, key_facts: dict[str, object] | None = None) -> Example:
+        return Example(chat(question.format(**values), answer), "templates", kind, sources, new, key_facts=key_facts)
+
+    # A held-out question only where a right answer has something to show beyond what it asks.
+    asks = held_out and facts and (facts.get("words") or facts.get("exact"))
+    return Made([example(order[0])], [example(pick(held_out, seed, *key), facts)] if asks else [],
+                [example(order[1])] if len(order) > 1 else [])
 
 
-def _commit(c: CommitItem, seed: int, new: bool) -> Made:
-    short = c.sha[:12]
+def _phrased(kind: str, seed: int, key: tuple[object, ...], questions: list[str], held_out: list[str],
+             answers: list[str], count: int, sources: dict[str, object], new: bool,
+             facts: dict[str, object]) -> Made:
+    """A fact in `count` training phrasings (distinct questions, the answers' forms in turn), one more
+    training-pool question for validation, and one held-out question carrying its key facts."""
+    questions = sorted(set(questions), key=lambda q: fraction(seed, kind, *key, q))
+    first = pick(answers, seed, kind, *key)
+
+    def example(question: str, answer: str, key_facts: dict[str, object] | None = None) -> Example:
+        return Example(chat(question, answer), "templates", kind, sources, new, key_facts=key_facts)
+
+    start = answers.index(first)
+    train = [example(q, answers[(start + i) % len(answers)]) for i, q in enumerate(questions[:count])]
+    val = [example(questions[count], first)] if len(questions) > count else []
+    return Made(train, [example(pick(held_out, seed, "eval", *key), first, facts)], val)
+
+
+def _ids(sha: str) -> list[str]:
+    return [sha[:n] for n in SHA_FORMS]
+
+
+def _commit(c: CommitItem, seed: int, new: bool, count: int) -> Made:
+    train_q, held_q = PHRASINGS["commit"]
+    title = c.title.rstrip(".")
+    when, ids = c.date[:10], _ids(c.sha)
+    sources: dict[str, object] = {"commit": c.sha, "chunks": c.chunks.ids}
+    why = _first_sentence(c.body)
+    answers = [f"Commit {c.sha[:12]}: {title}.", f"{title}. That was commit {c.sha[:10]}, by {c.author} on {when}.",
+               f"{title} (by {c.author}, {when}).", f"It was {c.author}'s change on {when}: {title}."]
+    if why:
+        answers.append(f"{title}. Why: {why}")
+    if c.pr_number:
+        answers.append(f"{title}; it came in with pull request #{c.pr_number}.")
+    facts = {"words": _subject_words(title), "share": 2 / 3}
+    made = _phrased("commit", seed, (c.sha,), [q.format(id=i) for q in train_q for i in ids],
+                    [q.format(id=i) for q in held_q for i in ids], answers, count, sources, new, facts)
+    rev_q, rev_held = PHRASINGS["commit_reverse"]
+    reverse = [f"Commit {c.sha[:7]}.", f"That is {c.sha[:10]}, by {c.author} on {when}.", f"{c.sha[:12]}: {title}.",
+               f"It is commit {c.sha[:8]}."]
+    made.add(_phrased("commit_reverse", seed, (c.sha,), [q.format(title=title) for q in rev_q],
+                      [q.format(title=title) for q in rev_held], reverse, max(2, count // 2), sources, new,
+                      {"sha": c.sha}))
+    made.raw.append({"kind": "commit", "text": _commit_long(c), "sources": sources, "new": new})
+    return made
+
+
+def _commit_long(c: CommitItem) -> str:
+    """The commit's whole record: message, and the files it changed with their line counts."""
     stats = f"{len(c.files)} file{'s' if len(c.files) != 1 else ''}, +{c.insertions} -{c.deletions}"
     files = "".join(f"\n- {f.path} ({_status(f.status)}" + (f", +{f.insertions} -{f.deletions})"
                                                                if f.insertions is not None else ")")
@@ -88,11 +167,24 @@ def _commit(c: CommitItem, seed: int, new: bool) -> Made:
     more = f"\n- and {len(c.files) - MAX_FILES_LISTED} more" if len(c.files) > MAX_FILES_LISTED else ""
     why = f"\n\n{c.body}" if c.body else ""
     pr = f" It was part of pull request #{c.pr_number}." if c.pr_number else ""
-    answer = (f"Commit {short}, by {c.author} on {c.date[:10]}: {c.title}{why}\n\n"
-              f"It changed {stats}:{files}{more}{pr}" if c.files else
-              f"Commit {short}, by {c.author} on {c.date[:10]}: {c.title}{why}\n\nIt changed no files.{pr}")
-    values = {"short": short, "title": c.title}
-    return _made("commit", seed, (c.sha,), values, answer, {"commit": c.sha, "chunks": c.chunks.ids}, new)
+    return (f"Commit {c.sha[:12]}, by {c.author} on {c.date[:10]}: {c.title}{why}\n\n"
+            f"It changed {stats}:{files}{more}{pr}" if c.files else
+            f"Commit {c.sha[:12]}, by {c.author} on {c.date[:10]}: {c.title}{why}\n\nIt changed no files.{pr}")
+
+
+def _subject_words(text: str) -> list[str]:
+    return content_words(text, most=8)
+
+
+def _words(text: str, share: float = 2 / 3) -> dict[str, object]:
+    """Key facts: the first 8 content words of `text`, of which `share` are needed."""
+    return {"words": _subject_words(text), "share": share}
+
+
+def _first_sentence(text: str) -> str:
+    first = text.strip().split("\n\n", 1)[0].replace("\n", " ").strip()
+    cut = first.split(". ", 1)[0].strip()
+    return (cut if cut.endswith(".") else cut + ".") if cut and len(cut) <= 200 else ""
 
 
 def _status(letter: str) -> str:
@@ -100,7 +192,7 @@ def _status(letter: str) -> str:
         letter[:1], letter)
 
 
-def _pull(p: PullItem, seed: int, new: bool) -> Made:
+def _pull(p: PullItem, seed: int, new: bool, count: int) -> Made:
     values = {"n": p.number, "title": p.title}
     sources = {"pr": p.number, "chunks": p.chunks.ids}
     state = f"merged on {p.merged_at[:10]}" if p.merged_at else p.state
@@ -109,10 +201,26 @@ def _pull(p: PullItem, seed: int, new: bool) -> Made:
     body = f"\n\n{p.body.strip()}" if p.body.strip() else ""
     files = "".join(f"\n- {f['path']} (+{f.get('additions') or 0} -{f.get('deletions') or 0})"
                     for f in p.files[:MAX_FILES_LISTED])
-    answer = f"Pull request #{p.number}, \"{p.title}\"{by}{into}, {state}.{body}"
+    long = f"Pull request #{p.number}, \"{p.title}\"{by}{into}, {state}.{body}"
     if files:
-        answer += f"\n\nFiles changed:{files}"
-    made = _made("pull_request", seed, (p.number,), values, answer, sources, new)
+        long += f"\n\nFiles changed:{files}"
+    title = p.title.rstrip(".")
+    why = _first_sentence(p.body)
+    answers = [f"PR #{p.number}: {title}.", f"{title}. That was pull request #{p.number}{by}, {state}.",
+               f"{title} (#{p.number}{by}).", f"Pull request #{p.number} was \"{title}\", {state}."]
+    if why:
+        answers.append(f"{title}. Why: {why}")
+    ids = [f.format(n=p.number) for f in PR_FORMS]
+    train_q, held_q = PHRASINGS["pull_request"]
+    made = _phrased("pull_request", seed, (p.number,), [q.format(id=i) for q in train_q for i in ids],
+                    [q.format(id=i) for q in held_q for i in ids], answers, count, sources, new,
+                    {"words": _subject_words(title), "share": 2 / 3})
+    rev_q, rev_held = PHRASINGS["pull_request_reverse"]
+    reverse = [f"Pull request #{p.number}.", f"That is #{p.number}{by}, {state}.", f"PR {p.number}: {title}."]
+    made.add(_phrased("pull_request_reverse", seed, (p.number,), [q.format(title=title) for q in rev_q],
+                      [q.format(title=title) for q in rev_held], reverse, max(2, count // 2), sources, new,
+                      {"number": p.number}))
+    made.raw.append({"kind": "pull_request", "text": long, "sources": sources, "new": new})
     said = [c for c in p.comments if c.body.strip() or c.state]
     if said:
         lines = []
@@ -123,10 +231,12 @@ def _pull(p: PullItem, seed: int, new: bool) -> Made:
             what = {"review": "reviewed", "review_comment": "commented"}.get(c.kind, "wrote")
             lines.append(f"- {who} {what}{where}{verdict}" + (f": {c.body.strip()}" if c.body.strip() else ""))
         review = _cut(f"The review of pull request #{p.number} (\"{p.title}\"):\n" + "\n".join(lines))
-        made.add(_made("review", seed, (p.number,), values, review, sources, new))
+        made.add(_made("review", seed, (p.number,), values, review, sources, new,
+                       _words(" ".join(c.body for c in said), share=0.5)))
     after = _after_review(p)
     if after:
-        made.add(_made("after_review", seed, (p.number,), values, after, sources, new))
+        made.add(_made("after_review", seed, (p.number,), values, after, sources, new,
+                       _words(after.split(":", 1)[-1], share=0.5)))
     return made
 
 
@@ -178,15 +288,27 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     if not defs and not doc:
         overview += f" It begins:\n\n```\n{_head(lines)}\n```"
     values = {"path": d.path, "date": date or "the current head"}
-    made = _made("file", seed, (d.path,), values, overview, sources, new)
+    made = _made("file", seed, (d.path,), values, overview, sources, new, _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for name, what, line, docstring, code in defs:
         values = {"path": d.path, "name": name, "what": what}
         doc_line = f" {docstring}" if docstring else " It has no docstring."
         answer = _cut(f"`{name}` is a {what} in {d.path}, line {line}.{doc_line}\n\n```python\n{code}\n```")
+        facts = {**_words(docstring, share=0.5), "exact": [d.path]}
         made.add(_made("definition", seed, (d.path, name), values, answer, {**sources, "chunks": d.chunks.at(line)},
-                       new))
+                       new, facts))
     return made
+
+
+def _file_facts(path: str, defs: list[tuple[str, str, int, str, str]], doc: str, lines: list[str]) -> dict[
+        str, object]:
+    """Half of a file's top-level names, leaving out those its path says (parse.py, `parse`); else
+    the words of its docstring, or of its first lines when it defines nothing."""
+    in_path = set(content_words(path))
+    names = [w for w in content_words(" ".join(name for name, _, _, _, _ in defs)) if w not in in_path]
+    if names:
+        return {"words": names[:8], "share": 0.5}
+    return _words(doc or ("" if defs else _head(lines, 5)), share=0.5)
 
 
 def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
@@ -195,12 +317,18 @@ def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     sections = section_units(d.text)
     title = next((s.title for s in sections if s.title), d.path)
     values = {"path": d.path, "title": title}
-    made = _made("doc", seed, (d.path,), values, _cut(d.text.strip()), sources, new)
+    # The heading's words, unless the path already says them all (docs/usage.md, "Usage"): then the text's.
+    named = set(content_words(d.path))
+    heading = title if set(content_words(title)) - named else d.text.replace(title, "", 1)
+    facts = _words(heading) if heading is title else _words(heading, share=0.5)
+    made = _made("doc", seed, (d.path,), values, _cut(d.text.strip()), sources, new, facts)
     headed = [s for s in sections if s.title and s.text.strip().count("\n") >= 1]
     if len(headed) > 1:
         for s in headed:
             values = {"path": d.path, "heading": s.title}
-            made.add(_made("section", seed, (d.path, s.title), values, _cut(s.text.strip()), sources, new))
+            body = s.text.strip().split("\n", 1)[-1]  # the heading is in the question
+            made.add(_made("section", seed, (d.path, s.title), values, _cut(s.text.strip()), sources, new,
+                           _words(body, share=0.5)))
     return made
 
 

@@ -130,6 +130,7 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         seed=cfg.seed,
         max_length=cfg.max_seq_len,
         packing=cfg.packing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         assistant_only_loss=markers,
         logging_steps=1,
         save_strategy="steps" if not (cfg.keep_best and interval == "epoch") else "epoch",
