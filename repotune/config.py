@@ -260,6 +260,7 @@ class TrainSection(Section):
     budget_tokens: int = Field(0, ge=0, description="Stop once this many tokens were trained on; 0: no limit.")
     budget_minutes: float = Field(0, ge=0, description="Stop after this many minutes of training; 0: no limit.")
     checkpoint_steps: int = Field(50, ge=1, description="Steps between checkpoints a killed run resumes from.")
+    keep_checkpoints: int = Field(2, ge=0, description="Checkpoints kept while training (0: all of them).")
     resume: bool = Field(True, description="Resume an interrupted run from its last checkpoint (false: start over).")
     dtype: str = Field("auto", description="Weights during training: auto (the model's own), float32, bfloat16.")
     load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")

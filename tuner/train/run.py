@@ -40,7 +40,7 @@ from tuner.train.backends import Backend, BackendError, pick
 from tuner.train.sft import Job, Progress, Trained
 
 TRAINED = "trained.json"  # the run's figures, beside the adapter until it is registered
-_UNKEYED = {"backend", "niceness", "resume"}  # settings that do not change what is trained
+_UNKEYED = {"backend", "niceness", "resume", "keep_checkpoints"}  # settings that do not change what is trained
 
 
 class TrainError(Exception):

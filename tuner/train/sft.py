@@ -135,7 +135,7 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         logging_steps=1,
         save_strategy="steps" if not (cfg.keep_best and interval == "epoch") else "epoch",
         save_steps=cfg.eval_steps if (cfg.keep_best and cfg.eval_steps) else cfg.checkpoint_steps,
-        save_total_limit=2,
+        save_total_limit=cfg.keep_checkpoints or None,
         eval_strategy=interval if evaluate else "no",
         eval_steps=cfg.eval_steps or None,
         load_best_model_at_end=bool(cfg.keep_best and val is not None),

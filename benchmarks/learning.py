@@ -1,0 +1,145 @@
+"""Learning: does an adapter know this repository's commits, asked in words training never
+used, and does it keep what the base knew?
+
+A slice of this repository's own history (its newest `--commits` commits on the first
+parent, merges left out) is ingested and built into a dataset as `repotune data build`
+makes it; training takes that slice's commit questions (forward and reverse, in
+`--paraphrases` phrasings each) with the dataset's general replay in proportion, and
+checkpoints at every epoch. Each checkpoint is then scored, in-process and greedy, on the
+slice's held-out commit questions by their key facts (forward, reverse, and the control:
+another commit's key facts), and on the general set's eval split; the base first. The
+curve of scores against tokens trained on goes to a PNG beside the figures.
+
+    python -m benchmarks.learning --base builtin:smol --commits 30 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("commit", "commit_reverse")
+
+
+def _cli(config: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "repotune.cli", *args, "--config", str(config)], check=True,
+                   capture_output=True, cwd=ROOT)
+
+
+def _slice(n: int) -> set[str]:
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "--first-parent", "--no-merges", f"-n{n}", "--format=%H"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def _pick(rows: list[dict[str, Any]], shas: set[str], replay: float) -> list[dict[str, Any]]:
+    facts = [r for r in rows if r["kind"] in KINDS and r["sources"].get("commit") in shas]
+    general = [r for r in rows if r["kind"] == "general"][: round(replay * len(facts))]
+    return facts + general
+
+
+def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], general_mc: bool) -> dict[str, Any]:
+    from eval import domain, general, questions
+    from eval.local import LocalModel
+
+    model = LocalModel(base, adapter)
+    d = domain.run(model, evals, "bench", "slice")
+    g = general.run(model, questions.load(split="eval"), "bench", mc=general_mc)
+    return {"commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
+            "control": d.control, "general": g.score, "general_mc": g.mc_score,
+            "examples": [(r.question, r.reply, r.correct) for r in d.results[:6]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", default="builtin:smol")
+    ap.add_argument("--commits", type=int, default=30)
+    ap.add_argument("--paraphrases", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
+    a = ap.parse_args()
+
+    import tomli_w
+
+    from repotune import datasets, models
+    from repotune.config import TrainSection
+    from tuner.train.backends import BACKENDS
+    from tuner.train.sft import Job
+
+    folder = Path(tempfile.mkdtemp(prefix="learning-"))
+    config = folder / "config.toml"
+    config.write_text(tomli_w.dumps({
+        "model": {"base": a.base}, "ingest": {"repo": str(ROOT), "workers": 1},
+        "paths": {"data_dir": str(folder / "state")},
+        "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
+                                                "replay_general": 1.0, "eval_max": 100000}}}))
+    _cli(config, "ingest")
+    _cli(config, "data", "build")
+    data = datasets.find(folder / "state", "learn")
+    shas = _slice(a.commits)
+    train = _pick(datasets.read(data, "train"), shas, a.replay)
+    val = _pick(datasets.read(data, "val"), shas, 0)
+    evals = [r for r in datasets.read(data, "eval") if r["kind"] in KINDS and r["sources"].get("commit") in shas]
+    base = models.resolve(a.base).path
+    steps_per_epoch = -(-len(train) // 8)
+    cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, lora_rank=a.rank, lora_alpha=2 * a.rank, batch_size=8,
+                       max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03)
+    print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
+          flush=True)
+    started = time.monotonic()
+    trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
+    minutes = (time.monotonic() - started) / 60
+    points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True)}]
+    print("base", {k: v for k, v in points[0].items() if k != "examples"}, flush=True)
+    checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    for i, ckpt in enumerate(checkpoints, start=1):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        last = i == len(checkpoints)
+        points.append({"epoch": i, "tokens": state.get("num_input_tokens_seen", 0),
+                       **_scores(base, ckpt, evals, general_mc=last)})
+        print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
+    result = {"base": a.base, "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
+              "rank": a.rank, "replay": a.replay, "train_examples": len(train), "held_out": len(evals),
+              "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
+              "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
+    out = Path(f"{a.out}-{a.base.replace(':', '-')}")
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in result.items() if k != "points"}, indent=2))
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = result["points"]
+    x = [p["tokens"] / 1000 for p in pts]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, label in (("commit", "held-out commit questions"), ("reverse", "reverse (subject → sha)"),
+                       ("general", "general knowledge (eval split)"), ("control", "control: another commit's facts")):
+        ax.plot(x, [p[key] or 0 for p in pts], marker="o", label=label)
+    ax.set_xlabel("tokens trained on (thousands)")
+    ax.set_ylabel("share right")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{result['base']}: {result['commits']} commits, {result['paraphrases']} phrasings, "
+                 f"lr {result['lr']}, rank {result['rank']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
