@@ -15,16 +15,18 @@ app = typer.Typer(help="Evaluate a model: general knowledge, and the domain (the
                   no_args_is_help=True)
 
 
+AdapterOpt = Annotated[Path | None, typer.Option("--adapter", help="A PEFT LoRA adapter folder to apply.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Per-question results file (default: data_dir/evals/…).")]
+
+
 @app.command("general")
 def general(
     model: Annotated[
         str | None, typer.Option("--model", help="builtin:tiny, a model folder or a hub id (default: model.base).")
     ] = None,
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="A PEFT LoRA adapter folder to apply.")] = None,
+    adapter: AdapterOpt = None,
     mc: Annotated[bool, typer.Option("--mc", help="Also score multiple choice by option log-likelihood.")] = False,
-    results: Annotated[
-        Path | None, typer.Option("--out", help="Per-question results file (default: data_dir/evals/…).")
-    ] = None,
+    results: OutOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -50,12 +52,10 @@ def general(
 
 @app.command("domain")
 def domain(
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="A PEFT LoRA adapter folder to apply.")] = None,
+    adapter: AdapterOpt = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="A dataset's hash (or its start); "
                                                 "default: the latest.")] = None,
-    results: Annotated[
-        Path | None, typer.Option("--out", help="Per-question results file (default: data_dir/evals/…).")
-    ] = None,
+    results: OutOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

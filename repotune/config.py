@@ -19,7 +19,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_ENV = "REPOTUNE_CONFIG"
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -224,8 +232,12 @@ class TunerSection(Section):
         return None if v is None else validate_lineage(v)
 
 
-TRAIN_BACKENDS = ("auto", "trl", "unsloth")
-TRAIN_STRATEGIES = ("full", "incremental")
+TRAIN_CHOICES = {
+    "backend": ("auto", "trl", "unsloth"),
+    "strategy": ("full", "incremental"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"),
+}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -266,18 +278,12 @@ class TrainSection(Section):
     load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")
     niceness: int = Field(10, ge=0, le=19, description="CPU priority of training, so a server beside it answers.")
 
-    @field_validator("backend")
+    @field_validator("backend", "strategy", "dtype", "scheduler")
     @classmethod
-    def _backend(cls, v: str) -> str:
-        if v not in TRAIN_BACKENDS:
-            raise ValueError(f"must be one of {', '.join(TRAIN_BACKENDS)}")
-        return v
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        if v not in TRAIN_STRATEGIES:
-            raise ValueError(f"must be one of {', '.join(TRAIN_STRATEGIES)}")
+    def _choice(cls, v: str, info: ValidationInfo) -> str:
+        options = TRAIN_CHOICES[str(info.field_name)]
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
         return v
 
     @field_validator("target_modules")
@@ -288,21 +294,6 @@ class TrainSection(Section):
         refused = [m for m in v if m in ("embed_tokens", "lm_head", "wte", "embed_out")]
         if refused:
             raise ValueError(f"{', '.join(refused)}: the engine cannot serve LoRA on embeddings or the output head")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError("must be auto, float32, bfloat16 or float16")
-        return v
-
-    @field_validator("scheduler")
-    @classmethod
-    def _scheduler(cls, v: str) -> str:
-        known = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-        if v not in known:
-            raise ValueError(f"must be one of {', '.join(known)}")
         return v
 
     @model_validator(mode="after")
