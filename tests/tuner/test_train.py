@@ -184,3 +184,11 @@ def test_on_a_gpu_unsloth_and_qlora_train_an_adapter_that_learns(tmp_path, tiny,
     assert result.record.backend == backend and result.adapter.status == "candidate"
     question, subject = training.commit_example(latest(settings))
     assert subject in training.greedy(tiny.path, result.adapter.path, question)
+
+
+def test_a_budget_ends_the_run_between_steps_and_the_record_says_so(tmp_path, tiny):
+    settings = training.prepared(tmp_path, max_steps=50, batch_size=2, budget_tokens=300, eval_steps=2,
+                                 keep_best=True)
+    record = train(settings).record
+    assert record.stopped == "budget_tokens" and record.steps < 50 and record.tokens >= 300
+    assert record.val_loss and all(step % 2 == 0 for step, _ in record.val_loss)  # val.jsonl every 2 steps
