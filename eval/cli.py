@@ -43,7 +43,7 @@ def general(
     with progress_bar(f"general ({len(qs)} questions)", quiet=as_json) as update:
         report = suite.run(answerer, qs, model=spec, adapter=str(adapter) if adapter else None, mc=mc,
                            progress=lambda done, total: update(done, total))
-    suite.write_results(report, results or _results_path(settings.data_dir, "general"))
+    report.write(results or _results_path(settings.data_dir, "general"))
     if as_json:
         print_json(report.summary() | {"base_fingerprint": fingerprint})
         return
@@ -69,14 +69,14 @@ def domain(
     fingerprint, path = _resolve(spec, adapter, as_json)
     try:
         folder = datasets.find(settings.data_dir, settings.lineage, dataset)
+        rows = datasets.read(folder, "eval")
     except datasets.DatasetError as e:
         fail(str(e))
-    rows = datasets.read(folder, "eval")
     answerer = LocalModel(path, adapter)
     with progress_bar(f"domain ({len(rows)} questions)", quiet=as_json) as update:
         report = suite.run(answerer, rows, model=spec, dataset=folder.name, adapter=str(adapter) if adapter else None,
                            progress=lambda done, total: update(done, total))
-    suite.write_results(report, results or _results_path(settings.data_dir, "domain"))
+    report.write(results or _results_path(settings.data_dir, "domain"))
     if as_json:
         print_json(report.summary() | {"base_fingerprint": fingerprint})
         return

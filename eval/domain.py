@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from eval import results as results_file
 from eval.facts import holds
+from eval.results import Reported
 
 MAX_NEW_TOKENS = 64
 
@@ -39,7 +38,7 @@ class Result:
 
 
 @dataclass
-class Report:
+class Report(Reported):
     model: str
     adapter: str | None
     dataset: str
@@ -50,11 +49,6 @@ class Report:
     by_kind: dict[str, dict[str, float]]  # kind → n, score, control
     results_path: str | None = None
     results: list[Result] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("results")
-        return data
 
 
 def reverse(kind: str) -> bool:
@@ -113,9 +107,3 @@ def _report(results: list[Result], model: str, adapter: str | None, dataset: str
                  for k, v in sorted(per.items())},
         results=results,
     )
-
-
-def write_results(report: Report, path: Path) -> Path:
-    """Every question's reply and verdict as JSON lines, and the summary beside them."""
-    report.results_path = str(path)
-    return results_file.write(report.results, report.summary(), path)

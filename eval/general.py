@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from eval import results as results_file
 from eval.questions import Question
+from eval.results import Reported
 from eval.scoring import matches
 
 
@@ -38,7 +37,7 @@ class Result:
 
 
 @dataclass
-class Report:
+class Report(Reported):
     model: str
     adapter: str | None
     n: int
@@ -48,11 +47,6 @@ class Report:
     mc_score: float | None = None
     results_path: str | None = None
     results: list[Result] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("results")
-        return data
 
 
 def run(
@@ -96,9 +90,3 @@ def _report(results: list[Result], model: str, adapter: str | None, mc: bool) ->
         mc_score=round(sum(bool(r.mc_correct) for r in results) / n, 4) if mc and n else None,
         results=results,
     )
-
-
-def write_results(report: Report, path: Path) -> Path:
-    """Every question's reply and verdict as JSON lines, and the summary beside them."""
-    report.results_path = str(path)
-    return results_file.write(report.results, report.summary(), path)

@@ -39,5 +39,22 @@ def find(data_dir: Path, lineage: str, name: str | None = None) -> Path:
 
 
 def read(folder: Path, split: str) -> list[dict[str, Any]]:
+    """The rows of one split; a file that is missing or not JSON lines is named, with the line."""
     path = folder / f"{split}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} cannot be read ({e}); build the dataset again with `repotune data build`") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{number} is not a JSON object; build the dataset again with "
+                               "`repotune data build`")
+        rows.append(row)
+    return rows

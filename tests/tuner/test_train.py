@@ -150,6 +150,7 @@ def test_incremental_starts_from_the_promoted_weights_and_full_from_the_base(tmp
     ("rank", {"lora_rank": 64}, "train.lora_rank (64) exceeds serve.max_lora_rank (16)"),
     ("backend", {}, "the unsloth backend cannot run here: unsloth"),
     ("strategy", {}, "unknown strategy 'sometimes'"),
+    ("broken dataset", {}, "train.jsonl:2 is not a JSON object; build the dataset again"),
 ])
 def test_bad_input_exits_2_and_says_what_is_wrong(tmp_path, tiny, case, train_toml, message):
     repo = training.small_repo(tmp_path / "project")
@@ -165,6 +166,12 @@ def test_bad_input_exits_2_and_says_what_is_wrong(tmp_path, tiny, case, train_to
             manifest = json.loads((folder / "manifest.json").read_text())
             manifest.update(base_model="builtin:other", base_fingerprint="0123456789abcdef")
             (folder / "manifest.json").write_text(json.dumps(manifest))
+        if case == "broken dataset":
+            with (folder / "train.jsonl").open("r+") as f:
+                first = f.readline()
+                f.seek(len(first.encode()))
+                f.write('{"messages": [')  # a write cut off by a full disk
+                f.truncate()
     if case == "backend":
         args += ["--backend", "unsloth"]
     if case == "strategy":
@@ -192,3 +199,18 @@ def test_a_budget_ends_the_run_between_steps_and_the_record_says_so(tmp_path, ti
     record = train(settings).record
     assert record.stopped == "budget_tokens" and record.steps < 50 and record.tokens >= 300
     assert record.val_loss and all(step % 2 == 0 for step, _ in record.val_loss)  # val.jsonl every 2 steps
+
+
+def test_incremental_from_a_promoted_adapter_of_another_base_is_refused(tmp_path, tiny):
+    settings = training.prepared(tmp_path, max_steps=1)
+    train(settings)
+    db = store.open_db(store.db_path(settings.data_dir))
+    registry.promote(db, "proj", 1, "test", "the first")
+    db.execute("update adapters set base_fingerprint = '0123456789abcdef', base_model = 'builtin:old'")
+    db.conn.commit()
+    done = _cli(training.write_config(tmp_path, Path(settings.repo), max_steps=1), "train", "--strategy",
+                "incremental")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "was made for builtin:old" in said and "use --strategy full" in said
+    assert [a.version for a in _versions(settings)] == [1]

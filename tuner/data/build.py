@@ -243,4 +243,8 @@ def manifest_of(folder: Path) -> DatasetManifest:
         raise DataError(str(e)) from None
 
 
-read = datasets.read
+def read(folder: Path, split: str) -> list[dict[str, Any]]:
+    try:
+        return datasets.read(folder, split)
+    except datasets.DatasetError as e:
+        raise DataError(str(e)) from None

@@ -7,9 +7,8 @@ loads with Unsloth's patched kernels, on a GPU only. Both then train with the sa
 recipe. `auto` takes unsloth where it imports and trl otherwise.
 
 Unsloth is imported only inside its backend, and any exception counts as "not here":
-without a GPU it raises at import (NotImplementedError or RuntimeError, not only
-ImportError), and it patches transformers as it imports, which must not happen to a
-process that will not use it.
+without a GPU its import fails with errors other than ImportError, and it patches
+transformers as it imports, which must not happen to a process that will not use it.
 """
 
 from __future__ import annotations

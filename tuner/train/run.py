@@ -35,7 +35,7 @@ from repotune import db as store
 from repotune import manifests, models, registry
 from repotune.config import Settings
 from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
-from tuner.data import build as datasets
+from tuner.data import build as dataset_build
 from tuner.train.backends import Backend, BackendError, pick
 from tuner.train.sft import Job, Progress, Trained
 
@@ -109,11 +109,17 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
 def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, folder: Path) -> tuple[
         list[dict[str, Any]], list[dict[str, Any]], registry.Adapter | None, list[str]]:
     """The training and val rows for `strategy`, the adapter it starts from, and what was decided."""
-    rows, val = datasets.read(folder, "train"), datasets.read(folder, "val")
+    try:
+        rows, val = dataset_build.read(folder, "train"), dataset_build.read(folder, "val")
+    except dataset_build.DataError as e:
+        raise TrainError(str(e)) from None
     start = registry.promoted(db, settings.lineage) if strategy == "incremental" else None
     if start is not None:
-        models.ensure_same_base(f"{start.lineage} v{start.version}", start.base_fingerprint, base.spec,
-                                base.fingerprint, start.base_model)
+        try:
+            models.ensure_same_base(f"{start.lineage} v{start.version}, the promoted adapter,",
+                                    start.base_fingerprint, base.spec, base.fingerprint, start.base_model)
+        except models.IncompatibleBase as e:
+            raise TrainError(f"{e}; an incremental run cannot start from it: use --strategy full") from None
         rows = [r for r in rows if r.get("new") or r.get("replay")]
         return rows, val, start, [f"incremental: from {start.lineage}@v{start.version}, on {len(rows):,} new and "
                                   "replayed examples"]
@@ -132,9 +138,9 @@ def _base(settings: Settings) -> models.Base:
 
 def _dataset(settings: Settings, name: str | None, base: models.Base) -> tuple[Path, DatasetManifest]:
     try:
-        folder = datasets.latest(settings, name)
-        data = datasets.manifest_of(folder)
-    except datasets.DataError as e:
+        folder = dataset_build.latest(settings, name)
+        data = dataset_build.manifest_of(folder)
+    except dataset_build.DataError as e:
         raise TrainError(str(e)) from None
     try:
         models.ensure_same_base(f"dataset {data.hash}", data.base_fingerprint or "none", base.spec,

@@ -107,13 +107,12 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # the run has its own bar; TRL's per-step dataset bars are noise
-    Dataset = datasets.Dataset
     cfg = job.cfg
     markers = has_generation_markers(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = Dataset.from_list(as_dataset_rows(job.train, markers))
-    val = Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
+    train = datasets.Dataset.from_list(as_dataset_rows(job.train, markers))
+    val = datasets.Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
     checkpoints = job.work / CHECKPOINTS
     evaluate = val is not None and (cfg.keep_best or cfg.early_stopping_patience or cfg.eval_steps)
     interval = "steps" if cfg.eval_steps else "epoch"
@@ -133,8 +132,7 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         assistant_only_loss=markers,
         logging_steps=1,
-        save_strategy="steps" if not (cfg.keep_best and interval == "epoch") else "epoch",
-        save_steps=cfg.eval_steps if (cfg.keep_best and cfg.eval_steps) else cfg.checkpoint_steps,
+        **_saving(cfg, interval),
         save_total_limit=cfg.keep_checkpoints or None,
         eval_strategy=interval if evaluate else "no",
         eval_steps=cfg.eval_steps or None,
@@ -175,6 +173,16 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         stopped=stopped, resumed_from=int(resume.name.split("-")[-1]) if resume else None,
         peak_memory_mb=_peak_memory_mb(), loss_form="assistant_only" if markers else "prompt_completion",
     )
+
+
+def _saving(cfg: TrainSection, interval: str) -> dict[str, Any]:
+    """When checkpoints are written: every `checkpoint_steps`, except that keeping the best weights
+    needs a checkpoint at each evaluation (transformers requires the two to coincide)."""
+    if not cfg.keep_best:
+        return {"save_strategy": "steps", "save_steps": cfg.checkpoint_steps}
+    if interval == "epoch":
+        return {"save_strategy": "epoch"}
+    return {"save_strategy": "steps", "save_steps": cfg.eval_steps}
 
 
 def _peak_memory_mb() -> float:
