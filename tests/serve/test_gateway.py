@@ -119,7 +119,7 @@ def held_stream(url: str, model: str) -> Iterator[tuple[Streamed, Callable[[], N
 def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the gateway's /metrics, by name and labels."""
     out = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=60).text):
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
@@ -130,7 +130,7 @@ def value(sampled: dict, name: str, **labels: str) -> float:
 
 
 def engine_lists(server, name: str) -> bool:
-    return name in {m["id"] for m in httpx.get(f"{_engine_url(server)}/v1/models").json()["data"]}
+    return name in {m["id"] for m in httpx.get(f"{_engine_url(server)}/v1/models", timeout=60).json()["data"]}
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 15) -> bool:
@@ -221,12 +221,12 @@ def test_bad_requests_get_openai_errors(server):
     with pytest.raises(openai.NotFoundError, match="'nobody@v99' does not exist"):
         ask(server, "nobody@v99")
     # vLLM's own adapter endpoints are not reachable through the gateway.
-    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json={"lora_name": "x", "lora_path": "/"})
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json={"lora_name": "x", "lora_path": "/"}, timeout=60)
     assert r.status_code == 404 and "error" in r.json()
     # Admin routes need the admin key, not a client key.
-    r = httpx.post(f"{server.url}/admin/reconcile", headers=AUTH)
+    r = httpx.post(f"{server.url}/admin/reconcile", headers=AUTH, timeout=60)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    r = httpx.post(f"{server.url}/admin/reconcile", headers=ADMIN)
+    r = httpx.post(f"{server.url}/admin/reconcile", headers=ADMIN, timeout=60)
     assert r.status_code == 200 and isinstance(r.json()["aliases"], dict)
 
 
@@ -247,7 +247,7 @@ def test_the_engines_own_validation_errors_read_as_one_sentence(server):
 
 def test_responses_carry_no_vllm_only_nulls(server):
     r = httpx.post(
-        f"{server.url}/v1/chat/completions", headers=AUTH,
+        f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60,
         json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 4},
     )
     body = r.json()
@@ -409,9 +409,9 @@ def test_an_engine_killed_with_sigkill_comes_back_with_its_adapters(server, line
     restarts = value(metrics(server.url), "repotune_engine_restarts")
     [engine] = _engine_pids(server)
     os.kill(engine, signal.SIGKILL)
-    assert eventually(lambda: httpx.get(f"{server.url}/health").status_code != 200, timeout=30)
+    assert eventually(lambda: httpx.get(f"{server.url}/health", timeout=30).status_code != 200, timeout=30)
     r = httpx.post(
-        f"{server.url}/v1/chat/completions", headers=AUTH,
+        f"{server.url}/v1/chat/completions", headers=AUTH, timeout=60,
         json={"model": "base", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
@@ -428,7 +428,7 @@ def _engine_url(server) -> str:
 
 def _engine_generated(server) -> float:
     """Tokens the engine has generated so far (its own Prometheus counter)."""
-    text = httpx.get(f"{_engine_url(server)}/metrics").text
+    text = httpx.get(f"{_engine_url(server)}/metrics", timeout=60).text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:generation_tokens_total"))
 
 
@@ -437,15 +437,14 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     before = _engine_generated(server)
     with httpx.stream(
         "POST", f"{server.url}/v1/chat/completions", headers=AUTH,
-        json={"model": "base", "messages": [{"role": "user", "content": FRANCE}], "stream": True,
-              "max_tokens": 450, "ignore_eos": True}, timeout=60,
+        json={**HELD, "model": "base"}, timeout=60,  # 8 × 900 tokens with logprobs: seconds of work
     ) as r:
         next(r.iter_bytes())  # generation has started; leave now
     time.sleep(3)
     settled = _engine_generated(server)
     time.sleep(2)
     assert _engine_generated(server) == settled  # nothing is generating any more
-    assert settled - before < 450  # and the 450 tokens asked for were never all made
+    assert settled - before < HELD["n"] * HELD["max_tokens"]  # and the tokens asked for were never all made
 
 
 def _offline_cli(server, config: Path, *args: str) -> None:
@@ -520,7 +519,7 @@ def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tm
         r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json={**chat, "stream": True}, timeout=60)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
         # without REPOTUNE_ADMIN_KEY the admin API is off, not open
-        r = httpx.post(f"{url}/admin/reconcile", headers={"Authorization": "Bearer anything"})
+        r = httpx.post(f"{url}/admin/reconcile", headers={"Authorization": "Bearer anything"}, timeout=60)
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
 
 
