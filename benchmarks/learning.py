@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
+    ap.add_argument("--replay-answers", choices=("base", "gold"), default="base",
+                    help="the replayed general questions answered by the base itself or by the set's gold answers")
+    ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
 
@@ -82,7 +85,8 @@ def main() -> None:
         "model": {"base": a.base}, "ingest": {"repo": str(ROOT), "workers": 1},
         "paths": {"data_dir": str(folder / "state")},
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
-                                                "replay_general": 1.0, "eval_max": 100000}}}))
+                                                "replay_general": 1.0, "eval_max": 100000,
+                                                "replay_answers": a.replay_answers}}}))
     _cli(config, "ingest")
     _cli(config, "data", "build")
     data = datasets.find(folder / "state", "learn")
@@ -92,7 +96,8 @@ def main() -> None:
     evals = [r for r in datasets.read(data, "eval") if r["kind"] in KINDS and r["sources"].get("commit") in shas]
     base = models.resolve(a.base).path
     steps_per_epoch = -(-len(train) // 8)
-    cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, lora_rank=a.rank, lora_alpha=2 * a.rank, batch_size=8,
+    cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
+                       lora_alpha=2 * a.rank, batch_size=8,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
@@ -109,7 +114,8 @@ def main() -> None:
                        **_scores(base, ckpt, evals, general_mc=last)})
         print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
     result = {"base": a.base, "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
-              "rank": a.rank, "replay": a.replay, "train_examples": len(train), "held_out": len(evals),
+              "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
+              "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}")

@@ -41,7 +41,14 @@ class LocalModel:
 
     def answer(self, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy replies, one per question."""
-        replies: list[str] = []
+        return [reply for reply, _ in self.generate(questions, max_new_tokens)]
+
+    def generate(self, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[tuple[str, bool]]:
+        """Greedy replies, each with whether it ended by itself (an end-of-turn token) rather
+        than at `max_new_tokens`."""
+        ends = self.model.generation_config.eos_token_id
+        ends = set(ends if isinstance(ends, list) else [ends if ends is not None else self.tokenizer.eos_token_id])
+        replies: list[tuple[str, bool]] = []
         for i in range(0, len(questions), self.batch_size):
             prompts = [self.prompt(q) for q in questions[i : i + self.batch_size]]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -54,7 +61,8 @@ class LocalModel:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             width = enc["input_ids"].shape[1]
-            replies += [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            replies += [(self.tokenizer.decode(row[width:], skip_special_tokens=True).strip(),
+                         bool(ends & set(row[width:].tolist()))) for row in out]
         return replies
 
     def option_logprobs(self, question: str, options: Sequence[str]) -> list[float]:

@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -178,6 +178,10 @@ class DataSection(Section):
         0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
     )
     replay_earlier: float = Field(0.5, ge=0, le=10, description="Earlier cycles' Q&A replayed, per new Q&A example.")
+    replay_answers: Literal["base", "gold"] = Field(
+        "base", description="The general examples' answers: the base model's own (greedy, cached per base) or "
+        "the set's gold answers."
+    )
     raw_ratio: float = Field(0.1, ge=0, le=1, description="Share of chunks also given as raw text.")
     refusal_ratio: float = Field(
         0.1, ge=0, le=1, description="With policy.train_refusals: refusals (and as many alarming in-domain "

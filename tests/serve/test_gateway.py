@@ -221,7 +221,8 @@ def test_bad_requests_get_openai_errors(server):
     with pytest.raises(openai.NotFoundError, match="'nobody@v99' does not exist"):
         ask(server, "nobody@v99")
     # vLLM's own adapter endpoints are not reachable through the gateway.
-    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json={"lora_name": "x", "lora_path": "/"}, timeout=60)
+    r = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json={"lora_name": "x", "lora_path": "/"},
+                   timeout=60)
     assert r.status_code == 404 and "error" in r.json()
     # Admin routes need the admin key, not a client key.
     r = httpx.post(f"{server.url}/admin/reconcile", headers=AUTH, timeout=60)

@@ -271,3 +271,52 @@ def test_the_split_is_by_phrasing_and_facts_are_short_and_many_worded(history: G
     for r in evals:
         assert r["key_facts"], r
         assert holds(r["messages"][-1]["content"], r["key_facts"], r["messages"][0]["content"]), r
+
+
+def test_general_replay_carries_the_bases_own_answers_made_once(history: GitRepo, settings_for, tiny) -> None:
+    """The replayed general questions are answered as the base itself answers them (greedy),
+    made once per base and cached; `replay_answers = "gold"` takes the set's answers instead."""
+    from eval.local import LocalModel
+    from tuner.data import own
+
+    settings = settings_for(history.path, workers=1)
+    ingest(settings)
+    replayed = [r for r in read(build(settings).path, "train") if r["kind"] == "general"]
+    assert replayed
+    questions = [r["messages"][0]["content"] for r in replayed]
+    said = LocalModel(tiny.path).answer(questions, own.MAX_TOKENS)
+    assert [r["messages"][1]["content"] for r in replayed] == said
+    cache = own.cache_path(settings.data_dir, tiny)
+    cached = json.loads(cache.read_text())
+    assert {r["sources"]["general"] for r in replayed} <= set(cached)
+    # A second build reads the cache rather than the model: what it holds is what is replayed.
+    first = replayed[0]["sources"]["general"]
+    cache.write_text(json.dumps({**cached, first: "The base said this, in its own words."}))
+    again = {r["sources"]["general"]: r["messages"][1]["content"]
+             for r in read(build(settings).path, "train") if r["kind"] == "general"}
+    assert again[first] == "The base said this, in its own words."
+    settings.config.tuner.data.replay_answers = "gold"
+    gold = {q.id: q.answer for q in load(split="train")}
+    rows = [r for r in read(build(settings).path, "train") if r["kind"] == "general"]
+    assert rows and all(r["messages"][1]["content"] == gold[r["sources"]["general"]] for r in rows)
+
+
+@pytest.mark.parametrize(("reply", "ended", "kept"), [
+    ("Paris is the capital. It has", False, "Paris is the capital."),
+    ("It is 3.14 or so! Then more", False, "It is 3.14 or so!"),
+    ("An answer cut in its first sentence", False, None),
+    ("Paris", True, "Paris"),
+    ("", True, None),
+])
+def test_an_answer_cut_by_the_token_limit_keeps_its_whole_sentences(reply, ended, kept) -> None:
+    from tuner.data.own import whole
+
+    assert whole(reply, ended) == kept
+
+
+def test_only_train_split_questions_are_answered_for_replay(tiny, tmp_path) -> None:
+    from tuner.data import own
+
+    with pytest.raises(ValueError, match="train-split"):
+        own.answers(tiny, load(split="eval")[:1], tmp_path)
+    assert not own.cache_path(tmp_path, tiny).exists()

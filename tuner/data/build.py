@@ -32,7 +32,7 @@ from repotune import datasets, manifests, models, registry
 from repotune import db as store
 from repotune.config import Settings
 from repotune.manifests import DatasetManifest
-from tuner.data import others, templates
+from tuner.data import others, own, templates
 from tuner.data.examples import Example, fraction
 from tuner.data.items import Items
 
@@ -114,7 +114,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         earlier = sorted((e for e in qa if not e.new), key=lambda e: fraction(cfg.seed, "replay", e.id))
         for old in earlier[: round(len(new) * cfg.replay_earlier)]:
             old.replay = True
-        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed)
+        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed, _own_answers(settings, progress))
     raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
@@ -183,6 +183,14 @@ def _unique(examples: list[Example]) -> list[Example]:
 
 def _jsonl(rows: Any) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _own_answers(settings: Settings, progress: Progress) -> others.Answers | None:
+    """The base's own answers to replayed general questions, or None for the set's gold ones."""
+    if settings.config.tuner.data.replay_answers == "gold":
+        return None
+    base = _base(settings)
+    return lambda questions: own.answers(base, questions, settings.data_dir, progress)
 
 
 def _base(settings: Settings) -> models.Base:
