@@ -45,16 +45,25 @@ def _pick(rows: list[dict[str, Any]], shas: set[str], replay: float) -> list[dic
     return facts + general
 
 
-def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], general_mc: bool) -> dict[str, Any]:
+def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], general_mc: bool,
+            store: tuple[Any, str] | None = None) -> dict[str, Any]:
+    """Domain and general scores; with `store` (the database and the repo), also with the top 3
+    chunks of full-text search before each question (the retrieval reference)."""
     from eval import domain, general, questions
     from eval.local import LocalModel
+    from eval.retrieval import WithContext
 
     model = LocalModel(base, adapter)
     d = domain.run(model, evals, "bench", "slice")
     g = general.run(model, questions.load(split="eval"), "bench", mc=general_mc)
-    return {"commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
-            "control": d.control, "general": g.score, "general_mc": g.mc_score,
-            "examples": [(r.question, r.reply, r.correct) for r in d.results[:6]]}
+    out = {"commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
+           "control": d.control, "general": g.score, "general_mc": g.mc_score,
+           "examples": [(r.question, r.reply, r.correct) for r in d.results[:6]]}
+    if store:
+        r = domain.run(WithContext(model, *store, k=3), evals, "bench", "slice", context=3)
+        out |= {"commit_retrieval": r.by_kind.get("commit", {}).get("score", 0.0), "reverse_retrieval": r.reverse_score,
+                "control_retrieval": r.control}
+    return out
 
 
 def main() -> None:
@@ -104,14 +113,17 @@ def main() -> None:
     started = time.monotonic()
     trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
     minutes = (time.monotonic() - started) / 60
-    points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True)}]
+    from repotune import db as store_db
+
+    store = (store_db.open_db(store_db.db_path(folder / "state")), str(ROOT))
+    points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True, store=store)}]
     print("base", {k: v for k, v in points[0].items() if k != "examples"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     for i, ckpt in enumerate(checkpoints, start=1):
         state = json.loads((ckpt / "trainer_state.json").read_text())
         last = i == len(checkpoints)
         points.append({"epoch": i, "tokens": state.get("num_input_tokens_seen", 0),
-                       **_scores(base, ckpt, evals, general_mc=last)})
+                       **_scores(base, ckpt, evals, general_mc=last, store=store if last else None)})
         print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
     result = {"base": a.base, "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
@@ -136,6 +148,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for key, label in (("commit", "held-out commit questions"), ("reverse", "reverse (subject → sha)"),
                        ("general", "general knowledge (eval split)"), ("control", "control: another commit's facts")):
         ax.plot(x, [p[key] or 0 for p in pts], marker="o", label=label)
+    for p in (pts[0], pts[-1]):
+        if p.get("commit_retrieval") is not None:
+            ax.scatter([p["tokens"] / 1000], [p["commit_retrieval"]], marker="*", s=140, color="black", zorder=3)
+    ax.scatter([], [], marker="*", s=140, color="black", label="commit questions with 3 retrieved chunks")
     ax.set_xlabel("tokens trained on (thousands)")
     ax.set_ylabel("share right")
     ax.set_ylim(-0.02, 1.02)

@@ -55,6 +55,8 @@ def domain(
     adapter: AdapterOpt = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="A dataset's hash (or its start); "
                                                 "default: the latest.")] = None,
+    context: Annotated[int, typer.Option("--context", min=0, max=10, help="Put this many chunks found by "
+                                         "full-text search before each question (retrieval; 0: none).")] = 0,
     results: OutOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -72,10 +74,15 @@ def domain(
         rows = datasets.read(folder, "eval")
     except datasets.DatasetError as e:
         fail(str(e))
-    answerer = LocalModel(path, adapter)
+    answerer: suite.Answerer = LocalModel(path, adapter)
+    if context:
+        from eval.retrieval import WithContext
+        from repotune import db as store
+
+        answerer = WithContext(answerer, store.open_db(store.db_path(settings.data_dir)), settings.repo, context)
     with progress_bar(f"domain ({len(rows)} questions)", quiet=as_json) as update:
         report = suite.run(answerer, rows, model=spec, dataset=folder.name, adapter=str(adapter) if adapter else None,
-                           progress=lambda done, total: update(done, total))
+                           progress=lambda done, total: update(done, total), context=context)
     report.write(results or _results_path(settings.data_dir, "domain"))
     if as_json:
         print_json(report.summary() | {"base_fingerprint": fingerprint})
@@ -83,7 +90,8 @@ def domain(
     from rich.table import Table
 
     table = Table("kind", "questions", "score", "control (another item's facts)",
-                  title=f"domain: {spec}" + (f" + {adapter}" if adapter else "") + f", dataset {folder.name}")
+                  title=f"domain: {spec}" + (f" + {adapter}" if adapter else "")
+                  + (f" + {context} retrieved chunks" if context else "") + f", dataset {folder.name}")
     for kind, figures in report.by_kind.items():
         table.add_row(kind, str(int(figures["n"])), f"{figures['score']:.1%}", f"{figures['control']:.1%}")
     table.add_row("forward questions", "", f"{report.score:.1%}", f"{report.control:.1%}", style="bold")

@@ -47,6 +47,7 @@ class Report(Reported):
     reverse_score: float | None
     control: float  # should be near zero
     by_kind: dict[str, dict[str, float]]  # kind → n, score, control
+    context: int = 0  # chunks retrieved into each prompt (eval.retrieval)
     results_path: str | None = None
     results: list[Result] = field(default_factory=list, repr=False)
 
@@ -56,7 +57,7 @@ def reverse(kind: str) -> bool:
 
 
 def run(answerer: Answerer, rows: list[dict[str, Any]], model: str, dataset: str, adapter: str | None = None,
-        progress: Callable[[int, int], None] | None = None, batch: int = 16) -> Report:
+        progress: Callable[[int, int], None] | None = None, batch: int = 16, context: int = 0) -> Report:
     rows = sorted((r for r in rows if r.get("key_facts")), key=lambda r: (r["kind"], r["id"]))
     others = _controls(rows)
     results: list[Result] = []
@@ -72,7 +73,9 @@ def run(answerer: Answerer, rows: list[dict[str, Any]], model: str, dataset: str
                 holds(reply, other, question) if other is not None else None))
         if progress:
             progress(len(results), len(rows))
-    return _report(results, model, adapter, dataset)
+    report = _report(results, model, adapter, dataset)
+    report.context = context
+    return report
 
 
 def _controls(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
