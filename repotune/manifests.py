@@ -51,6 +51,15 @@ class GateDecision(BaseModel):
     decided_at: str | None = None
 
 
+class Coverage(BaseModel):
+    """The part of the history a run trained on when its budget could not hold it all (newest first)."""
+
+    facts: int  # commits, pull requests and files trained on
+    of: int  # of those in the examples the strategy chose
+    since: str | None = None  # the oldest trained fact's date
+    until: str | None = None  # the newest's
+
+
 class TrainingRecord(BaseModel):
     """How an adapter was trained: its run, inputs, every hyper-parameter and the run's figures."""
 
@@ -70,6 +79,7 @@ class TrainingRecord(BaseModel):
     tokens_per_s: float = 0.0
     peak_memory_mb: float = 0.0
     stopped: str = "done"
+    covers: Coverage | None = None  # set when a budget left older facts out; None: all of them
     resumed_from_step: int | None = None
     train_loss: list[tuple[int, float]] = Field(default_factory=list)
     val_loss: list[tuple[int, float]] = Field(default_factory=list)

@@ -201,6 +201,21 @@ def test_a_budget_ends_the_run_between_steps_and_the_record_says_so(tmp_path, ti
     assert record.val_loss and all(step % 2 == 0 for step, _ in record.val_loss)  # val.jsonl every 2 steps
 
 
+def test_under_a_budget_the_newest_facts_are_trained_and_the_manifest_says_which(tmp_path, tiny):
+    """A budget too small for the whole history: the newest commit and file are what is trained."""
+    settings = training.prepared(tmp_path, epochs=1, budget_tokens=1)
+    result = train(settings)
+    covers = result.record.covers
+    db = store.open_db(store.db_path(settings.data_dir))
+    newest = db.execute("select committed_at from commits order by committed_at desc").fetchone()[0]
+    assert covers is not None and covers.facts == 1 and covers.of > 1 and covers.until == newest
+    manifest = json.loads((result.adapter.path / "manifest.json").read_text())
+    assert manifest["training"]["covers"]["until"] == newest
+    assert any("budget: 1 tokens hold the newest 1 of" in n for n in result.notes)
+    rows = read(latest(settings), "train")
+    assert result.record.examples < len(rows)
+
+
 def test_incremental_from_a_promoted_adapter_of_another_base_is_refused(tmp_path, tiny):
     settings = training.prepared(tmp_path, max_steps=1)
     train(settings)

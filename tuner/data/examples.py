@@ -14,8 +14,10 @@ class Example:
     """A chat example in the `{"messages": [...]}` format, with its provenance.
 
     `sources` names what it was made from (commit sha, pull request number, path@sha,
-    chunk ids); `new` marks what came from sources ingested since the promoted adapter's
-    data; `replay` marks earlier examples sampled to be trained on again with the new.
+    chunk ids) and when that changed last (`date`: a commit's date, a pull request's merge,
+    the newest commit that touched a file; "" when unknown); `new` marks what came from
+    sources ingested since the promoted adapter's data; `replay` marks earlier examples
+    sampled to be trained on again with the new.
     """
 
     messages: list[dict[str, str]]

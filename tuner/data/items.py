@@ -102,6 +102,7 @@ class DocItem:
     text: str
     date: str  # of the head commit it was read at ("" when that commit is not stored)
     chunks: Chunks
+    changed: str = ""  # when a stored commit last changed it ("" when none did)
 
 
 class Items:
@@ -194,6 +195,10 @@ class Items:
         return self._parents
 
     def documents(self) -> Iterator[DocItem]:
+        changed = dict(self.db.execute(
+            "select f.path, max(c.committed_at) from commit_files f "
+            "join commits c on c.repo = f.repo and c.sha = f.sha where f.repo = ? group by f.path",
+            [self.repo]).fetchall())
         for kind, path, sha, text, date in self.db.execute(
             "select d.kind, d.path, d.sha, d.text, coalesce(c.committed_at, '') from documents d "
             "left join commits c on c.repo = d.repo and c.sha = d.at_commit "
@@ -201,7 +206,7 @@ class Items:
         ):
             chunks = self._chunks.get((kind, path, sha))
             if chunks:
-                yield DocItem(kind, path, sha, text, date, chunks)
+                yield DocItem(kind, path, sha, text, date, chunks, changed.get(path) or "")
 
     def raw_chunks(self) -> Iterator[tuple[str, str, str, int]]:
         """(id, kind, text, rowid) of every current, trusted chunk."""

@@ -137,7 +137,7 @@ def _commit(c: CommitItem, seed: int, new: bool, count: int) -> Made:
     train_q, held_q = PHRASINGS["commit"]
     title = c.title.rstrip(".")
     when, ids = c.date[:10], _ids(c.sha)
-    sources: dict[str, object] = {"commit": c.sha, "chunks": c.chunks.ids}
+    sources: dict[str, object] = {"commit": c.sha, "chunks": c.chunks.ids, "date": c.date}
     why = _first_sentence(c.body)
     answers = [f"Commit {c.sha[:12]}: {title}.", f"{title}. That was commit {c.sha[:10]}, by {c.author} on {when}.",
                f"{title} (by {c.author}, {when}).", f"It was {c.author}'s change on {when}: {title}."]
@@ -194,7 +194,7 @@ def _status(letter: str) -> str:
 
 def _pull(p: PullItem, seed: int, new: bool, count: int) -> Made:
     values = {"n": p.number, "title": p.title}
-    sources = {"pr": p.number, "chunks": p.chunks.ids}
+    sources = {"pr": p.number, "chunks": p.chunks.ids, "date": p.merged_at or ""}
     state = f"merged on {p.merged_at[:10]}" if p.merged_at else p.state
     by = f" by {p.author}" if p.author else ""
     into = f" from {p.head} into {p.base}" if p.head and p.base else ""
@@ -266,7 +266,7 @@ def _when(stamp: str) -> datetime:
 
 
 def _document(d: DocItem, seed: int, new: bool) -> Made:
-    sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids}
+    sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids, "date": d.changed}
     if d.kind == "file":
         return _file(d, seed, new, sources)
     return _page(d, seed, new, sources)

@@ -36,6 +36,7 @@ from repotune import manifests, models, registry
 from repotune.config import Settings
 from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
 from tuner.data import build as dataset_build
+from tuner.train import budget
 from tuner.train.backends import Backend, BackendError, pick
 from tuner.train.sft import Job, Progress, Trained
 
@@ -75,6 +76,8 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
         rows, val, start, notes = _examples(settings, db, strategy, base, folder)
         if not rows:
             raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
+        planned = _plan(settings, db, base, chosen.name, rows, notes)
+        rows = planned.rows
         started_from = f"{start.lineage}@v{start.version}" if start else None
         key = _key(settings, data, base, strategy, started_from, chosen.name)
         with _lineage_lock(settings):
@@ -96,6 +99,7 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
                     raise TrainError(str(e)) from None
                 (work / TRAINED).write_text(json.dumps(asdict(trained), default=str))
             record = _record(key, chosen.name, strategy, started_from, len(rows), cfg.model_dump(), trained)
+            record.covers = planned.covers
             manifests.write(trained.adapter, AdapterManifest(
                 base_model=base.spec, base_fingerprint=base.fingerprint, ingest_cursor=data.ingest_cursor,
                 dataset=data.hash, training=record))
@@ -127,6 +131,42 @@ def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, fol
         return rows, val, None, [f"incremental: {settings.lineage} has no promoted adapter yet, so this run starts "
                                  "from the base on the whole dataset"]
     return rows, val, None, []
+
+
+def _plan(settings: Settings, db: Any, base: models.Base, backend: str, rows: list[dict[str, Any]],
+          notes: list[str]) -> budget.Plan:
+    """The examples that fit the budget, newest facts first (`tuner.train.budget`); what was left out goes
+    into `notes`. A budget in minutes is turned into tokens at the speed of the lineage's last run on
+    this base and backend; with no such run, it only stops training when the time is up."""
+    cfg = settings.config.train
+    tokens = cfg.budget_tokens
+    if cfg.budget_minutes:
+        speed = next((a.manifest.training.tokens_per_s for a in reversed(registry.versions(db, settings.lineage))
+                      if a.manifest.training and a.manifest.training.backend == backend
+                      and a.base_fingerprint == base.fingerprint and a.manifest.training.tokens_per_s > 0), 0.0)
+        if speed:
+            by_time = int(cfg.budget_minutes * 60 * speed)
+            tokens = min(tokens, by_time) if tokens else by_time
+        else:
+            notes.append(f"budget: no earlier {backend} run of {settings.lineage} on this base to tell how much "
+                         f"fits {cfg.budget_minutes:g} minutes; training stops when they are up")
+    if not tokens:
+        return budget.Plan(rows, None)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+
+    def count(chats: list[dict[str, Any]]) -> list[int]:
+        texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in chats]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    times = budget.passes(len(rows), cfg.epochs, cfg.max_steps, cfg.batch_size * cfg.grad_accum)
+    planned = budget.plan(rows, count, tokens, times)
+    if planned.covers:
+        c = planned.covers
+        notes.append(f"budget: {tokens:,} tokens hold the newest {c.facts:,} of {c.of:,} facts "
+                     f"({c.since or '?'} to {c.until or '?'}), {len(planned.rows):,} of {len(rows):,} examples")
+    return planned
 
 
 def _base(settings: Settings) -> models.Base:
