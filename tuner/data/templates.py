@@ -14,12 +14,12 @@ for the domain eval, carrying the key facts a right answer holds (`eval.facts`).
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from eval.facts import content_words
+from tuner.data import code
 from tuner.data.examples import Example, chat, fraction, pick
 from tuner.data.items import CommitItem, DocItem, Items, PullItem
 
@@ -274,15 +274,15 @@ def _document(d: DocItem, seed: int, new: bool) -> Made:
 
 def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     lines = d.text.splitlines()
-    tree = _parse(d.text) if d.path.endswith(".py") else None
-    defs = _definitions(tree, lines) if tree else []
+    parsed = code.parse(d.path, d.text)
+    defs = parsed.definitions if parsed else []
     date = d.date[:10]
     as_of = f" as of {date}" if date else ""
     overview = f"{d.path}{as_of} has {len(lines)} line{'s' if len(lines) != 1 else ''}."
     if defs:
-        named = (f"{what} `{name}` (line {line})" for name, what, line, _, _ in defs)
+        named = (f"{x.what} `{x.name}` (line {x.line})" for x in defs)
         overview += " It defines " + ", ".join(named) + "."
-    doc = (ast.get_docstring(tree) or "").strip() if tree else ""
+    doc = parsed.doc if parsed else ""
     if doc:
         overview += f"\n\n{doc}"
     if not defs and not doc:
@@ -290,22 +290,22 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     values = {"path": d.path, "date": date or "the current head"}
     made = _made("file", seed, (d.path,), values, overview, sources, new, _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
-    for name, what, line, docstring, code in defs:
-        values = {"path": d.path, "name": name, "what": what}
-        doc_line = f" {docstring}" if docstring else " It has no docstring."
-        answer = _cut(f"`{name}` is a {what} in {d.path}, line {line}.{doc_line}\n\n```python\n{code}\n```")
-        facts = {**_words(docstring, share=0.5), "exact": [d.path]}
-        made.add(_made("definition", seed, (d.path, name), values, answer, {**sources, "chunks": d.chunks.at(line)},
-                       new, facts))
+    for x in defs:
+        values = {"path": d.path, "name": x.name, "what": x.what}
+        doc_line = f" {x.doc}" if x.doc else " It has no doc comment."
+        fence = parsed.language if parsed else ""
+        answer = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.{doc_line}\n\n```{fence}\n{x.code}\n```")
+        facts = {**_words(x.doc, share=0.5), "exact": [d.path]}
+        made.add(_made("definition", seed, (d.path, x.name), values, answer,
+                       {**sources, "chunks": d.chunks.at(x.line)}, new, facts))
     return made
 
 
-def _file_facts(path: str, defs: list[tuple[str, str, int, str, str]], doc: str, lines: list[str]) -> dict[
-        str, object]:
+def _file_facts(path: str, defs: list[code.Definition], doc: str, lines: list[str]) -> dict[str, object]:
     """Half of a file's top-level names, leaving out those its path says (parse.py, `parse`); else
     the words of its docstring, or of its first lines when it defines nothing."""
     in_path = set(content_words(path))
-    names = [w for w in content_words(" ".join(name for name, _, _, _, _ in defs)) if w not in in_path]
+    names = [w for w in content_words(" ".join(x.name for x in defs)) if w not in in_path]
     if names:
         return {"words": names[:8], "share": 0.5}
     return _words(doc or ("" if defs else _head(lines, 5)), share=0.5)
@@ -330,26 +330,6 @@ def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
             made.add(_made("section", seed, (d.path, s.title), values, _cut(s.text.strip()), sources, new,
                            _words(body, share=0.5)))
     return made
-
-
-def _parse(text: str) -> ast.Module | None:
-    try:
-        return ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-
-
-def _definitions(tree: ast.Module, lines: list[str]) -> list[tuple[str, str, int, str, str]]:
-    """(name, "function" or "class", line, first paragraph of its docstring, source) of each
-    top-level definition of a Python module."""
-    out = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            code = "\n".join(lines[first - 1: node.end_lineno])
-            doc = (ast.get_docstring(node) or "").split("\n\n", 1)[0].strip()
-            out.append((node.name, "class" if isinstance(node, ast.ClassDef) else "function", first, doc, code))
-    return out
 
 
 def _head(lines: list[str], n: int = 15) -> str:
