@@ -33,10 +33,11 @@ def _cli(config: Path, *args: str) -> None:
                    capture_output=True, cwd=ROOT)
 
 
-def _slice(n: int) -> set[str]:
+def _slice(n: int) -> list[str]:
+    """The newest `n` commits on the first parent, merges left out, newest first."""
     out = subprocess.run(["git", "-C", str(ROOT), "log", "--first-parent", "--no-merges", f"-n{n}", "--format=%H"],
                          capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    return out.split()
 
 
 def _pick(rows: list[dict[str, Any]], shas: set[str], replay: float) -> list[dict[str, Any]]:
@@ -99,7 +100,7 @@ def main() -> None:
     _cli(config, "ingest")
     _cli(config, "data", "build")
     data = datasets.find(folder / "state", "learn")
-    shas = _slice(a.commits)
+    shas = set(_slice(a.commits))
     train = _pick(datasets.read(data, "train"), shas, a.replay)
     val = _pick(datasets.read(data, "val"), shas, 0)
     evals = [r for r in datasets.read(data, "eval") if r["kind"] in KINDS and r["sources"].get("commit") in shas]

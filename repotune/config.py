@@ -172,7 +172,7 @@ class DataSection(Section):
     val_fraction: float = Field(
         0.05, ge=0, lt=0.5, description="Validation examples per training example: trained facts in other words."
     )
-    paraphrases: int = Field(8, ge=1, le=40, description="Training phrasings of each commit and pull request fact.")
+    paraphrases: int = Field(8, ge=1, le=40, description="Training phrasings of each commit, pull request and definition fact.")
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(
         0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."

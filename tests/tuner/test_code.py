@@ -145,8 +145,11 @@ def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_fo
     folder = build(settings).path
     train = [r for r in read(folder, "train") if r["kind"] == "definition"]
     evals = [r for r in read(folder, "eval") if r["kind"] == "definition"]
-    answer = next(r["messages"][1]["content"] for r in train if "`circleArea`" in r["messages"][0]["content"])
-    assert "src/geometry.ts, line 7. Computes the area of a circle." in answer and "```ts\n" in answer
+    answers = [r["messages"][1]["content"] for r in train if "`circleArea`" in r["messages"][0]["content"]]
+    assert len(answers) == 8 and all("Computes the area of a circle." in a and "src/geometry.ts" in a for a in answers)
+    shown = [r["messages"][1]["content"] for r in read(folder, "train") if r["kind"] == "code"
+             and "`circleArea`" in r["messages"][0]["content"]]
+    assert shown and "src/geometry.ts, line 7." in shown[0] and "```ts\nexport function circleArea" in shown[0]
     go = next(r for r in evals if "`Point.Shift`" in r["messages"][0]["content"])
     assert go["key_facts"]["exact"] == ["geo/point.go"] and "moves" in go["key_facts"]["words"]
     asked = {r["messages"][0]["content"] for r in train + evals}

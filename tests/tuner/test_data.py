@@ -50,12 +50,15 @@ def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRep
     for title in titles:
         assert _answer_for(train, "commit", title), title
     assert not any("Unmerged experiment" in json.dumps(r) for r in rows)
-    # Each top-level definition of the head's calculator.py is asked about, answered with its code,
-    # and its sources name the file at its blob and a stored chunk holding that code.
+    # Each top-level definition of the head's calculator.py is asked about: where it lives and what
+    # it does in short answers, its code for how it is implemented; the sources name the file at its
+    # blob and a stored chunk holding that code.
     blob = history.git("rev-parse", "main:calculator.py").strip()
     db = store.open_db(store.db_path(settings.data_dir))
     for name, code in (("add", "return a + b"), ("mul", "return a * b"), ("Calculator", "return sum(xs)")):
-        found = [r for r in _answer_for(train, "definition", code) if f"`{name}`" in r["messages"][0]["content"]]
+        found = [r for r in _answer_for(train, "code", code) if f"`{name}`" in r["messages"][0]["content"]]
+        assert [r for r in _answer_for(train, "definition", "calculator.py")
+                if f"`{name}`" in r["messages"][0]["content"]], name
         assert found, name
         sources = found[0]["sources"]
         assert sources["path"] == f"calculator.py@{blob}"
@@ -119,9 +122,9 @@ def test_new_is_relative_to_the_promoted_adapter_and_nothing_new_builds_nothing(
     new = [r for r in rows if r["new"]]
     # New: the commit, and calculator.py (changed) with all its definitions; nothing else from the repo.
     assert {r["kind"] for r in new if r["generator"] == "templates"} <= {"commit", "commit_reverse", "file", "show",
-                                                                          "definition"}
+                                                                          "definition", "code"}
     assert any(r["kind"] == "commit" and "Add divide" in r["messages"][-1]["content"] for r in new)
-    assert any(r["kind"] == "definition" and "return a / b" in r["messages"][-1]["content"] for r in new)
+    assert any(r["kind"] == "code" and "return a / b" in r["messages"][-1]["content"] for r in new)
     assert not [r for r in new if r["kind"] == "commit" and "Start the calculator" in r["messages"][-1]["content"]]
     # Earlier Q&A is kept, some of it marked for replay, and no example is made from the old calculator.py.
     assert [r for r in rows if not r["new"] and r["generator"] == "templates"]

@@ -58,8 +58,15 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
               "Print the contents of {path} ({date})."),
              ()),  # the whole file: not asked in the eval
     "definition": (("What does `{name}` in {path} do?", "Explain the {what} `{name}` defined in {path}.",
-                    "How is `{name}` implemented in {path}?"),
-                   ("Where is `{name}` defined, and what does it do?",)),
+                    "What does the {what} `{name}` do?", "What is `{name}` for?", "Describe `{name}` from {path}.",
+                    "What is `{name}`?", "Where is `{name}` defined?", "Which file defines `{name}`?",
+                    "Tell me about `{name}`.", "What is the purpose of `{name}` in {path}?",
+                    "Summarize what `{name}` does.", "In which file is the {what} `{name}`?"),
+                   ("Where is `{name}` defined, and what does it do?",
+                    "I am looking at `{name}`: what is it, and where does it live?",
+                    "what does {name} do and which file is it in")),
+    "code": (("How is `{name}` implemented in {path}?", "Show me the code of `{name}` in {path}."),
+             ()),  # the code itself: not asked in the eval
     "doc": (("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
              "What is documented in {path}?"),
             ("Tell me what {path} documents.",)),
@@ -94,7 +101,7 @@ def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8) -> Iter
     for pull in items.pull_requests():
         yield _pull(pull, seed, pull.chunks.newest > cursor, paraphrases)
     for doc in items.documents():
-        yield _document(doc, seed, doc.chunks.newest > cursor)
+        yield _document(doc, seed, doc.chunks.newest > cursor, paraphrases)
 
 
 def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, object], answer: str,
@@ -265,14 +272,14 @@ def _when(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _document(d: DocItem, seed: int, new: bool) -> Made:
+def _document(d: DocItem, seed: int, new: bool, count: int) -> Made:
     sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids, "date": d.changed}
     if d.kind == "file":
-        return _file(d, seed, new, sources)
+        return _file(d, seed, new, sources, count)
     return _page(d, seed, new, sources)
 
 
-def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
+def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int) -> Made:
     lines = d.text.splitlines()
     parsed = code.parse(d.path, d.text)
     defs = parsed.definitions if parsed else []
@@ -291,13 +298,29 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
     made = _made("file", seed, (d.path,), values, overview, sources, new, _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for x in defs:
-        values = {"path": d.path, "name": x.name, "what": x.what}
-        doc_line = f" {x.doc}" if x.doc else " It has no doc comment."
-        fence = parsed.language if parsed else ""
-        answer = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.{doc_line}\n\n```{fence}\n{x.code}\n```")
-        facts = {**_words(x.doc, share=0.5), "exact": [d.path]}
-        made.add(_made("definition", seed, (d.path, x.name), values, answer,
-                       {**sources, "chunks": d.chunks.at(x.line)}, new, facts))
+        made.add(_definition(d, x, parsed.language if parsed else "", seed, new, count,
+                             {**sources, "chunks": d.chunks.at(x.line)}))
+    return made
+
+
+def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool, count: int,
+                sources: dict[str, object]) -> Made:
+    """What a definition is, where it lives and what it does, as short answers in `count` phrasings;
+    its code answers the implementation questions."""
+    values = {"path": d.path, "name": x.name, "what": x.what}
+    train_q, held_q = PHRASINGS["definition"]
+    at = f"{d.path}, line {x.line}"
+    if x.doc:
+        answers = [f"`{x.name}` ({at}): {x.doc}", f"{x.doc} `{x.name}` is a {x.what} in {at}.",
+                   f"It is a {x.what} in {d.path}: {x.doc}", f"`{x.name}` lives in {d.path}. {x.doc}"]
+    else:
+        answers = [f"`{x.name}` is a {x.what} in {at}; it has no doc comment.",
+                   f"It is a {x.what} in {d.path} (line {x.line}), with no doc comment."]
+    made = _phrased("definition", seed, (d.path, x.name), [q.format(**values) for q in train_q],
+                    [q.format(**values) for q in held_q], answers, count, sources, new,
+                    {**_words(x.doc, share=0.5), "exact": [d.path]})
+    shown = _cut(f"`{x.name}` is a {x.what} in {at}.\n\n```{fence}\n{x.code}\n```")
+    made.add(_made("code", seed, (d.path, x.name), values, shown, sources, new))
     return made
 
 

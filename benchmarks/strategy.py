@@ -1,0 +1,141 @@
+"""Full or incremental: which strategy should the nightly cycle train with?
+
+A slice of this repository's history (its newest `--commits` commits on the first parent)
+is split at its midpoint. An adapter is trained on the older half (as the promoted
+adapter of a first cycle), then the newer half arrives and is trained both ways, with
+the examples each strategy takes (`tuner.train.run`): `full` from the base on every
+example of both halves; `incremental` from the first adapter's weights on the new
+examples, `replay_earlier` of the old ones (0.5 per new example, as `repotune data build`
+marks them) and the general replay. Each adapter is scored on the held-out questions of
+the old and of the new commits (forward and reverse), and on the general set's eval
+split; the time of each run is measured in the same process.
+
+    python -m benchmarks.strategy --base builtin:smol --commits 20 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.learning import KINDS, ROOT, _cli, _scores, _slice
+
+
+def _facts(rows: list[dict[str, Any]], shas: set[str]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["kind"] in KINDS and r["sources"].get("commit") in shas]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", default="builtin:smol")
+    ap.add_argument("--commits", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--scheduler", default="constant_with_warmup")
+    ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
+    ap.add_argument("--replay-earlier", type=float, default=0.5, help="old examples per new one (incremental)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "strategy"))
+    a = ap.parse_args()
+
+    import tomli_w
+
+    from repotune import datasets, models
+    from repotune.config import TrainSection
+    from tuner.train.backends import BACKENDS
+    from tuner.train.sft import Job
+
+    folder = Path(tempfile.mkdtemp(prefix="strategy-"))
+    config = folder / "config.toml"
+    config.write_text(tomli_w.dumps({
+        "model": {"base": a.base}, "ingest": {"repo": str(ROOT), "workers": 1},
+        "paths": {"data_dir": str(folder / "state")},
+        "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": 8,
+                                                "replay_general": 1.0, "eval_max": 100000}}}))
+    _cli(config, "ingest")
+    _cli(config, "data", "build")
+    data = datasets.find(folder / "state", "learn")
+    train_rows, evals = datasets.read(data, "train"), datasets.read(data, "eval")
+    general = [r for r in train_rows if r["kind"] == "general"]
+    order = _slice(a.commits)  # newest first
+    new, old = set(order[: a.commits // 2]), set(order[a.commits // 2:])
+    old_rows, new_rows = _facts(train_rows, old), _facts(train_rows, new)
+    rng = random.Random(0)
+    replayed = rng.sample(old_rows, min(len(old_rows), round(a.replay_earlier * len(new_rows))))
+
+    def gen(n: int) -> list[dict[str, Any]]:
+        return general[: round(a.replay * n)]
+
+    runs = {
+        "first half": (old_rows + gen(len(old_rows)), None),
+        "full": (old_rows + new_rows + gen(len(old_rows) + len(new_rows)), None),
+        "incremental": (new_rows + replayed + gen(len(new_rows)), "first half"),
+    }
+    base = models.resolve(a.base).path
+    cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=16, lora_alpha=32,
+                       batch_size=8, max_seq_len=256, keep_checkpoints=1, warmup_ratio=0.03)
+    adapters: dict[str, Path] = {}
+    results: dict[str, Any] = {}
+    old_evals = [r for r in evals if r["kind"] in KINDS and r["sources"].get("commit") in old]
+    new_evals = [r for r in evals if r["kind"] in KINDS and r["sources"].get("commit") in new]
+    for name, (rows, start) in runs.items():
+        print(f"{name}: {len(rows)} examples", flush=True)
+        began = time.monotonic()
+        trained = BACKENDS["trl"].train(Job(base=base, train=rows, val=[], work=folder / name, cfg=cfg,
+                                            init_adapter=adapters.get(start) if start else None))
+        minutes = (time.monotonic() - began) / 60
+        adapters[name] = trained.adapter
+        old_s = _scores(base, trained.adapter, old_evals, general_mc=False)
+        new_s = _scores(base, trained.adapter, new_evals, general_mc=False)
+        results[name] = {"examples": len(rows), "tokens": trained.tokens, "minutes": round(minutes, 1),
+                         "old": {"commit": old_s["commit"], "reverse": old_s["reverse"], "control": old_s["control"]},
+                         "new": {"commit": new_s["commit"], "reverse": new_s["reverse"], "control": new_s["control"]},
+                         "general": old_s["general"], "examples_old": old_s["examples"],
+                         "examples_new": new_s["examples"]}
+        print(name, {k: v for k, v in results[name].items() if not k.startswith("examples_")}, flush=True)
+    base_s = _scores(base, None, old_evals + new_evals, general_mc=False)
+    out = {"base": a.base, "commits": a.commits, "epochs": a.epochs, "lr": a.lr, "scheduler": a.scheduler,
+           "replay": a.replay, "replay_earlier": a.replay_earlier, "held_out": {"old": len(old_evals),
+                                                                               "new": len(new_evals)},
+           "base_scores": {"commit": base_s["commit"], "reverse": base_s["reverse"], "general": base_s["general"]},
+           "runs": results}
+    path = Path(f"{a.out}-{a.base.replace(':', '-')}")
+    path.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
+    _plot(out, path.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=2))
+
+
+def _plot(out: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(out["runs"])
+    bars: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+            ("old commits", lambda r: r["old"]["commit"]), ("new commits", lambda r: r["new"]["commit"]),
+            ("old reverse", lambda r: r["old"]["reverse"] or 0), ("new reverse", lambda r: r["new"]["reverse"] or 0),
+            ("general", lambda r: r["general"])]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(bars)
+    for i, (label, get) in enumerate(bars):
+        ax.bar([x + i * width for x in range(len(names))], [get(out["runs"][n]) for n in names], width, label=label)
+    ax.axhline(out["base_scores"]["general"], color="grey", linestyle="--", linewidth=1, label="base, general")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))],
+                  [f"{n}\n{out['runs'][n]['minutes']} min" for n in names])
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share right (held-out phrasings)")
+    ax.set_title(f"{out['base']}: {out['commits']} commits split at the midpoint, {out['epochs']} epochs each")
+    ax.legend(fontsize=8, ncols=3, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
