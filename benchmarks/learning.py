@@ -11,6 +11,10 @@ another commit's key facts), and on the general set's eval split; the base first
 curve of scores against tokens trained on goes to a PNG beside the figures.
 
     python -m benchmarks.learning --base builtin:smol --commits 30 --epochs 6
+
+With `--typescript N`, a generated TypeScript repository of N documented functions
+(`benchmarks/ts_repo.py`) is learned instead, and its held-out definition questions
+(where each function lives and what it does) are scored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,8 @@ def _slice(n: int) -> list[str]:
     return out.split()
 
 
-def _pick(rows: list[dict[str, Any]], shas: set[str], replay: float) -> list[dict[str, Any]]:
-    facts = [r for r in rows if r["kind"] in KINDS and r["sources"].get("commit") in shas]
+def _pick(rows: list[dict[str, Any]], keep: Callable[[dict[str, Any]], bool], replay: float) -> list[dict[str, Any]]:
+    facts = [r for r in rows if keep(r)]
     general = [r for r in rows if r["kind"] == "general"][: round(replay * len(facts))]
     return facts + general
 
@@ -57,13 +62,12 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     model = LocalModel(base, adapter)
     d = domain.run(model, evals, "bench", "slice")
     g = general.run(model, questions.load(split="eval"), "bench", mc=general_mc)
-    out = {"commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
+    out = {"forward": d.score, "commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
            "control": d.control, "general": g.score, "general_mc": g.mc_score,
            "examples": [(r.question, r.reply, r.correct) for r in d.results[:6]]}
     if store:
         r = domain.run(WithContext(model, *store, k=3), evals, "bench", "slice", context=3)
-        out |= {"commit_retrieval": r.by_kind.get("commit", {}).get("score", 0.0), "reverse_retrieval": r.reverse_score,
-                "control_retrieval": r.control}
+        out |= {"forward_retrieval": r.score, "reverse_retrieval": r.reverse_score, "control_retrieval": r.control}
     return out
 
 
@@ -71,6 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="builtin:smol")
     ap.add_argument("--commits", type=int, default=30)
+    ap.add_argument("--typescript", type=int, default=0, metavar="N",
+                    help="learn the definitions of a generated TypeScript repository of N functions instead")
     ap.add_argument("--paraphrases", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -90,9 +96,25 @@ def main() -> None:
     from tuner.train.sft import Job
 
     folder = Path(tempfile.mkdtemp(prefix="learning-"))
+    repo = ROOT
+    if a.typescript:
+        from benchmarks.ts_repo import generate
+
+        repo = folder / "typescript"
+        generate(repo, a.typescript)
+        kinds: tuple[str, ...] = ("definition",)
+
+        def keep(r: dict[str, Any]) -> bool:
+            return r["kind"] in kinds
+    else:
+        kinds = KINDS
+        shas = set(_slice(a.commits))
+
+        def keep(r: dict[str, Any]) -> bool:
+            return r["kind"] in kinds and r["sources"].get("commit") in shas
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
-        "model": {"base": a.base}, "ingest": {"repo": str(ROOT), "workers": 1},
+        "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},
         "paths": {"data_dir": str(folder / "state")},
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
                                                 "replay_general": 1.0, "eval_max": 100000,
@@ -100,10 +122,9 @@ def main() -> None:
     _cli(config, "ingest")
     _cli(config, "data", "build")
     data = datasets.find(folder / "state", "learn")
-    shas = set(_slice(a.commits))
-    train = _pick(datasets.read(data, "train"), shas, a.replay)
-    val = _pick(datasets.read(data, "val"), shas, 0)
-    evals = [r for r in datasets.read(data, "eval") if r["kind"] in KINDS and r["sources"].get("commit") in shas]
+    train = _pick(datasets.read(data, "train"), keep, a.replay)
+    val = _pick(datasets.read(data, "val"), keep, 0)
+    evals = [r for r in datasets.read(data, "eval") if keep(r)]
     base = models.resolve(a.base).path
     steps_per_epoch = -(-len(train) // 8)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
@@ -116,7 +137,7 @@ def main() -> None:
     minutes = (time.monotonic() - started) / 60
     from repotune import db as store_db
 
-    store = (store_db.open_db(store_db.db_path(folder / "state")), str(ROOT))
+    store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
     points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True, store=store)}]
     print("base", {k: v for k, v in points[0].items() if k != "examples"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
@@ -126,12 +147,13 @@ def main() -> None:
         points.append({"epoch": i, "tokens": state.get("num_input_tokens_seen", 0),
                        **_scores(base, ckpt, evals, general_mc=last, store=store if last else None)})
         print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
-    result = {"base": a.base, "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
+    result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
+              "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
-    out = Path(f"{a.out}-{a.base.replace(':', '-')}")
+    out = Path(f"{a.out}-{a.base.replace(':', '-')}" + ("-typescript" if a.typescript else ""))
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "points"}, indent=2))
@@ -146,17 +168,20 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     pts = result["points"]
     x = [p["tokens"] / 1000 for p in pts]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, label in (("commit", "held-out commit questions"), ("reverse", "reverse (subject → sha)"),
-                       ("general", "general knowledge (eval split)"), ("control", "control: another commit's facts")):
-        ax.plot(x, [p[key] or 0 for p in pts], marker="o", label=label)
+    what = result["kinds"][0]
+    lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha)"),
+             ("general", "general knowledge (eval split)"), ("control", f"control: another {what}'s facts")]
+    for key, label in lines:
+        if any(p.get(key) is not None for p in pts):
+            ax.plot(x, [p.get(key) or 0 for p in pts], marker="o", label=label)
     for p in (pts[0], pts[-1]):
-        if p.get("commit_retrieval") is not None:
-            ax.scatter([p["tokens"] / 1000], [p["commit_retrieval"]], marker="*", s=140, color="black", zorder=3)
-    ax.scatter([], [], marker="*", s=140, color="black", label="commit questions with 3 retrieved chunks")
+        if p.get("forward_retrieval") is not None:
+            ax.scatter([p["tokens"] / 1000], [p["forward_retrieval"]], marker="*", s=140, color="black", zorder=3)
+    ax.scatter([], [], marker="*", s=140, color="black", label=f"{what} questions with 3 retrieved chunks")
     ax.set_xlabel("tokens trained on (thousands)")
     ax.set_ylabel("share right")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{result['base']}: {result['commits']} commits, {result['paraphrases']} phrasings, "
+    ax.set_title(f"{result['base']}: {result['source']}, {result['paraphrases']} phrasings, "
                  f"lr {result['lr']}, rank {result['rank']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")

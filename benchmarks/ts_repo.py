@@ -65,7 +65,8 @@ def generate(path: Path, functions: int = 40, per_commit: int = 4, seed: int = 0
 def _git(path: Path, *args: str) -> None:
     env = {"GIT_AUTHOR_NAME": "Grace Hopper", "GIT_AUTHOR_EMAIL": "grace@example.com",
            "GIT_COMMITTER_NAME": "Grace Hopper", "GIT_COMMITTER_EMAIL": "grace@example.com",
-           "GIT_AUTHOR_DATE": "2026-06-01T12:00:00Z", "GIT_COMMITTER_DATE": "2026-06-01T12:00:00Z", "PATH": "/usr/bin:/bin"}
+           "GIT_AUTHOR_DATE": "2026-06-01T12:00:00Z", "GIT_COMMITTER_DATE": "2026-06-01T12:00:00Z",
+           "PATH": "/usr/bin:/bin"}
     subprocess.run(["git", "-C", str(path), "-c", "commit.gpgsign=false", *args], check=True, env=env,
                    capture_output=True)
 
