@@ -121,7 +121,7 @@ def _plot(out: dict[str, Any], path: Path) -> None:
             ("old commits", lambda r: r["old"]["commit"]), ("new commits", lambda r: r["new"]["commit"]),
             ("old reverse", lambda r: r["old"]["reverse"] or 0), ("new reverse", lambda r: r["new"]["reverse"] or 0),
             ("general", lambda r: r["general"])]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 5))
     width = 0.8 / len(bars)
     for i, (label, get) in enumerate(bars):
         ax.bar([x + i * width for x in range(len(names))], [get(out["runs"][n]) for n in names], width, label=label)
@@ -131,7 +131,7 @@ def _plot(out: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("share right (held-out phrasings)")
     ax.set_title(f"{out['base']}: {out['commits']} commits split at the midpoint, {out['epochs']} epochs each")
-    ax.legend(fontsize=8, ncols=3, loc="upper left")
+    ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
