@@ -158,7 +158,8 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: str, rows: li
 
     def count(chats: list[dict[str, Any]]) -> list[int]:
         texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in chats]
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_seq_len)["input_ids"]
+        return [len(x) for x in ids]  # as trained: cut at max_seq_len
 
     times = budget.passes(len(rows), cfg.epochs, cfg.max_steps, cfg.batch_size * cfg.grad_accum)
     planned = budget.plan(rows, count, tokens, times)
