@@ -12,9 +12,9 @@ curve of scores against tokens trained on goes to a PNG beside the figures.
 
     python -m benchmarks.learning --base builtin:smol --commits 30 --epochs 6
 
-With `--typescript N`, a generated TypeScript repository of N documented functions
-(`benchmarks/ts_repo.py`) is learned instead, and its held-out definition questions
-(where each function lives and what it does) are scored.
+With `--typescript N`, a generated TypeScript repository of N documented functions added
+by N/2 pull requests (`benchmarks/ts_repo.py`) is learned instead: its commits, pull
+requests and definitions (where each function lives and what it does), scored per kind.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     g = general.run(model, questions.load(split="eval"), "bench", mc=general_mc)
     out = {"forward": d.score, "commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
            "control": d.control, "general": g.score, "general_mc": g.mc_score,
-           "examples": [(r.question, r.reply, r.correct) for r in d.results[:6]]}
+           "by_kind": {k: v["score"] for k, v in d.by_kind.items()},
+           "examples": [(r.question, r.reply, r.correct) for r in d.results[::max(1, len(d.results) // 8)]]}
     if store:
         r = domain.run(WithContext(model, *store, k=3), evals, "bench", "slice", context=3)
         out |= {"forward_retrieval": r.score, "reverse_retrieval": r.reverse_score, "control_retrieval": r.control}
@@ -102,7 +103,7 @@ def main() -> None:
 
         repo = folder / "typescript"
         generate(repo, a.typescript)
-        kinds: tuple[str, ...] = ("definition",)
+        kinds: tuple[str, ...] = ("commit", "commit_reverse", "pull_request", "pull_request_reverse", "definition")
 
         def keep(r: dict[str, Any]) -> bool:
             return r["kind"] in kinds
@@ -168,8 +169,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     pts = result["points"]
     x = [p["tokens"] / 1000 for p in pts]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    what = result["kinds"][0]
-    lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha)"),
+    what = result["kinds"][0] if len(result["kinds"]) <= 2 else "domain"
+    lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha or number)"),
              ("general", "general knowledge (eval split)"), ("control", f"control: another {what}'s facts")]
     for key, label in lines:
         if any(p.get(key) is not None for p in pts):

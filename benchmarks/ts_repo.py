@@ -1,9 +1,11 @@
-"""A generated TypeScript repository: modules of documented functions, committed a few at a time.
+"""A generated TypeScript repository: modules of documented functions, added by pull requests.
 
 Each function does one made-up, specific thing in a made-up domain ("Computes the late fee
 of a parcel in cents."), in a file of its domain (`src/parcels/fees.ts`), with a JSDoc
 comment saying so: what the definition questions ask (where it lives, what it does) and
-no pre-trained model can know. Deterministic for a seed.
+no pre-trained model can know. Every `per_commit` functions are one squash-merged pull
+request ("Compute the late fee for parcels in cents (#101)"), which ingest recovers from
+the history: commit and pull-request questions too. Deterministic for a seed.
 
     python -m benchmarks.ts_repo /tmp/ts-repo --functions 40
 """
@@ -29,7 +31,7 @@ UNITS = ("in cents", "in minutes", "per region", "per customer", "for the next q
          "across all depots", "from the audit log")
 
 
-def generate(path: Path, functions: int = 40, per_commit: int = 4, seed: int = 0) -> list[dict[str, str]]:
+def generate(path: Path, functions: int = 40, per_commit: int = 2, seed: int = 0) -> list[dict[str, str]]:
     """Write and commit the repository at `path`; the functions made, each {name, path, doc}."""
     rng = random.Random(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -51,14 +53,15 @@ def generate(path: Path, functions: int = 40, per_commit: int = 4, seed: int = 0
             f"/**\n * {doc}\n * @param {singular} the {singular} to look at\n */\n"
             f"export function {name}({singular}: {{ id: string; total: number }}): number {{\n"
             f"  return Math.round({singular}.total * {rng.randint(2, 97)}) / 100;\n}}\n")
-        made.append({"name": name, "path": file, "doc": doc})
+        made.append({"name": name, "path": file, "doc": doc,
+                     "title": f"{verb.capitalize()} {thing_doc} for {domain} {unit}"})
         if len(made) % per_commit == 0 or len(made) == functions:
             for f, blocks in files.items():
                 (path / f).parent.mkdir(parents=True, exist_ok=True)
                 (path / f).write_text("\n".join(blocks))
             _git(path, "add", "-A")
-            last = made[-1]
-            _git(path, "commit", "-q", "-m", f"Add {last['name']} to {last['path']}")
+            number = len(made) // per_commit + 100
+            _git(path, "commit", "-q", "-m", f"{made[-1]['title']} (#{number})")  # squash-merged pull request
     return made
 
 
