@@ -172,7 +172,9 @@ class DataSection(Section):
     val_fraction: float = Field(
         0.05, ge=0, lt=0.5, description="Validation examples per training example: trained facts in other words."
     )
-    paraphrases: int = Field(8, ge=1, le=40, description="Training phrasings of each commit, pull request and definition fact.")
+    paraphrases: int = Field(
+        8, ge=1, le=40, description="Training phrasings of each commit, pull request and definition fact."
+    )
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(
         0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
@@ -307,8 +309,18 @@ class TrainSection(Section):
         return self
 
 
+class GateSection(Section):
+    general_margin: float = Field(
+        0.02, ge=0, le=1, description="A candidate keeps general(base) − this, greedy and multiple choice each."
+    )
+    domain_margin: float = Field(0.02, ge=0, le=1, description="A candidate keeps domain(current) − this.")
+    domain_floor: float = Field(
+        0.1, ge=0, le=1, description="A lineage's first version must reach domain(base) + this."
+    )
+
+
 class EvalSection(Section):
-    pass
+    gate: GateSection = GateSection()
 
 
 class ScheduleSection(Section):

@@ -1,0 +1,56 @@
+"""The gate's rules: what a candidate must keep and gain to be promoted."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.gate import Rules, Scores, decide
+from repotune.config import ConfigError, parse
+
+BASE = Scores(general=0.50, general_mc=0.48, domain=0.00)
+RULES = Rules()
+
+
+def test_a_first_version_that_keeps_general_and_learns_the_domain_passes() -> None:
+    verdict = decide(RULES, BASE, Scores(general=0.49, general_mc=0.48, domain=0.60), current=None)
+    assert verdict.promote and verdict.reasons == []
+    assert [c.name for c in verdict.checks] == ["general", "general_mc", "domain"]
+
+
+@pytest.mark.parametrize(("candidate", "failed"), [
+    (Scores(general=0.47, general_mc=0.48, domain=0.60), ["general"]),  # lost 3 points greedy
+    (Scores(general=0.50, general_mc=0.40, domain=0.60), ["general_mc"]),
+    (Scores(general=0.50, general_mc=0.48, domain=0.05), ["domain"]),  # learned too little over the base
+    (Scores(general=0.20, general_mc=0.30, domain=0.90), ["general", "general_mc"]),  # learned by forgetting
+])
+def test_a_candidate_that_forgets_or_learns_too_little_is_rejected_with_its_reasons(candidate, failed) -> None:
+    verdict = decide(RULES, BASE, candidate, current=None)
+    assert not verdict.promote
+    assert [c.name for c in verdict.checks if not c.passed] == failed
+    assert len(verdict.reasons) == len(failed) and all("against the base" in r for r in verdict.reasons)
+
+
+def test_a_later_version_is_judged_against_the_current_one_on_the_domain() -> None:
+    current = Scores(general=0.50, general_mc=0.48, domain=0.70)
+    assert decide(RULES, BASE, Scores(0.50, 0.48, 0.69), current).promote
+    worse = decide(RULES, BASE, Scores(0.50, 0.48, 0.60), current)
+    assert not worse.promote and "current version's 0.700" in worse.reasons[0]
+
+
+def test_a_margin_is_never_below_the_noise_of_the_measurement() -> None:
+    candidate = Scores(general=0.46, general_mc=0.48, domain=0.60)
+    assert not decide(RULES, BASE, candidate, None).promote
+    noisy = decide(RULES, BASE, candidate, None, noise=0.04)  # the base scored 0.04 apart twice
+    assert noisy.promote and "noise" in noisy.checks[0].rule and noisy.checks[0].threshold == 0.46
+
+
+def test_with_refusals_trained_in_only_multiple_choice_judges_general_knowledge() -> None:
+    verdict = decide(Rules(mc_only=True), BASE, Scores(general=0.10, general_mc=0.48, domain=0.60), None)
+    assert verdict.promote and [c.name for c in verdict.checks] == ["general_mc", "domain"]
+
+
+def test_the_rules_come_from_the_config() -> None:
+    gate = parse({"eval": {"gate": {"general_margin": 0.05, "domain_floor": 0.3}}}).eval.gate
+    assert (gate.general_margin, gate.domain_margin, gate.domain_floor) == (0.05, 0.02, 0.3)
+    with pytest.raises(ConfigError, match=r"eval\.gate\.general_margin"):
+        parse({"eval": {"gate": {"general_margin": -1}}})
