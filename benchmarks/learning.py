@@ -185,7 +185,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{result['base']}: {result['source']}, {result['paraphrases']} phrasings, "
                  f"lr {result['lr']}, rank {result['rank']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -50,6 +50,7 @@ def main() -> None:
     from tuner.train.backends import BACKENDS
     from tuner.train.sft import Job
 
+    order = _slice(a.commits)  # newest first; taken before ingest, so a commit made meanwhile is not in it
     folder = Path(tempfile.mkdtemp(prefix="strategy-"))
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
@@ -62,7 +63,6 @@ def main() -> None:
     data = datasets.find(folder / "state", "learn")
     train_rows, evals = datasets.read(data, "train"), datasets.read(data, "eval")
     general = [r for r in train_rows if r["kind"] == "general"]
-    order = _slice(a.commits)  # newest first
     new, old = set(order[: a.commits // 2]), set(order[a.commits // 2:])
     old_rows, new_rows = _facts(train_rows, old), _facts(train_rows, new)
     rng = random.Random(0)
