@@ -34,6 +34,11 @@ def test_a_pasted_short_sha_finds_its_commit_first(prepared) -> None:
         for asked in (sha[:7], sha[:10], sha):
             hits = retrieval.search(db, settings.repo, f"What did commit {asked} change?")
             assert hits and hits[0].kind == "commit" and subject.splitlines()[0] in hits[0].text, asked
+    # An id is looked up as an id, however many words of the question match other chunks better.
+    sha = db.execute("select sha from commits order by committed_at").fetchone()[0]
+    crowded = f"What did commit {sha[:8]} change in parse words lines text words count parse?"
+    first = retrieval.search(db, settings.repo, crowded)[0]
+    assert first.kind == "commit" and sha[:12] in first.text and first.text.startswith("Commit ")
     # Words the full-text syntax would read as operators, quotes and stars are searched as words.
     assert retrieval.search(db, settings.repo, 'parse" AND (lines OR NEAR*) -') is not None
     assert retrieval.search(db, settings.repo, "?! ...") == []
