@@ -175,15 +175,17 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for key, label in lines:
         if any(p.get(key) is not None for p in pts):
             ax.plot(x, [p.get(key) or 0 for p in pts], marker="o", label=label)
-    for p in (pts[0], pts[-1]):
-        if p.get("forward_retrieval") is not None:
-            ax.scatter([p["tokens"] / 1000], [p["forward_retrieval"]], marker="*", s=140, color="black", zorder=3)
-    ax.scatter([], [], marker="*", s=140, color="black", label=f"{what} questions with 3 retrieved chunks")
+    starred = [p for p in (pts[0], pts[-1]) if p.get("forward_retrieval") is not None]
+    for p in starred:
+        ax.scatter([p["tokens"] / 1000], [p["forward_retrieval"]], marker="*", s=140, color="black", zorder=3)
+    if starred:
+        ax.scatter([], [], marker="*", s=140, color="black", label=f"{what} questions with 3 retrieved chunks")
     ax.set_xlabel("tokens trained on (thousands)")
     ax.set_ylabel("share right")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{result['base']}: {result['source']}, {result['paraphrases']} phrasings, "
-                 f"lr {result['lr']}, rank {result['rank']}")
+    ax.set_title(f"{result['base']}: {result['source']}, {result['paraphrases']} phrasings, lr {result['lr']} "
+                 f"{result.get('scheduler', '')}, rank {result['rank']}\ngeneral replay: "
+                 f"{'the base' if result.get('replay_answers') == 'base' else 'gold'} answers", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
