@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,24 @@ KINDS = ("commit", "commit_reverse")
 def _cli(config: Path, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "repotune.cli", *args, "--config", str(config)], check=True,
                    capture_output=True, cwd=ROOT)
+
+
+def _build(config: Path, state: Path, base: str) -> None:
+    """`repotune data build`, with the base's own replay answers kept between benchmark runs
+    (they depend on the base alone, and take minutes to make on a CPU)."""
+    from repotune import builtin, models
+    from tuner.data import own
+
+    resolved = models.resolve(base)
+    kept = builtin.cache_root() / "benchmarks" / "answers" / f"{resolved.fingerprint}.json"
+    here = own.cache_path(state, resolved)
+    if kept.is_file() and not here.is_file():
+        here.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, here)
+    _cli(config, "data", "build")
+    if here.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(here, kept)
 
 
 def _slice(n: int) -> list[str]:
@@ -121,7 +140,7 @@ def main() -> None:
                                                 "replay_general": 1.0, "eval_max": 100000,
                                                 "replay_answers": a.replay_answers}}}))
     _cli(config, "ingest")
-    _cli(config, "data", "build")
+    _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
     train = _pick(datasets.read(data, "train"), keep, a.replay)
     val = _pick(datasets.read(data, "val"), keep, 0)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.learning import KINDS, ROOT, _cli, _scores, _slice
+from benchmarks.learning import KINDS, ROOT, _build, _cli, _scores, _slice
 
 
 def _facts(rows: list[dict[str, Any]], shas: set[str]) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def main() -> None:
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": 8,
                                                 "replay_general": 1.0, "eval_max": 100000}}}))
     _cli(config, "ingest")
-    _cli(config, "data", "build")
+    _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
     train_rows, evals = datasets.read(data, "train"), datasets.read(data, "eval")
     general = [r for r in train_rows if r["kind"] == "general"]
