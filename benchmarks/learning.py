@@ -190,7 +190,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     what = result["kinds"][0] if len(result["kinds"]) <= 2 else "domain"
     lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha or number)"),
-             ("general", "general knowledge (eval split)"), ("control", f"control: another {what}'s facts")]
+             ("general", "general knowledge (eval split)"), ("control", f"control: another {what if what != 'domain' else 'item'}'s facts")]
     for key, label in lines:
         if any(p.get(key) is not None for p in pts):
             ax.plot(x, [p.get(key) or 0 for p in pts], marker="o", label=label)
