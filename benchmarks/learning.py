@@ -189,8 +189,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     x = [p["tokens"] / 1000 for p in pts]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     what = result["kinds"][0] if len(result["kinds"]) <= 2 else "domain"
+    other = "item" if what == "domain" else what
     lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha or number)"),
-             ("general", "general knowledge (eval split)"), ("control", f"control: another {what if what != 'domain' else 'item'}'s facts")]
+             ("general", "general knowledge (eval split)"), ("control", f"control: another {other}'s facts")]
     for key, label in lines:
         if any(p.get(key) is not None for p in pts):
             ax.plot(x, [p.get(key) or 0 for p in pts], marker="o", label=label)
