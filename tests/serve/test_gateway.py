@@ -491,18 +491,23 @@ def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_toml: str, l
 def test_an_engine_that_is_too_slow_gets_504_and_one_that_is_gone_503(server, tmp_path, monkeypatch):
     chat = {"model": "base", "messages": [{"role": "user", "content": FRANCE}]}
     slow = {**chat, "max_tokens": 900, "ignore_eos": True}  # seconds of generation, no byte until done
-    # The limit is a third of what the answer takes on this machine, now: the unstreamed answer
+    # The limit is a third of what the answer takes on this machine, now, warm (the faster of
+    # two: a first request after a pause can take three times as long): the unstreamed answer
     # cannot beat it, and a stream (as long as the answer) outlives it with room for a busy
     # machine's stalls between two tokens (up to a second or two where the answer takes ~10 s).
-    start = time.perf_counter()
-    assert httpx.post(f"{_engine_url(server)}/v1/chat/completions", json=slow, timeout=120).status_code == 200
-    took = time.perf_counter() - start
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        assert httpx.post(f"{_engine_url(server)}/v1/chat/completions", json=slow, timeout=120).status_code == 200
+        times.append(time.perf_counter() - start)
+    took = min(times)
     limit = round(took / 3, 2)
     before = _engine_generated(server)
     with _gateway(tmp_path / "slow", monkeypatch,
                   f'upstreams = ["{_engine_url(server)}"]\nrequest_timeout_s = {limit}') as url:
+        t0 = time.perf_counter()
         r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=slow, timeout=120)
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", (took, r.text)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", (took, time.perf_counter() - t0, r.text)
         # a stream is not cut: the timeout is between bytes, and tokens keep coming
         start = time.perf_counter()
         with httpx.stream("POST", f"{url}/v1/chat/completions", headers=AUTH, json={**slow, "stream": True},
