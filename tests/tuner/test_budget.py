@@ -47,3 +47,8 @@ def test_at_least_the_newest_fact_is_trained() -> None:
 def test_passes_count_steps_when_they_are_fixed() -> None:
     assert budget.passes(examples=10, epochs=3, max_steps=0, batch=4) == 3
     assert budget.passes(examples=10, epochs=3, max_steps=5, batch=4) == 2.0
+
+
+def test_a_file_is_one_fact_whatever_its_path_holds() -> None:
+    assert budget.fact({"sources": {"path": "docs/a@b.md@1111"}}) == "path:docs/a@b.md"
+    assert budget.fact({"sources": {"pr": 7}}) == "pr:7" and budget.fact({"sources": {}}) is None

@@ -323,3 +323,15 @@ def test_only_train_split_questions_are_answered_for_replay(tiny, tmp_path) -> N
     with pytest.raises(ValueError, match="train-split"):
         own.answers(tiny, load(split="eval")[:1], tmp_path)
     assert not own.cache_path(tmp_path, tiny).exists()
+
+
+def test_a_cache_of_answers_that_does_not_read_is_made_again(tiny, tmp_path) -> None:
+    from tuner.data import own
+
+    questions = load(split="train")[:2]
+    path = own.cache_path(tmp_path, tiny)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"gk-0001": "cut in the mid')  # a write that was cut short
+    said = own.answers(tiny, questions, tmp_path)
+    assert set(said) == {q.id for q in questions}
+    assert set(json.loads(path.read_text())) == {q.id for q in questions}

@@ -76,6 +76,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         raise DataError(str(e)) from e
     if cursor == 0:
         raise DataError(f"nothing ingested from {settings.repo} yet: run `repotune ingest` first")
+    base = _base(settings)
     promoted = registry.promoted(db, settings.lineage)
     since = (promoted.manifest.ingest_cursor or 0) if promoted else 0
     adapter = f"{promoted.lineage}@v{promoted.version}" if promoted else None
@@ -114,7 +115,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         earlier = sorted((e for e in qa if not e.new), key=lambda e: fraction(cfg.seed, "replay", e.id))
         for old in earlier[: round(len(new) * cfg.replay_earlier)]:
             old.replay = True
-        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed, _own_answers(settings, progress))
+        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed,
+                                       _own_answers(settings, base, progress))
     raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
@@ -129,7 +131,6 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         "eval.jsonl": _jsonl(e.row() for e in evals),
         "raw.jsonl": _jsonl(raw),
     }
-    base = _base(settings)
     digest = hashlib.sha256()
     for file, data in sorted(files.items()):
         digest.update(f"{file}\0".encode() + hashlib.sha256(data).digest())
@@ -185,11 +186,10 @@ def _jsonl(rows: Any) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
 
 
-def _own_answers(settings: Settings, progress: Progress) -> others.Answers | None:
+def _own_answers(settings: Settings, base: models.Base, progress: Progress) -> others.Answers | None:
     """The base's own answers to replayed general questions, or None for the set's gold ones."""
     if settings.config.tuner.data.replay_answers == "gold":
         return None
-    base = _base(settings)
     return lambda questions: own.answers(base, questions, settings.data_dir, progress)
 
 

@@ -6,9 +6,11 @@ style. Replaying what the base itself says to the same questions (self-distillat
 asks the adapter to keep both what the base knew and how it said it.
 
 The answers are greedy, made in-process once per base model (by its fingerprint) and
-cached in `data_dir/cache/answers/<fingerprint>.json`, so a dataset built again is the
-same. An answer cut by the token limit is trimmed to its last whole sentence, or left out
-when it has none: training on a cut answer would teach the model to stop mid-sentence.
+cached in `data_dir/cache/answers/<fingerprint>.json` batch by batch, so a dataset built
+again is the same and a build killed halfway keeps what was answered (a cache file that
+does not read is made again). An answer cut by the token limit is trimmed to its last
+whole sentence, or left out when it has none: training on a cut answer would teach the
+model to stop mid-sentence.
 Only `train`-split questions are ever asked here; the eval split stays unseen.
 """
 
@@ -41,7 +43,7 @@ def answers(base: models.Base, questions: Sequence[Question], data_dir: Path,
     if any(q.split != "train" for q in questions):
         raise ValueError("only train-split questions are replayed")
     path = cache_path(data_dir, base)
-    cached: dict[str, str | None] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    cached = _load(path)
     missing = [q for q in questions if q.id not in cached]
     if missing:
         from eval.local import LocalModel
@@ -51,8 +53,8 @@ def answers(base: models.Base, questions: Sequence[Question], data_dir: Path,
             batch = missing[i: i + BATCH]
             for q, (reply, ended) in zip(batch, model.generate([q.question for q in batch], MAX_TOKENS), strict=True):
                 cached[q.id] = whole(reply, ended)
+            _save(path, cached)  # after each batch: a build killed halfway keeps what was answered
             progress("the base's own answers", min(i + BATCH, len(missing)), len(missing), "")
-        _save(path, cached)
     return {q.id: text for q in questions if (text := cached[q.id])}
 
 
@@ -63,6 +65,17 @@ def whole(reply: str, ended: bool) -> str | None:
         return reply or None
     ends = [m.end() for m in _SENTENCE_END.finditer(reply)]
     return reply[: ends[-1]].strip() if ends else None
+
+
+def _load(path: Path) -> dict[str, str | None]:
+    """The cached answers; a file that does not read as them (cut, edited by hand) is made again."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, str | None) for v in data.values()):
+        return {}
+    return data
 
 
 def _save(path: Path, cached: dict[str, str | None]) -> None:

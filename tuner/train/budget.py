@@ -29,9 +29,11 @@ class Plan:
 def fact(row: dict[str, Any]) -> str | None:
     """What a row teaches about: a commit, a pull request or a file; None for general examples."""
     sources = row.get("sources") or {}
-    for key in ("commit", "pr", "path"):
+    for key in ("commit", "pr"):
         if sources.get(key) is not None:
-            return f"{key}:{sources[key]}".split("@")[0]
+            return f"{key}:{sources[key]}"
+    if sources.get("path") is not None:  # path@blob: the file, whatever its version
+        return f"path:{str(sources['path']).rpartition('@')[0] or sources['path']}"
     return None
 
 
