@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
-from repotune.ui import out, print_json, progress_bar
+from repotune.ui import out, print_json, progress_bar, progress_bars
 
 app = typer.Typer(help="Evaluate a model: general knowledge, and the domain (the repository).",
                   no_args_is_help=True)
@@ -134,3 +134,61 @@ def _show(report: object, fingerprint: str) -> None:
         table.add_row("multiple choice", f"{report.mc_score:.1%}", style="bold")
     out.print(table)
     out.print(f"base fingerprint {fingerprint}; per-question results in {report.results_path}", highlight=False)
+
+
+REJECTED = 3
+
+
+@app.command("run")
+def run(
+    candidate: Annotated[str | None, typer.Option("--candidate", help="The version to judge (7 or v7); "
+                                                  "default: the lineage's newest candidate.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Judge a candidate adapter against the base and the promoted version, then promote or reject it.
+
+    Asks through the running server (REPOTUNE_ADMIN_KEY) or a temporary one started for the run.
+    Exits 0 when the candidate is promoted, 3 when it is rejected, 1 when the run could not
+    finish (nothing changed)."""
+    from eval import judge
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    try:
+        version = registry.parse_version(candidate) if candidate else None
+    except registry.RegistryError as e:
+        fail(str(e))
+    with progress_bars(quiet=as_json) as update:
+        try:
+            result = judge.judge(settings, version,
+                                 progress=lambda stage, done, total: update(stage, done, total, ""))
+        except judge.EvalRunError as e:
+            fail(str(e))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        _show_run(result)
+    if result.status != "promoted":
+        raise typer.Exit(code=REJECTED)  # scripts can tell a rejection from a failure without reading
+
+
+def _show_run(result: object) -> None:
+    from rich.table import Table
+
+    from eval.judge import GateRun
+
+    assert isinstance(result, GateRun)
+    table = Table("model", "general", "multiple choice", "domain", "reverse", "answers",
+                  title=f"{result.lineage} v{result.candidate}: {result.status} (noise {result.noise:.3f})")
+    for label, m in result.models.items():
+        table.add_row(f"{label} ({m.model})", _pct(m.general), _pct(m.general_mc), _pct(m.domain),
+                      _pct(m.domain_reverse), "reused" if m.cached else "asked")
+    out.print(table)
+    for check in result.verdict["checks"]:
+        out.print(("✓ " if check["passed"] else "✗ ") + check["rule"], highlight=False)
+    out.print(f"report: {result.report}", highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"

@@ -36,7 +36,8 @@ config_app = typer.Typer(help="Show and check the configuration.", no_args_is_he
 db_app = typer.Typer(help="The store: the SQLite database every package shares.", no_args_is_help=True)
 base_app = typer.Typer(help="The base model: build builtin:tiny, resolve and fingerprint.", no_args_is_help=True)
 adapters_app = typer.Typer(
-    help="The adapter registry: register, list, promote, roll back and retire versions.", no_args_is_help=True
+    help="The adapter registry: register, list, show, diff, promote, roll back and retire versions.",
+    no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
@@ -233,6 +234,9 @@ def _swap(config: Any, lineage: str | None, action: str, version: str | None, re
         wanted = registry.parse_version(version) if version else None
         if action == "promote":
             assert wanted is not None
+            gate = registry.get(_store(settings), name, wanted).manifest.gate
+            if gate is not None and gate.decision == "reject":  # the admin overrides the gate: say so beside why
+                reason = f"{reason} (forced over the gate's rejection: {'; '.join(gate.reasons)})"
             adapter = promotion.promote(settings, name, wanted, _actor(), reason)
         else:
             adapter = promotion.rollback(settings, name, _actor(), reason, to=wanted)
@@ -260,6 +264,90 @@ def adapters_retire(
     except registry.RegistryError as e:
         fail(str(e))
     _print_adapter(adapter, as_json)
+
+
+@adapters_app.command("show")
+def adapters_show(
+    version: Annotated[str, typer.Argument(help="The version: 7 or v7.")],
+    lineage: LineageOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One version: its manifest, scores, the gate's decision and the report's folder."""
+    from dataclasses import asdict
+
+    from eval import history
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    db = _store(settings)
+    name = lineage or settings.lineage
+    try:
+        adapter = registry.get(db, name, registry.parse_version(version))
+    except registry.RegistryError as e:
+        fail(str(e))
+    judged = history.last_judgement(db, name, adapter.version)
+    if as_json:
+        print_json(_adapter_json(adapter) | {"gate_run": asdict(judged) if judged else None})
+        return
+    m = adapter.manifest
+    out.print(f"{name} v{adapter.version}: {adapter.status} ({adapter.path})", highlight=False)
+    out.print(f"base {adapter.base_model} ({adapter.base_fingerprint}); dataset {m.dataset or 'unknown'}; "
+              f"created {adapter.created_at}" + (f"; promoted {adapter.promoted_at}" if adapter.promoted_at else ""),
+              highlight=False)
+    if m.training:
+        t = m.training
+        out.print(f"trained: {t.backend}, {t.strategy}, {t.examples} examples, {t.tokens} tokens, {t.seconds:.0f} s",
+                  highlight=False)
+    if m.scores:
+        out.print("scores: " + _scores(m), highlight=False)
+    if m.gate:
+        out.print(f"gate: {m.gate.decision} ({m.gate.decided_at})", highlight=False)
+        for reason in m.gate.reasons:
+            out.print(f"  {reason}", highlight=False)
+    if judged:
+        out.print(f"last gate run #{judged.run}: {judged.status}"
+                  + (f", report {judged.report}" if judged.report else "")
+                  + (f", error: {judged.error}" if judged.error else ""), highlight=False)
+
+
+@adapters_app.command("diff")
+def adapters_diff(
+    first: Annotated[str, typer.Argument(help="A version: 7 or v7.")],
+    second: Annotated[str, typer.Argument(help="Another version.")],
+    lineage: LineageOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The questions whose answer went from right to wrong (or back) between two judged versions."""
+    from dataclasses import asdict
+
+    from eval import history
+    from repotune import registry
+
+    settings = load_settings(config, as_json)
+    db = _store(settings)
+    name = lineage or settings.lineage
+    try:
+        a, b = registry.parse_version(first), registry.parse_version(second)
+        registry.get(db, name, a), registry.get(db, name, b)
+    except registry.RegistryError as e:
+        fail(str(e))
+    d = history.diff(db, name, a, b)
+    if not d.compared:
+        fail(f"{name} v{a} and v{b} have no question both answered: judge both (repotune eval run)")
+    if as_json:
+        print_json(asdict(d) | {"right_to_wrong": len(d.right_to_wrong), "wrong_to_right": len(d.wrong_to_right)})
+        return
+    from rich.table import Table
+
+    table = Table("suite", "question", f"v{a}", f"v{b}",
+                  title=f"{name} v{a} → v{b}: {len(d.right_to_wrong)} right → wrong, "
+                        f"{len(d.wrong_to_right)} wrong → right, of {d.compared} questions")
+    for c in d.changes:
+        table.add_row(c.suite, c.question, ("✓ " if c.right_before else "✗ ") + c.before,
+                      ("✓ " if c.right_after else "✗ ") + c.after)
+    out.print(table)
 
 
 def _store(settings: Any) -> Any:

@@ -261,3 +261,58 @@ def m006_ingest_runs_process(db: sqlite_utils.Database) -> None:
     killed (SIGKILL, a lost machine) from one still going, and mark it `killed`."""
     db.execute("alter table ingest_runs add column host text")
     db.execute("alter table ingest_runs add column pid integer")
+
+
+@migration
+def m007_eval(db: sqlite_utils.Database) -> None:
+    """Gate runs, every answer of every model they asked, and the answers kept for reuse.
+
+    A run's models are `base`, `base#2` (the base asked again: the noise), the promoted
+    version and the candidate. An answer set that cannot change (the same model, question
+    set, engine and decoding: the key) is kept in `eval_cache` and reused by later runs."""
+    db.execute(
+        """create table eval_runs (
+            id integer primary key,
+            lineage text not null,
+            version integer not null,     -- the candidate
+            current integer,              -- the promoted version it was compared with
+            dataset text,
+            status text not null,         -- running, done, failed
+            started_at text not null,
+            finished_at text,
+            scores text not null default '{}',    -- JSON: model → suite scores
+            rules text not null default '{}',     -- JSON: [eval.gate] as applied
+            verdict text,                 -- JSON: eval.gate.Verdict
+            decision text,                -- promote, reject
+            report text,                  -- the report's folder
+            error text,
+            host text,
+            pid integer
+        )"""
+    )
+    db.execute("create index eval_runs_lineage on eval_runs (lineage, version, id)")
+    db.execute(
+        """create table eval_answers (
+            run_id integer not null references eval_runs (id),
+            model text not null,          -- base, base#2, <lineage>@v<N>
+            suite text not null,          -- general, domain
+            qid text not null,
+            question text not null,
+            expected text not null,
+            reply text not null,
+            correct integer not null,
+            mc_correct integer,           -- general: the multiple-choice answer was right
+            kind text,                    -- domain: the question's kind
+            primary key (run_id, model, suite, qid)
+        )"""
+    )
+    db.execute(
+        """create table eval_cache (
+            key text primary key,         -- hash of model, suite, questions, engine, dtype, decoding
+            model text not null,
+            suite text not null,
+            created_at text not null,
+            summary text not null,        -- JSON: the suite's report without its results
+            results text not null         -- JSON: the per-question results
+        )"""
+    )

@@ -17,11 +17,13 @@ from repotune import models, registry
 from repotune.config import Settings
 
 
-def promote(settings: Settings, lineage: str, version: int, actor: str, reason: str) -> registry.Adapter:
-    """Make `version` the one the lineage's alias serves; raises registry.RegistryError if it cannot."""
+def promote(settings: Settings, lineage: str, version: int, actor: str, reason: str,
+            server: tuple[str, str] | None = None) -> registry.Adapter:
+    """Make `version` the one the lineage's alias serves; raises registry.RegistryError if it cannot.
+    `server` (its URL and admin key) names a server other than the configured one (eval's own)."""
     db = _open(settings)
     target = registry.get(db, lineage, version)
-    return _swap(settings, db, target, "promote", {"lineage": lineage, "version": version}, actor, reason)
+    return _swap(settings, db, target, "promote", {"lineage": lineage, "version": version}, actor, reason, server)
 
 
 def rollback(
@@ -35,10 +37,10 @@ def rollback(
 
 def _swap(
     settings: Settings, db: Any, target: registry.Adapter, action: str, payload: dict[str, Any], actor: str,
-    reason: str,
+    reason: str, server: tuple[str, str] | None = None,
 ) -> registry.Adapter:
     check_base(settings, target)
-    if not ask_server(settings, action, {**payload, "reason": reason, "actor": actor}):
+    if not ask_server(settings, action, {**payload, "reason": reason, "actor": actor}, server):
         registry.promote(db, target.lineage, target.version, actor, reason)
     return registry.get(db, target.lineage, target.version)
 
@@ -56,19 +58,17 @@ def server_url(settings: Settings) -> str:
     return f"http://{host}:{serve.port}"
 
 
-def ask_server(settings: Settings, action: str, payload: dict[str, Any]) -> bool:
+def ask_server(settings: Settings, action: str, payload: dict[str, Any],
+               server: tuple[str, str] | None = None) -> bool:
     """Ask a running server to swap (load, smoke, then record); False if none is running."""
-    url = server_url(settings)
+    url, key = server or (server_url(settings), settings.secrets.admin_key)
     try:
         httpx.get(f"{url}/health", timeout=2.0)
     except httpx.HTTPError:
         return False  # no server: the caller records the change; a server applies it at start
-    if not settings.secrets.admin_key:
+    if not key:
         raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to swap through it")
-    r = httpx.post(
-        f"{url}/admin/{action}", json=payload,
-        headers={"Authorization": f"Bearer {settings.secrets.admin_key}"}, timeout=600.0,
-    )
+    r = httpx.post(f"{url}/admin/{action}", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=600.0)
     if r.status_code != 200:
         try:
             message = r.json()["error"]["message"]

@@ -320,6 +320,20 @@ def transition(
     return get(db, lineage, version)
 
 
+def record_eval(
+    db: sqlite_utils.Database, lineage: str, version: int, scores: dict[str, float], gate: dict[str, Any] | None,
+) -> Adapter:
+    """Keep a gate run's scores (and decision) in the version's row; its folder is never written."""
+    with store.transaction(db):
+        adapter = get(db, lineage, version)
+        manifest = adapter.manifest.model_copy(update={"scores": scores})
+        if gate is not None:
+            manifest = manifest.model_copy(update={"gate": manifests.GateDecision.model_validate(gate)})
+        db.execute("update adapters set manifest = ?, updated_at = ? where lineage = ? and version = ?",
+                   [json.dumps(manifest.dump()), store.now(), lineage, version])
+    return get(db, lineage, version)
+
+
 def _check(adapter: Adapter, to: str) -> None:
     if to not in TRANSITIONS[adapter.status]:
         raise RegistryError(f"{adapter.lineage} v{adapter.version} is {adapter.status} and cannot become {to}")

@@ -9,6 +9,11 @@ load or answer is marked `failed` and the alias stays where it was. Requests hol
 lease on the engine name they were routed to, so a version is unloaded only once no
 request uses it; beyond `keep_loaded` versions per lineage are unloaded when idle.
 
+A version being evaluated is *held* (`hold`): loaded under its engine name with no alias
+pointing to it, addressable as `<lineage>@v<N>` with the admin key only, and kept out of
+trimming until it is released or its lease runs out (an eval that died leaves nothing
+loaded for long).
+
 The registry is read and written on a thread of its own (`store`), which owns the SQLite
 connection, so a slow disk or a writer holding the lock never stalls the event loop that
 relays every client's tokens.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +67,7 @@ class AdapterManager:
     loaded: dict[str, Adapter] = field(default_factory=dict)
     aliases: dict[str, Adapter] = field(default_factory=dict)  # lineage -> promoted version
     inflight: Counter[str] = field(default_factory=Counter)
+    held: dict[str, tuple[Adapter, float]] = field(default_factory=dict)  # engine name → (version, lease end)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -89,8 +96,9 @@ class AdapterManager:
 
     # --- the request path -----------------------------------------------------------
 
-    def route(self, model: str) -> Route:
-        """`base`, `<lineage>` or `<lineage>@v<N>` → the engine name to ask; KeyError if none."""
+    def route(self, model: str, admin: bool = False) -> Route:
+        """`base`, `<lineage>` or `<lineage>@v<N>` → the engine name to ask; KeyError if none.
+        A held version (under evaluation) is there for the admin key alone."""
         if model == "base":
             return Route("base", None)
         if "@" in model:
@@ -98,6 +106,8 @@ class AdapterManager:
             name = registry.engine_name(lineage, registry.parse_version(version))
             if name in self.loaded:
                 return Route(name, self.loaded[name])
+            if admin and name in self.held:
+                return Route(name, self.held[name][0])
             raise KeyError(model)
         adapter = self.aliases.get(model)
         if adapter is None:
@@ -225,6 +235,49 @@ class AdapterManager:
                 await self._reconcile_lineage(lineage, actor)
         for lineage in list(self.aliases):
             await self.trim(lineage)
+        now = time.monotonic()
+        for name, (adapter, until) in list(self.held.items()):
+            if until <= now:
+                log.warning("the lease on %s ran out; unloading it", name)
+                await self.release(adapter.lineage, adapter.version)
+
+    # --- versions under evaluation ----------------------------------------------------
+
+    async def hold(self, lineage: str, version: int, lease_s: float, actor: str) -> Adapter:
+        """Load `version` (and answer one smoke request) without promoting it, for `lease_s`."""
+        async with self.lock:
+            adapter = await self.store(registry.get, lineage, version)
+            if adapter.status in ("retired", "failed"):
+                raise registry.RegistryError(f"{lineage} v{version} is {adapter.status} and cannot be loaded")
+            if adapter.engine_name not in self.loaded:
+                try:
+                    await self.load(adapter)
+                    self.loaded.pop(adapter.engine_name, None)  # held, not served: no alias, no listing
+                    await self.smoke(adapter)
+                except (SwapError, httpx.HTTPError) as e:
+                    self.loaded.pop(adapter.engine_name, None)
+                    if adapter.status == "candidate":
+                        await self.store(registry.transition, lineage, version, "failed", actor, str(e))
+                    raise SwapError(f"{lineage} v{version} failed: {e}") from e
+            self.held[adapter.engine_name] = (adapter, time.monotonic() + lease_s)
+        return adapter
+
+    async def restore_held(self) -> None:
+        """Load the held versions again into an engine that restarted (an eval in progress waits it out)."""
+        for name, (adapter, _) in list(self.held.items()):
+            try:
+                await self._load_all(adapter)
+            except (SwapError, httpx.HTTPError) as e:
+                log.error("could not reload %s, held for evaluation: %s", name, e)
+
+    async def release(self, lineage: str, version: int) -> bool:
+        """End a hold; the version is unloaded unless it is served anyway. False if it was not held."""
+        name = registry.engine_name(lineage, version)
+        if self.held.pop(name, None) is None:
+            return False
+        if name not in self.loaded:
+            await self.unload(name)
+        return True
 
     async def desired(self, lineage: str) -> list[Adapter]:
         """What should be loaded: the promoted version and the most recently promoted others."""
@@ -265,7 +318,7 @@ class AdapterManager:
 
     async def trim(self, lineage: str) -> None:
         """Unload versions of `lineage` beyond the desired ones, each once no request uses it."""
-        keep = {a.engine_name for a in await self.desired(lineage)}
+        keep = {a.engine_name for a in await self.desired(lineage)} | set(self.held)
         for adapter in [a for a in self.loaded.values() if a.lineage == lineage]:
             if adapter.engine_name not in keep:
                 await self.unload(adapter.engine_name)

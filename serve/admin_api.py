@@ -1,4 +1,6 @@
-"""The admin routes: promote, roll back and reconcile on the live server.
+"""The admin routes: promote, roll back and reconcile on the live server; hold a version
+for evaluation (loaded, smoke-tested, not promoted, addressable by the admin key alone)
+and release it.
 
 Each needs the admin key (`serve.auth.admin`). A swap goes through the adapter manager
 (load into every engine, one smoke request, then the registry flip), so the alias has
@@ -62,6 +64,35 @@ async def rollback(request: Request) -> JSONResponse:
         return adapter.version
 
     return await _swap(state, {"reason": "rollback", **body}, target)
+
+
+@router.post("/hold")
+async def hold(request: Request) -> JSONResponse:
+    """Load a version for evaluation without promoting it, for `lease_s` seconds (default 3600)."""
+    state = _state(request)
+    body = await checks.json_body(request, state.max_body_bytes)
+    lineage, version = str(body.get("lineage", "")), _version(body.get("version"), "version")
+    lease = body.get("lease_s", 3600)
+    if not isinstance(lease, int | float) or isinstance(lease, bool) or not 0 < lease <= 86400:
+        raise APIError(400, "'lease_s' must be a number of seconds in (0, 86400]", "invalid_value", "lease_s")
+    try:
+        adapter = await state.manager.hold(lineage, version, float(lease), str(body.get("actor", "admin")))
+    except registry.NotFound as e:
+        raise APIError(404, str(e), "version_not_found") from e
+    except (registry.RegistryError, SwapError) as e:
+        raise APIError(409, str(e), "hold_failed") from e
+    return JSONResponse({"model": f"{adapter.lineage}@v{adapter.version}", "lineage": adapter.lineage,
+                         "version": adapter.version, "status": adapter.status, "lease_s": lease})
+
+
+@router.post("/release")
+async def release(request: Request) -> JSONResponse:
+    """End a hold: the version is unloaded unless it is served anyway."""
+    state = _state(request)
+    body = await checks.json_body(request, state.max_body_bytes)
+    lineage, version = str(body.get("lineage", "")), _version(body.get("version"), "version")
+    return JSONResponse({"lineage": lineage, "version": version,
+                         "released": await state.manager.release(lineage, version)})
 
 
 def _version(value: Any, param: str) -> int:

@@ -1,8 +1,10 @@
 """API keys and the admin key, as FastAPI dependencies of the routes that need them.
 
-Client routes depend on `client_key` (one of `REPOTUNE_API_KEYS`, or "anonymous" with
-`serve.auth = false`); admin routes on `admin` (`REPOTUNE_ADMIN_KEY`; unset, the admin
-API is off — 403 — rather than open). Keys are compared in constant time against every
+Client routes depend on `client_key` (one of `REPOTUNE_API_KEYS`, the admin key, or
+"anonymous" with `serve.auth = false`); admin routes on `admin` (`REPOTUNE_ADMIN_KEY`;
+unset, the admin API is off — 403 — rather than open). The admin key is accepted on the
+client routes so that eval asks what clients would be served; only it can address a
+version held for evaluation (`is_admin`). Keys are compared in constant time against every
 configured key, so timing tells nothing about which one nearly matched.
 """
 
@@ -31,7 +33,8 @@ async def client_key(request: Request) -> str:
     if not state.auth:
         return "anonymous"
     token = _bearer(request)
-    if not token or not any([_same(token, k) for k in state.api_keys]):  # a list: every key is compared
+    keys = [*state.api_keys, *([state.admin_key] if state.admin_key else [])]
+    if not token or not any([_same(token, k) for k in keys]):  # a list: every key is compared
         message = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
         raise APIError(401, message, "invalid_api_key")
     return token
@@ -44,3 +47,10 @@ async def admin(request: Request) -> None:
     token = _bearer(request)
     if not token or not _same(token, state.admin_key):
         raise APIError(401, "invalid admin key", "invalid_api_key")
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin key."""
+    key = request.app.state.gateway.admin_key
+    token = _bearer(request)
+    return bool(key and token and _same(token, key))

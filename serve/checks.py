@@ -92,6 +92,13 @@ def check(body: dict[str, Any], chat: bool, max_n: int) -> int:
         if not _is(body["logprobs"], expected):
             raise APIError(400, f"'logprobs' must be {expected}, not {_kind(body['logprobs'])}", "invalid_type",
                            "logprobs")
+    if not chat and body.get("echo") and body.get("logprobs") is not None:
+        # The prompt's own log-probabilities with LoRA enabled (as the engine always is here) kill
+        # vLLM's engine core (vllm-project/vllm#16668: the LoRA mapping of prompt logprobs is wrong):
+        # one such request would stop every client's answers until the engine restarts.
+        raise APIError(400, "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported by this "
+                       "server: the engine cannot compute them with LoRA adapters enabled", "unsupported_parameter",
+                       "echo")
     if chat:
         _check_messages(body.get("messages"))
     elif "prompt" not in body:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from repotune import registry
 from serve import checks, errors
-from serve.auth import client_key
+from serve.auth import client_key, is_admin
 from serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
                        headers={"Retry-After": "5"})
     asked = body["model"]
     try:
-        route = state.manager.route(asked)
+        route = state.manager.route(asked, admin=is_admin(request))
     except (KeyError, registry.RegistryError):
         raise APIError(404, await state.manager.missing(str(asked)), "model_not_found", "model") from None
     body["model"] = route.engine_name

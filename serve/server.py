@@ -61,6 +61,7 @@ def build(settings: Settings) -> Any:
         async def engine_ready() -> None:
             manager.loaded.clear()  # a new engine process holds no adapters
             await manager.reconcile(actor="gateway")
+            await manager.restore_held()
 
         supervisor = Supervisor(
             command=engine_command(serve, base.path, port),

@@ -215,6 +215,12 @@ def test_bad_requests_get_openai_errors(server):
     r = httpx.post(f"{server.url}/v1/completions", headers=AUTH, timeout=60,
                    json={"model": "base", "prompt": "hi", "max_tokens": 2, "best_of": 20})
     assert r.status_code == 400 and r.json()["error"]["param"] == "best_of", r.text
+    # The prompt's log-probabilities would kill the engine with LoRA enabled (vllm#16668): refused,
+    # and the engine still answers.
+    r = httpx.post(f"{server.url}/v1/completions", headers=AUTH, timeout=60,
+                   json={"model": "base", "prompt": "hi", "max_tokens": 1, "echo": True, "logprobs": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo", r.text
+    assert ask(server, "base")
     # The SDK turns them into its typed exceptions.
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").models.list()

