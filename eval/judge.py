@@ -91,7 +91,7 @@ class GateRun:
     status: str  # the candidate's status after the run: promoted or rejected
     report: str
     seconds: float
-    changes: dict[str, dict[str, list[str]]]  # "<from> → candidate" → right_to_wrong / wrong_to_right qids
+    changes: dict[str, dict[str, list[dict[str, str]]]]  # "<from> → candidate" → right_to_wrong / wrong_to_right
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -414,21 +414,23 @@ def _decide(settings: Settings, db: Any, server: tuple[str, str], candidate: reg
     return adapter.status
 
 
-def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, dict[str, list[str]]]:
+def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, dict[str, list[dict[str, str]]]]:
     """Questions that went from right to wrong and back, from the base (and the current version) to the candidate."""
     out = {}
     for before in ("base", "current"):
         if before not in scores:
             continue
         rows = db.query(
-            "select a.suite || ':' || a.qid as q, a.correct as was, b.correct as now from eval_answers a "
+            "select a.suite || ':' || a.qid as q, a.question, a.reply as was_reply, b.reply as now_reply, "
+            "a.correct as was, b.correct as now from eval_answers a "
             "join eval_answers b on a.run_id = b.run_id and a.suite = b.suite and a.qid = b.qid "
             "where a.run_id = ? and a.model = ? and b.model = 'candidate' order by q", [run_id, before])
         lost, gained = [], []
         for r in rows:
+            change = {"id": r["q"], "question": r["question"], "before": r["was_reply"], "after": r["now_reply"]}
             if r["was"] and not r["now"]:
-                lost.append(r["q"])
+                lost.append(change)
             elif r["now"] and not r["was"]:
-                gained.append(r["q"])
+                gained.append(change)
         out[f"{before} → candidate"] = {"right_to_wrong": lost, "wrong_to_right": gained}
     return out

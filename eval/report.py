@@ -59,10 +59,22 @@ def markdown(run: GateRun) -> str:
         for label in labels:
             lines.append(f"| {label} | " + " | ".join(_pct(run.models[label].by_kind.get(k)) for k in kinds) + " |")
     for pair, change in run.changes.items():
-        lost, gained = change["right_to_wrong"], change["wrong_to_right"]
-        lines += ["", f"## {pair}", "", f"Right → wrong ({len(lost)}): " + (", ".join(lost) or "none"), "",
-                  f"Wrong → right ({len(gained)}): " + (", ".join(gained) or "none")]
+        lines += ["", f"## {pair}"]
+        for what, items in (("Right → wrong", change["right_to_wrong"]), ("Wrong → right", change["wrong_to_right"])):
+            lines += ["", f"{what}: {len(items)}" + (f" (the first {SHOWN} below; all in report.json)"
+                                                     if len(items) > SHOWN else "")]
+            if items:
+                lines += ["", "| question | before | after |", "| --- | --- | --- |"]
+                lines += [f"| {_cell(c['question'])} | {_cell(c['before'])} | {_cell(c['after'])} |"
+                          for c in items[:SHOWN]]
     return "\n".join(lines) + "\n"
+
+
+SHOWN = 15
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")[:160]
 
 
 def _pct(value: float | None) -> str:
