@@ -36,3 +36,24 @@ def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, steps: int =
         optimizer.zero_grad()
     model.save_pretrained(out)
     return out
+
+
+def destructive_lora(base: Path, out: Path, steps: int = 200, lr: float = 1e-2) -> Path:
+    """An adapter that has unlearned the language: a high rate on shuffled tokens, fixed in code
+    (the gate's tests and benchmark check that it costs ≥ 20 points of general knowledge)."""
+    import random
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(
+        r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    vocab = model.config.vocab_size
+    rng = random.Random(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        ids = torch.tensor([[rng.randrange(vocab) for _ in range(48)] for _ in range(4)])
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    return out

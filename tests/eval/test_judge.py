@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from repotune import db as store
 from repotune import models, registry
 from serve.engine import free_port, wait_healthy
 from tests import training
+from tests.lora import destructive_lora
 
 pytestmark = pytest.mark.vllm
 
@@ -123,25 +123,7 @@ def _sensible(settings: cfg.Settings) -> registry.Adapter:
 
 
 def _destructive(settings: cfg.Settings, tiny: models.Base) -> registry.Adapter:
-    """Rate 1e-2 for 200 steps on shuffled tokens: an adapter that has unlearned the language."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32), LoraConfig(
-        r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    vocab = model.config.vocab_size
-    rng = random.Random(0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(200):
-        ids = torch.tensor([[rng.randrange(vocab) for _ in range(48)] for _ in range(4)])
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    folder = settings.data_dir / "destructive"
-    model.save_pretrained(folder)
+    folder = destructive_lora(tiny.path, settings.data_dir / "destructive")
     models.record_base(folder, tiny)
     return registry.register(_db(settings), settings.data_dir, settings.lineage, folder, tiny,
                              settings.config.serve.max_lora_rank, "test", "destructive")
@@ -268,3 +250,28 @@ def test_the_engine_going_away_mid_eval_fails_the_run_and_changes_nothing(server
     assert registry.promoted(db, settings.lineage) is None
     row = list(db.query("select status, error from eval_runs where lineage = ?", [settings.lineage]))
     assert row[0]["status"] == "failed" and "did not answer" in row[0]["error"]
+
+
+def test_with_no_server_running_eval_starts_one_for_the_run_and_stops_it(tmp_path, tiny):
+    """The same gate without a server: a temporary one on a free port, gone after the run; the
+    promotion is in the registry for the next server to apply."""
+    from eval import judge
+
+    port = free_port()  # nothing listens here: the configured server is not running
+    repo = training.small_repo(tmp_path / "project")
+    config = tmp_path / "config.toml"
+    config.write_text(_toml(port, repo.path, "solo"))
+    env = {k: v for k, v in _env().items() if k not in ("REPOTUNE_API_KEYS", "REPOTUNE_ADMIN_KEY")}
+    settings = cfg.load(config, env=env)  # no keys at all: the run makes its own for its server
+    from ingest.run import ingest
+    from tuner.data.build import build
+
+    ingest(settings)
+    build(settings)
+    adapter = _sensible(settings)
+    result = judge.judge(settings)
+    assert result.status == "promoted" and result.candidate == adapter.version
+    assert registry.promoted(_db(settings), "solo").version == adapter.version
+    assert "eval-server.log" in {p.name for p in (settings.data_dir / "logs").iterdir()}
+    with pytest.raises(httpx.ConnectError):  # the temporary server is gone, and nothing took the configured port
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
