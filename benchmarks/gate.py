@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--paraphrases", type=int, default=8)
+    ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per Q&A example "
+                    "(tuner.data.replay_general), answered by the base itself")
+    ap.add_argument("--sensible-only", action="store_true", help="judge the trained adapter only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gate"))
     a = ap.parse_args()
 
@@ -64,7 +67,7 @@ def main() -> None:
         "paths": {"data_dir": str(folder / "state")},
         "serve": {"port": port, "max_model_len": 2048},
         "tuner": {"lineage": "bench", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
-                                                "replay_general": 0.25}},
+                                                "replay_general": a.replay}},
         "train": {"learning_rate": a.lr, "epochs": a.epochs, "scheduler": "constant_with_warmup",
                   "max_seq_len": 256, "batch_size": 8, "checkpoint_steps": 100000}}))
     env = {**os.environ, "REPOTUNE_API_KEYS": ADMIN_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
@@ -89,12 +92,13 @@ def main() -> None:
         runs = [_judge(judge, settings, "sensible")]
         base = models.resolve(a.base)
         db = store.open_db(store.db_path(settings.data_dir))
-        if runs[0]["status"] != "promoted":  # so that the next runs have a promoted version to compare with
-            promotion.promote(settings, "bench", runs[0]["version"], "benchmark",
-                              "promoted by hand: the destructive runs compare with a promoted version")
-        bad = destructive_lora(base.path, folder / "destructive")
-        models.record_base(bad, base)
-        for cache in ("cleared", "kept"):
+        if not a.sensible_only:
+            if runs[0]["status"] != "promoted":  # so that the next runs have a promoted version to compare with
+                promotion.promote(settings, "bench", runs[0]["version"], "benchmark",
+                                  "promoted by hand: the destructive runs compare with a promoted version")
+            bad = destructive_lora(base.path, folder / "destructive")
+            models.record_base(bad, base)
+        for cache in () if a.sensible_only else ("cleared", "kept"):
             if cache == "cleared":
                 db.execute("delete from eval_cache")
                 db.conn.commit()
@@ -105,10 +109,11 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
     result = {"base": a.base, "functions": a.functions, "epochs": a.epochs, "lr": a.lr, "paraphrases": a.paraphrases,
+              "replay": a.replay,
               "dataset": sensible.adapter.manifest.dataset, "train_examples": sensible.record.examples,
               "train_tokens": sensible.record.tokens, "train_minutes": round(train_minutes, 1),
               "serve_start_s": round(serve_start, 1), "runs": runs}
-    out = Path(f"{a.out}-{a.base.replace(':', '-')}.json")
+    out = Path(f"{a.out}-{a.base.replace(':', '-')}" + (f"-replay{a.replay:g}" if a.sensible_only else "") + ".json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:
         print(f"{r['what']}: {r['status']} in {r['seconds']} s; asked {r['asked']}")
