@@ -136,10 +136,10 @@ class _Done:
         if self.finished:
             return
         self.finished = True
-        await self.held.aclose()
-        if status is not None:
+        if status is not None:  # counted before its units are freed: a request seen as ended is counted
             self.state.metrics.requests.labels(self.path, self.model, str(status)).inc()
             self.state.metrics.latency.labels(self.path).observe(time.perf_counter() - self.start)
+        await self.held.aclose()
 
 
 async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) -> Response:

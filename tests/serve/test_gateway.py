@@ -375,6 +375,8 @@ def test_metrics_count_requests_tokens_errors_and_aliases(server, lineage):
         stream=True, stream_options={"include_usage": True}))
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong").chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}])
+    # A stream ends in the gateway just after the client has read its last chunk: wait for that.
+    assert eventually(lambda: value(metrics(server.url), "repotune_requests_running") == 0)
     after = metrics(server.url)
     delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
     assert reply.usage and chunks[-1].usage
