@@ -250,19 +250,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, log_p
     raise EvalRunError(f"the temporary server for eval was not healthy within {timeout:.0f} s (log: {log_path})")
 
 
-def _admin(url: str, key: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(f"{url}/admin/{action}", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=600)
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:300]
-        raise registry.RegistryError(f"the server could not {action} {payload.get('lineage')} "
-                                     f"v{payload.get('version')}: {message}")
-    data: dict[str, Any] = r.json()
-    return data
-
-
 # --- asking ------------------------------------------------------------------------------------
 
 
@@ -280,12 +267,12 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
     if current is not None:
         asked.append(("current", f"{current.lineage}@v{current.version}", _identity(current)))
     asked.append(("candidate", f"{candidate.lineage}@v{candidate.version}", _identity(candidate)))
-    _admin(url, key, "hold", hold)
+    promotion.admin(url, key, "hold", hold)
     try:
         out: dict[str, ModelScores] = {}
         adapters = {"current": current.path if current else None, "candidate": candidate.path}
         for label, model, identity in asked:
-            restore = (lambda: _admin(url, key, "hold", hold)) if label == "candidate" else None
+            restore = (lambda: promotion.admin(url, key, "hold", hold)) if label == "candidate" else None
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
                                 wait_s=settings.config.eval.wait_s, on_missing=restore)
             both = _Answerer(endpoint, base.path, adapters.get(label))
@@ -293,7 +280,7 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
         return out
     finally:
         with contextlib.suppress(httpx.HTTPError, registry.RegistryError):
-            _admin(url, key, "release", {"lineage": candidate.lineage, "version": candidate.version})
+            promotion.admin(url, key, "release", {"lineage": candidate.lineage, "version": candidate.version})
 
 
 @dataclass

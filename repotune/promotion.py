@@ -68,14 +68,21 @@ def ask_server(settings: Settings, action: str, payload: dict[str, Any],
         return False  # no server: the caller records the change; a server applies it at start
     if not key:
         raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to swap through it")
+    admin(url, key, action, payload)
+    return True
+
+
+def admin(url: str, key: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """POST `payload` to the server's `/admin/<action>`; registry.RegistryError with the server's reason."""
     r = httpx.post(f"{url}/admin/{action}", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=600.0)
     if r.status_code != 200:
         try:
             message = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = r.text[:300]
-        raise registry.RegistryError(f"the server refused: {message}")
-    return True
+        raise registry.RegistryError(f"the server refused {action}: {message}")
+    data: dict[str, Any] = r.json()
+    return data
 
 
 def check_base(settings: Settings, adapter: registry.Adapter) -> None:
