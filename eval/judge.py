@@ -275,8 +275,8 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
             restore = (lambda: promotion.admin(url, key, "hold", hold)) if label == "candidate" else None
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
                                 wait_s=settings.config.eval.wait_s, on_missing=restore)
-            both = _Answerer(endpoint, base.path, adapters.get(label))
-            out[label] = _score(db, run_id, both, label, identity, fixed, general_qs, rows, progress)
+            answerer = _Answerer(endpoint, base.path, adapters.get(label))
+            out[label] = _score(db, run_id, answerer, label, identity, fixed, general_qs, rows, progress)
         return out
     finally:
         with contextlib.suppress(httpx.HTTPError, registry.RegistryError):
@@ -326,7 +326,7 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _score(db: Any, run_id: int, endpoint: _Answerer, label: str, identity: str, fixed: dict[str, Any],
+def _score(db: Any, run_id: int, answerer: _Answerer, label: str, identity: str, fixed: dict[str, Any],
            general_qs: list[questions.Question], rows: list[dict[str, Any]], progress: Progress | None) -> ModelScores:
     """Both suites for one model, from the cache where its answers cannot have changed."""
     def step(name: str) -> Callable[[int, int], None] | None:
@@ -337,14 +337,14 @@ def _score(db: Any, run_id: int, endpoint: _Answerer, label: str, identity: str,
     g = _cached(db, g_key, general.Report, general.Result)
     if g is None:
         cached = False
-        g = general.run(endpoint, general_qs, model=endpoint.model, mc=True, progress=step("general"))
-        _keep(db, g_key, endpoint.model, "general", g)
+        g = general.run(answerer, general_qs, model=answerer.model, mc=True, progress=step("general"))
+        _keep(db, g_key, answerer.model, "general", g)
     d_key = _digest({"model": identity, "suite": "domain", **{k: v for k, v in fixed.items() if k != "general"}})
     d = _cached(db, d_key, domain.Report, domain.Result)
     if d is None:
         cached = False
-        d = domain.run(endpoint, rows, model=endpoint.model, dataset="", progress=step("domain"))
-        _keep(db, d_key, endpoint.model, "domain", d)
+        d = domain.run(answerer, rows, model=answerer.model, dataset="", progress=step("domain"))
+        _keep(db, d_key, answerer.model, "domain", d)
     with store.transaction(db):
         db["eval_answers"].insert_all(
             [{"run_id": run_id, "model": label, "suite": "general", "qid": r.id, "question": r.question,
@@ -354,7 +354,7 @@ def _score(db: Any, run_id: int, endpoint: _Answerer, label: str, identity: str,
             + [{"run_id": run_id, "model": label, "suite": "domain", "qid": r.id, "question": r.question,
                 "expected": r.expected, "reply": r.reply, "correct": int(r.correct), "mc_correct": None,
                 "kind": r.kind} for r in d.results])
-    return ModelScores(model=endpoint.model, general=g.score, general_mc=g.mc_score, domain=d.score,
+    return ModelScores(model=answerer.model, general=g.score, general_mc=g.mc_score, domain=d.score,
                        domain_reverse=d.reverse_score, domain_control=d.control,
                        by_kind={k: v["score"] for k, v in d.by_kind.items()}, cached=cached)
 

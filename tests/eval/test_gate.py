@@ -54,3 +54,17 @@ def test_the_rules_come_from_the_config() -> None:
     assert (gate.general_margin, gate.domain_margin, gate.domain_floor) == (0.05, 0.02, 0.3)
     with pytest.raises(ConfigError, match=r"eval\.gate\.general_margin"):
         parse({"eval": {"gate": {"general_margin": -1}}})
+
+
+def test_eval_run_with_no_candidate_says_so_and_records_no_run(tmp_path, clean_env) -> None:
+    from eval import judge
+    from repotune import config as cfg
+    from repotune import db as store
+
+    settings = cfg.Settings(config=parse({"paths": {"data_dir": str(tmp_path / "state")}, "tuner": {"lineage": "p"}}),
+                            source=None, root=tmp_path, secrets=cfg.Secrets())
+    with pytest.raises(judge.EvalRunError, match="p has no candidate version to judge"):
+        judge.judge(settings)
+    with pytest.raises(judge.EvalRunError, match="p has no version v3"):
+        judge.judge(settings, version=3)
+    assert not list(store.open_db(store.db_path(settings.data_dir)).query("select * from eval_runs"))

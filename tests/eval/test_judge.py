@@ -206,6 +206,12 @@ def test_a_held_candidate_survives_reconciles_and_only_the_admin_key_reaches_it(
     adapter = _sensible(settings)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     body = {"lineage": settings.lineage, "version": adapter.version, "lease_s": 600}
+    bad = httpx.post(f"{server.url}/admin/hold", json={**body, "lease_s": "forever"}, headers=admin, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lease_s"
+    missing = httpx.post(f"{server.url}/admin/hold", json={**body, "version": 99}, headers=admin, timeout=60)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "version_not_found"
+    assert httpx.post(f"{server.url}/admin/hold", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=60).status_code == 401
     r = httpx.post(f"{server.url}/admin/hold", json=body, headers=admin, timeout=300)
     assert r.status_code == 200, r.text
     model = f"{settings.lineage}@v{adapter.version}"
