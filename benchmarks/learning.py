@@ -32,6 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("commit", "commit_reverse")
+FILE_KINDS = ("file", "definition", "doc")  # of the files the slice touched (--all-kinds)
 
 
 def _cli(config: Path, *args: str) -> None:
@@ -62,6 +63,16 @@ def _slice(n: int) -> list[str]:
     out = subprocess.run(["git", "-C", str(ROOT), "log", "--first-parent", "--no-merges", f"-n{n}", "--format=%H"],
                          capture_output=True, text=True, check=True).stdout
     return out.split()
+
+
+def _touched(shas: set[str]) -> set[str]:
+    """The paths the commits changed."""
+    paths: set[str] = set()
+    for sha in shas:
+        out = subprocess.run(["git", "-C", str(ROOT), "diff-tree", "--no-commit-id", "--name-only", "-r", sha],
+                             capture_output=True, text=True, check=True).stdout
+        paths |= set(out.split())
+    return paths
 
 
 def _pick(rows: list[dict[str, Any]], keep: Callable[[dict[str, Any]], bool], replay: float) -> list[dict[str, Any]]:
@@ -104,6 +115,10 @@ def main() -> None:
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
     ap.add_argument("--replay-answers", choices=("base", "gold"), default="base",
                     help="the replayed general questions answered by the base itself or by the set's gold answers")
+    ap.add_argument("--all-kinds", action="store_true", help="with --commits: also the files the slice touched, "
+                    "their definitions and docs (file, definition, code, show, doc questions), not only commits")
+    ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: pin the base's distribution on "
+                    "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
@@ -127,11 +142,16 @@ def main() -> None:
         def keep(r: dict[str, Any]) -> bool:
             return r["kind"] in kinds
     else:
-        kinds = KINDS
+        kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
         shas = set(_slice(a.commits))
+        touched = _touched(shas) if a.all_kinds else set()
 
         def keep(r: dict[str, Any]) -> bool:
-            return r["kind"] in kinds and r["sources"].get("commit") in shas
+            if r["kind"] not in kinds and not (a.all_kinds and r["kind"] in ("code", "show")):
+                return False
+            if r["sources"].get("commit"):
+                return r["sources"]["commit"] in shas
+            return str(r["sources"].get("path", "")).split("@")[0] in touched
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
         "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},
@@ -146,9 +166,12 @@ def main() -> None:
     val = _pick(datasets.read(data, "val"), keep, 0)
     evals = [r for r in datasets.read(data, "eval") if keep(r)]
     base = models.resolve(a.base).path
-    steps_per_epoch = -(-len(train) // 8)
+    from tuner.train import pinned
+
+    supervised = pinned.split(train)[0] if a.replay_kl else train  # the replay feeds the KL term only
+    steps_per_epoch = -(-len(supervised) // 8)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
-                       lora_alpha=2 * a.rank, batch_size=8,
+                       lora_alpha=2 * a.rank, batch_size=8, replay_kl=a.replay_kl,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
@@ -170,12 +193,14 @@ def main() -> None:
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
+              "replay_kl": a.replay_kl, "all_kinds": a.all_kinds,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
-    out = Path(f"{a.out}-{a.base.replace(':', '-')}" + ("-typescript" if a.typescript else ""))
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    _plot(result, out.with_suffix(".png"))
+    out = Path(f"{a.out}-{a.base.replace(':', '-')}" + ("-typescript" if a.typescript else "")
+               + ("-all-kinds" if a.all_kinds else "") + (f"-kl{a.replay_kl:g}" if a.replay_kl else ""))
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, Path(f"{out}.png"))
     print(json.dumps({k: v for k, v in result.items() if k != "points"}, indent=2))
 
 

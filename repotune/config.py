@@ -282,6 +282,10 @@ class TrainSection(Section):
     resume: bool = Field(True, description="Resume an interrupted run from its last checkpoint (false: start over).")
     dtype: str = Field("auto", description="Weights during training: auto (the model's own), float32, bfloat16.")
     load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")
+    replay_kl: float = Field(
+        0.0, ge=0, description="Weight of the KL divergence to the base on the general replay's answers (the replay "
+        "then pins the base's whole distribution instead of being trained on as examples); 0: off."
+    )
     niceness: int = Field(10, ge=0, le=19, description="CPU priority of training, so a server beside it answers.")
 
     @field_validator("backend", "strategy", "dtype", "scheduler")

@@ -83,6 +83,7 @@ class TrainingRecord(BaseModel):
     resumed_from_step: int | None = None
     train_loss: list[tuple[int, float]] = Field(default_factory=list)
     val_loss: list[tuple[int, float]] = Field(default_factory=list)
+    replay_kl: list[tuple[int, float]] = Field(default_factory=list)  # (step, KL to the base on general replay)
 
 
 class AdapterManifest(Manifest):

@@ -26,9 +26,10 @@ def small_repo(path: Path) -> GitRepo:
     return repo
 
 
-def settings(root: Path, repo: Path, **train: Any) -> cfg.Settings:
+def settings(root: Path, repo: Path, data: dict[str, Any] | None = None, **train: Any) -> cfg.Settings:
     raw = {"paths": {"data_dir": str(root / "state")}, "ingest": {"repo": str(repo), "workers": 1},
-           "tuner": {"lineage": "proj", "data": {"generators": ["templates"], "paraphrases": 1}}, "train": train}
+           "tuner": {"lineage": "proj", "data": {"generators": ["templates"], "paraphrases": 1, **(data or {})}},
+           "train": train}
     return cfg.Settings(config=cfg.parse(raw), source=None, root=root, secrets=cfg.Secrets())
 
 
@@ -43,13 +44,13 @@ def write_config(root: Path, repo: Path, **train: Any) -> Path:
     return path
 
 
-def prepared(root: Path, **train: Any) -> cfg.Settings:
-    """A repository of one commit, ingested and built into a dataset, under `root`."""
+def prepared(root: Path, data: dict[str, Any] | None = None, **train: Any) -> cfg.Settings:
+    """A repository of three commits, ingested and built into a dataset, under `root`."""
     from ingest.run import ingest
     from tuner.data.build import build
 
     repo = small_repo(root / "project")
-    s = settings(root, repo.path, **train)
+    s = settings(root, repo.path, data, **train)
     ingest(s)
     build(s)
     return s

@@ -261,6 +261,7 @@ def _record(key: str, backend: str, strategy: str, started_from: str | None, exa
         tokens=t.tokens, seconds=round(t.seconds, 3), tokens_per_s=round(t.tokens_per_s, 1),
         peak_memory_mb=round(t.peak_memory_mb, 1), stopped=t.stopped, resumed_from_step=t.resumed_from,
         train_loss=[tuple(x) for x in t.train_loss], val_loss=[tuple(x) for x in t.val_loss],
+        replay_kl=[tuple(x) for x in t.replay_kl],
     )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from repotune.config import TrainSection
+from tuner.train import pinned
 
 CHECKPOINTS = "checkpoints"
 Progress = Callable[..., None]  # progress(step, total_steps, loss=..., tokens_per_s=...)
@@ -57,6 +58,7 @@ class Trained:
     seconds: float  # wall time of this process's part of the run
     train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
+    replay_kl: list[tuple[int, float]] = field(default_factory=list)  # (step, KL to the base), with train.replay_kl
     stopped: str = "done"  # done, budget_tokens, budget_minutes, early_stopping
     resumed_from: int | None = None  # the checkpoint's step this run started at
     peak_memory_mb: float = 0.0  # the process's peak RSS, or the GPU's peak allocation
@@ -111,7 +113,12 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     markers = has_generation_markers(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = datasets.Dataset.from_list(as_dataset_rows(job.train, markers))
+    supervised, replay = pinned.split(job.train) if cfg.replay_kl else (job.train, [])
+    trainer_class: Any = SFTTrainer
+    if replay:
+        trainer_class = pinned.trainer_class(cfg.replay_kl, pinned.encode(replay, tokenizer, cfg.max_seq_len),
+                                             cfg.batch_size, cfg.seed, tokenizer.pad_token_id)
+    train = datasets.Dataset.from_list(as_dataset_rows(supervised, markers))
     val = datasets.Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
     checkpoints = job.work / CHECKPOINTS
     evaluate = val is not None and (cfg.keep_best or cfg.early_stopping_patience or cfg.eval_steps)
@@ -150,7 +157,7 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     callbacks: list[Any] = [meter]
     if cfg.early_stopping_patience and val is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val if evaluate else None,
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=val if evaluate else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints every log line; the progress callback shows them
     resume = last_complete_checkpoint(checkpoints) if job.resume else None
@@ -170,6 +177,7 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     return Trained(
         adapter=adapter, backend=backend, steps=state.global_step, tokens=int(state.num_input_tokens_seen),
         seconds=seconds, train_loss=_losses("loss", state), val_loss=_losses("eval_loss", state),
+        replay_kl=_losses("replay_kl", state),
         stopped=stopped, resumed_from=int(resume.name.split("-")[-1]) if resume else None,
         peak_memory_mb=_peak_memory_mb(), loss_form="assistant_only" if markers else "prompt_completion",
     )

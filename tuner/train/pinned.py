@@ -1,0 +1,112 @@
+"""Learning the repository without forgetting: the base's distribution pinned on general replay.
+
+Replaying the base's own greedy answers as ordinary examples pins what it *says* (its
+argmax), not the likelihoods it gives every other reply, and multiple-choice scores move
+with those likelihoods (RESULTS.md: 8 points lost on builtin:smol with the greedy score
+kept). With `train.replay_kl` above 0 the general replay examples leave the supervised
+set and become a second stream: at every step a batch of them is run through the model
+twice, once with the adapter and once without (PEFT's `disable_adapter`), and the loss
+gains `replay_kl` times the KL divergence KL(base ‖ adapter) over the vocabulary at
+their answers' positions. The adapter is free to learn the domain; on general prompts it
+is held to the base's whole next-token distribution (self-distillation with soft targets).
+
+Costs: each step adds one forward without gradients and one with, on a replay batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+REPLAY_KIND = "general"  # rows of train.jsonl the replay generator made (tuner.data.others.general_replay)
+
+
+def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The supervised rows and the general replay rows the KL term takes."""
+    replay = [r for r in rows if r.get("kind") == REPLAY_KIND and r.get("generator") == "replay"]
+    return [r for r in rows if not (r.get("kind") == REPLAY_KIND and r.get("generator") == "replay")], replay
+
+
+def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tuple[list[int], int]]:
+    """Each chat as token ids (the chat template's, as training sees them) and where its answer starts."""
+    out = []
+    for r in rows:
+        messages = r["messages"]
+        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        prompt = _ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
+        start = len(prompt)
+        if start < len(full) and full[:start] == prompt:
+            out.append((full[:max_len], start))
+    return out
+
+
+def _ids(x: Any) -> list[int]:
+    ids = x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x
+    return list(ids)
+
+
+def batches(encoded: list[tuple[list[int], int]], size: int, seed: int) -> Iterator[list[tuple[list[int], int]]]:
+    """Batches of replay chats without end: each pass over them in a new order, fixed by the seed."""
+    rng = random.Random(seed)
+    while True:
+        order = list(encoded)
+        rng.shuffle(order)
+        for i in range(0, len(order), size):
+            yield order[i: i + size]
+
+
+def kl_to_base(model: Any, batch: list[tuple[list[int], int]], pad_id: int) -> Any:
+    """Mean KL(base ‖ model) over the answers' tokens of `batch`; `model` is a PEFT model."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    # position t predicts token t + 1: the answer's tokens are predicted from start - 1 to len - 2
+    mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for i, (ids, start) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        mask[i, start - 1: len(ids) - 1] = True
+    input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
+    cur = model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
+    ref_logp = torch.log_softmax(ref, dim=-1)
+    cur_logp = torch.log_softmax(cur, dim=-1)
+    return (ref_logp.exp() * (ref_logp - cur_logp)).sum(-1).mean()
+
+
+def trainer_class(weight: float, replay: list[tuple[list[int], int]], batch_size: int, seed: int, pad_id: int) -> Any:
+    """TRL's SFTTrainer with the KL term added to each training step's loss."""
+    from trl import SFTTrainer
+
+    stream = batches(replay, batch_size, seed)
+
+    class PinnedSFTTrainer(SFTTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.kl_seen: list[float] = []
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not self.model.training:
+                return result
+            kl = kl_to_base(self.accelerator.unwrap_model(model), next(stream), pad_id)
+            self.kl_seen.append(float(kl.detach()))
+            added = weight * kl / self.args.gradient_accumulation_steps
+            if return_outputs:
+                return result[0] + added, result[1]
+            return result + added
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.kl_seen and "loss" in logs:
+                logs["replay_kl"] = sum(self.kl_seen) / len(self.kl_seen)
+                self.kl_seen.clear()
+            super().log(logs, start_time)
+
+    return PinnedSFTTrainer
