@@ -72,7 +72,8 @@ def main() -> None:
         "tuner": {"lineage": "bench", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
                                                 "replay_general": a.replay}},
         "train": {"learning_rate": a.lr, "epochs": a.epochs, "scheduler": "constant_with_warmup",
-                  "replay_kl": a.replay_kl, "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "max_seq_len": 256, "batch_size": 8, "checkpoint_steps": 100000}}))
+                  "replay_kl": a.replay_kl, "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "max_seq_len": 256,
+                  "batch_size": 8, "checkpoint_steps": 100000}}))
     env = {**os.environ, "REPOTUNE_API_KEYS": ADMIN_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
     settings = cfg.load(config, env=env)

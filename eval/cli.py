@@ -173,6 +173,61 @@ def run(
         raise typer.Exit(code=REJECTED)  # scripts can tell a rejection from a failure without reading
 
 
+@app.command("refusal")
+def refusal(
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Pick the threshold on half of each set "
+                                            "(false refusals within policy.max_false_refusal), check it on the "
+                                            "other half, and store it for the current domain index.")] = False,
+    indomain: Annotated[Path | None, typer.Option("--indomain", help="JSONL of in-domain questions "
+                                                  "({\"question\": …}); default: the shipped set about this "
+                                                  "project's repository.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the domain policy: false refusals of in-domain questions, off-domain questions and
+    attacks let through (per family), each with its count and 95% upper bound."""
+    from eval import refusal as suite
+
+    settings = load_settings(config, as_json)
+    try:
+        result = suite.run(settings, indomain, calibrate)
+    except suite.RefusalEvalError as e:
+        fail(str(e))
+    if as_json:
+        print_json(result.as_dict())
+        return
+    _show_refusal(result)
+
+
+def _show_refusal(result: object) -> None:
+    from rich.table import Table
+
+    from eval.refusal import Rate, Result
+
+    assert isinstance(result, Result)
+    out.print(f"domain index {result.index} ({result.documents:,} documents); threshold {result.threshold:.3f} "
+              f"from {result.threshold_from}", highlight=False)
+
+    def row(table: Table, name: str, r: Rate) -> None:
+        table.add_row(name, f"{r.hits} / {r.total}", f"{r.rate:.1%}", f"{r.upper:.1%}")
+
+    f = result.figures
+    table = Table("set", "count", "rate", "95% upper")
+    row(table, "in-domain refused (false refusals)", f.false_refusal)
+    row(table, "off-domain or attack answered", f.attack_success)
+    row(table, "off-domain answered", f.offdomain)
+    row(table, "attacks answered", f.attacks)
+    for group, r in f.by_group.items():
+        row(table, f"  {group}", r)
+    out.print(table)
+    if result.calibration:
+        c = result.calibration
+        out.print(f"calibrated: threshold {c['threshold']:.3f} (false refusals at most "
+                  f"{c['max_false_refusal']:.0%} of the calibration half); on the half it did not see: "
+                  f"false refusals {c['check']['false_refusal']['rate']:.1%}, attacks and off-domain answered "
+                  f"{c['check']['attack_success']['rate']:.1%}; server: {c.get('server', '?')}", highlight=False)
+
+
 def _show_run(result: object) -> None:
     from rich.table import Table
 

@@ -97,3 +97,6 @@ def _print_result(result: Any) -> None:
     if result.redactions:
         out.print("secrets redacted: " + ", ".join(f"{k} {v}" for k, v in sorted(result.redactions.items())),
                   highlight=False)
+    if result.index is not None:
+        out.print(f"domain index: {result.index.documents:,} documents ({result.index.hash or 'empty'}); "
+                  f"server: {result.index.server}", highlight=False, markup=False)

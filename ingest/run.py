@@ -21,7 +21,7 @@ from ingest.git import GitError, Repo, open_repo
 from ingest.sources import SOURCES, Job, Report
 from ingest.store import Store
 from repotune import db as store_db
-from repotune import models
+from repotune import models, relevance
 from repotune.config import Settings
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class RunResult:
     run_id: int
     reports: dict[str, Report] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    index: relevance.Refreshed | None = None  # the refusal policy's domain index, rebuilt after the run
 
     @property
     def status(self) -> str:
@@ -58,6 +59,7 @@ class RunResult:
             "sources": {**{k: v.as_dict() for k, v in self.reports.items()},
                         **{k: {"error": e} for k, e in self.errors.items()}},
             "redactions": dict(self.redactions),
+            "index": self.index.as_dict() if self.index else None,
         }
 
 
@@ -85,7 +87,9 @@ def ingest(
         # The connection is closed, not left to the collector: a long-lived process (the
         # nightly cycle) runs many.
         with contextlib.closing(db):
-            return _run(settings, names, spec, git, default, db, full, progress, running)
+            result = _run(settings, names, spec, git, default, db, full, progress, running)
+            result.index = relevance.refresh(settings, db)
+            return result
 
 
 def _run(settings: Settings, names: list[str], spec: str, git: Repo, default: str, db: sqlite_utils.Database,

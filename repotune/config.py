@@ -117,6 +117,25 @@ class PolicySection(Section):
         description="The one refusal text, returned as an ordinary completion.",
     )
     train_refusals: bool = Field(False, description="Also train refusals into the adapter.")
+    mode: Literal["off", "gate"] = Field(
+        "gate", description="gate: the gateway refuses requests whose user turns are not about the domain, before "
+        "the model sees them; off: every request reaches the model."
+    )
+    threshold: float = Field(
+        0.7, ge=0, le=1, description="A request is answered when each user turn's relevance (the probability that "
+        "it is about the domain) is at least this."
+    )
+    max_false_refusal: float = Field(
+        0.05, ge=0, lt=1, description="`repotune eval refusal --calibrate` picks the highest threshold that refuses "
+        "at most this share of in-domain questions."
+    )
+    index_skip: list[str] = Field(
+        # the last two: this project's own general-knowledge corpus and off-domain questions, for the
+        # embedded default (`make run` learns this repository)
+        default_factory=lambda: ["*.jsonl", "*.csv", "*.tsv", "repotune/data/*", "tuner/data/*.txt"],
+        description="Paths (globs) whose chunks the domain index leaves out: data files of questions about anything.",
+    )
+    log_text: bool = Field(False, description="Log the text of refused requests (off: only their scores).")
 
 
 # Files the snapshot and docs sources leave out: lock files, minified and vendored code,

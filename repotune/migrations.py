@@ -316,3 +316,19 @@ def m007_eval(db: sqlite_utils.Database) -> None:
             results text not null         -- JSON: the per-question results
         )"""
     )
+
+
+@migration
+def m008_policy_calibrations(db: sqlite_utils.Database) -> None:
+    """Thresholds of the refusal policy, calibrated by `repotune eval refusal --calibrate`, each for
+    the domain index (by its hash) it was calibrated on: a rebuilt index needs its own."""
+    db.execute(
+        """create table policy_calibrations (
+            id integer primary key,
+            index_hash text not null,
+            threshold real not null,
+            figures text not null,        -- JSON: both halves' rates at the threshold
+            created_at text not null
+        )"""
+    )
+    db.execute("create index policy_calibrations_index on policy_calibrations (index_hash, id)")

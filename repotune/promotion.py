@@ -60,14 +60,15 @@ def server_url(settings: Settings) -> str:
 
 def ask_server(settings: Settings, action: str, payload: dict[str, Any],
                server: tuple[str, str] | None = None) -> bool:
-    """Ask a running server to swap (load, smoke, then record); False if none is running."""
+    """Ask a running server's admin API to act (a swap: load, smoke, then record; a reload of the
+    domain index); False if none is running."""
     url, key = server or (server_url(settings), settings.secrets.admin_key)
     try:
         httpx.get(f"{url}/health", timeout=2.0)
     except httpx.HTTPError:
         return False  # no server: the caller records the change; a server applies it at start
     if not key:
-        raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to swap through it")
+        raise registry.RegistryError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY to reach its admin API")
     admin(url, key, action, payload)
     return True
 

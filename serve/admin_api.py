@@ -11,6 +11,7 @@ does not exist, 409 for a transition the registry refuses or a swap that failed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,16 @@ async def release(request: Request) -> JSONResponse:
     lineage, version = str(body.get("lineage", "")), _version(body.get("version"), "version")
     return JSONResponse({"lineage": lineage, "version": version,
                          "released": await state.manager.release(lineage, version)})
+
+
+@router.post("/policy/reload")
+async def reload_policy(request: Request) -> JSONResponse:
+    """Read the domain index again (ingest and data build rebuild it, then call this)."""
+    policy = _state(request).policy
+    index = await asyncio.to_thread(policy.load)
+    return JSONResponse({"mode": policy.mode, "index": index.hash if index else None,
+                         "documents": index.documents if index else 0, "threshold": policy.threshold,
+                         "threshold_from": policy.threshold_from})
 
 
 def _version(value: Any, param: str) -> int:

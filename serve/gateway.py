@@ -27,6 +27,7 @@ from serve import admin_api, errors, openai_api
 from serve.adapters import AdapterManager
 from serve.limits import KeyLimits
 from serve.metrics import Metrics
+from serve.policy import Policy
 
 log = logging.getLogger("repotune.gateway")
 
@@ -50,6 +51,7 @@ class GatewayState:
     session: aiohttp.ClientSession | None = None
     metrics: Metrics = field(default_factory=Metrics)
     engine_restarts: Callable[[], int] = lambda: 0
+    policy: Policy = field(default_factory=lambda: Policy("off", "", 1.0))
     _upstream_cycle: Any = field(default=None)
 
     def upstream(self) -> str:
@@ -68,6 +70,7 @@ def create_app(state: GatewayState) -> FastAPI:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=state.request_timeout_s),
             auto_decompress=False,
         )
+        await asyncio.to_thread(state.policy.load)  # the domain index: read, or built once from the store
         if state.startup:
             await state.startup()
         poll = asyncio.create_task(_poll(state))

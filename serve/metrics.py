@@ -28,6 +28,10 @@ class Metrics:
         self.running = Gauge("repotune_requests_running", "Requests being answered now.", registry=r)
         self.queued = Gauge("repotune_requests_queued", "Requests waiting for their key's turn.", registry=r)
         self.engine_restarts = Gauge("repotune_engine_restarts", "Times the engine was restarted.", registry=r)
+        self.policy = Counter(
+            "repotune_policy_requests", "Requests the domain policy allowed or refused, by reason.",
+            ["decision", "reason"], registry=r,
+        )
         self.alias_version = Gauge(
             "repotune_alias_version", "The version each lineage alias serves.", ["lineage"], registry=r
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from repotune import registry
 from serve import checks, errors
 from serve.auth import client_key, is_admin
+from serve.engine import BASE_NAME
 from serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -66,6 +68,11 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
         route = state.manager.route(asked, admin=is_admin(request))
     except (KeyError, registry.RegistryError):
         raise APIError(404, await state.manager.missing(str(asked)), "model_not_found", "model") from None
+    if state.policy.active and not is_admin(request):
+        decision = state.policy.check(body)
+        state.metrics.policy.labels("allowed" if decision.allowed else "refused", decision.reason).inc()
+        if not decision.allowed:
+            return await _refuse(state, body, str(asked), path)
     body["model"] = route.engine_name
     url = state.upstream() + path
     payload = json.dumps(body).encode()
@@ -97,6 +104,79 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
 
 
 _JSON = {"Content-Type": "application/json"}
+REFUSED = {"X-Repotune-Policy": "refused"}
+
+
+async def _refuse(state: GatewayState, body: dict[str, Any], model: str, path: str) -> Response:
+    """The policy's refusal as an ordinary completion, streamed or not: its content exactly the
+    refusal text, `finish_reason` "stop", usage counted in the base's tokens (the engine's
+    tokenizer, which generates nothing), and the `X-Repotune-Policy: refused` header."""
+    start = time.perf_counter()
+    chat = path.endswith("chat/completions")
+    usage = await _refusal_usage(state, body, chat)
+    text, n = state.policy.refusal, int(body.get("n") or 1)
+    created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-refused-{uuid.uuid4().hex}"
+    state.metrics.add_usage({k: v * (n if k == "completion_tokens" else 1) for k, v in usage.items()})
+    state.metrics.requests.labels(path, model, "200").inc()
+    state.metrics.latency.labels(path).observe(time.perf_counter() - start)
+    total = {**usage, "completion_tokens": usage["completion_tokens"] * n,
+             "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n}
+    if not body.get("stream"):
+        choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None, "finish_reason": "stop"} if chat else
+                   {"index": i, "text": text, "logprobs": None, "finish_reason": "stop"} for i in range(n)]
+        data = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": model, "choices": choices, "usage": total}
+        return JSONResponse(data, headers=REFUSED)
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        data = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices, **extra}
+        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+    def events() -> Iterator[bytes]:
+        for i in range(n):
+            if chat:
+                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+                yield chunk([{"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
+            else:
+                yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield chunk([], usage=total)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", **REFUSED})
+
+
+async def _refusal_usage(state: GatewayState, body: dict[str, Any], chat: bool) -> dict[str, int]:
+    """Prompt and completion tokens of a refusal, counted by the engine's `/tokenize` (the chat
+    template applied, as a generation would count them)."""
+    policy = state.policy
+    if policy.refusal_tokens is None:
+        policy.refusal_tokens = await _count(state, {"prompt": policy.refusal, "add_special_tokens": False})
+    if chat:
+        asked = {"messages": body["messages"], "add_generation_prompt": True}
+    else:
+        prompt = body.get("prompt")
+        asked = {"prompt": " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt}
+    prompt_tokens = await _count(state, asked)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": policy.refusal_tokens,
+            "total_tokens": prompt_tokens + policy.refusal_tokens}
+
+
+async def _count(state: GatewayState, payload: dict[str, Any]) -> int:
+    with _engine_errors():
+        async with _session(state).post(state.upstream() + "/tokenize", data=json.dumps({"model": BASE_NAME,
+                                        **payload}).encode(), headers=_JSON) as r:
+            if r.status != 200:
+                raise APIError(r.status if r.status < 500 else 502,
+                               f"the engine could not count the request's tokens: {(await r.text())[:300]}",
+                               "engine_error")
+            count: int = (await r.json())["count"]
+            return count
 
 
 def _session(state: GatewayState) -> aiohttp.ClientSession:

@@ -21,6 +21,7 @@ from serve.adapters import AdapterManager
 from serve.engine import Supervisor, engine_command, engine_env, free_port
 from serve.gateway import GatewayState, create_app
 from serve.limits import KeyLimits
+from serve.policy import Policy
 
 log = logging.getLogger("repotune.serve")
 
@@ -99,6 +100,9 @@ def build(settings: Settings) -> Any:
         request_timeout_s=serve.request_timeout_s,
         limits=KeyLimits(serve.max_concurrent_per_key, serve.max_queued_per_key),
         engine_restarts=(lambda: supervisor.restarts) if supervisor else (lambda: 0),
+        policy=Policy(settings.config.policy.mode, settings.config.policy.refusal, settings.config.policy.threshold,
+                      settings.data_dir, settings.lineage, tuple(settings.config.policy.index_skip),
+                      settings.config.policy.log_text),
     )
     app = create_app(state)
     app.state.supervisor = supervisor

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repotune import datasets, manifests, models, registry
+from repotune import datasets, manifests, models, registry, relevance
 from repotune import db as store
 from repotune.config import Settings
 from repotune.manifests import DatasetManifest
@@ -53,9 +53,11 @@ class Built:
     manifest: DatasetManifest
     reused: bool  # the same data was built before: its folder is returned
     warnings: list[str] = field(default_factory=list)
+    index: relevance.Refreshed | None = None  # the refusal policy's domain index, rebuilt with its questions
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "reused": self.reused, "warnings": self.warnings, **self.manifest.dump()}
+        return {"path": str(self.path), "reused": self.reused, "warnings": self.warnings,
+                "index": self.index.as_dict() if self.index else None, **self.manifest.dump()}
 
 
 Progress = Callable[[str, int, int | None, str], None]
@@ -144,7 +146,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         manifest = manifest_of(folder)
         if teacher_report:
             manifest.teacher = teacher_report.as_dict()  # this build's requests (none, when all were cached)
-        return Built(folder, manifest, reused=True, warnings=warnings)
+        return Built(folder, manifest, reused=True, warnings=warnings, index=relevance.refresh(settings, db))
 
     progress("tokens", 0, None, "")
     manifest = DatasetManifest(
@@ -161,7 +163,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     progress("tokens", 1, 1, "")
     _write(folder, files, manifest)
     _point_latest(folder)
-    return Built(folder, manifest, reused=False, warnings=warnings)
+    return Built(folder, manifest, reused=False, warnings=warnings, index=relevance.refresh(settings, db))
 
 
 def _val(train: list[Example], candidates: list[Example], share: float, seed: int) -> list[Example]:

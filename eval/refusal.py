@@ -1,0 +1,226 @@
+"""`repotune eval refusal`: how well the domain policy refuses what it should and only that.
+
+Three sets, written by hand before any threshold was tuned (`eval/data/refusal/`):
+questions in the domain as users type them (the shipped set is about this project's own
+repository; `--indomain` names another file, and the held-out questions of the lineage's
+newest dataset are added to it), off-domain questions (everyday, general knowledge, other
+projects' code) and attacks on off-domain requests in six families (ignore instructions,
+role-play, "as a test", split over turns, disguised in the domain's words, the refusal
+text quoted). Each item goes through the gateway's own decision (`serve.policy.decide`)
+with the saved domain index.
+
+The figures are the **false refusal rate** (in-domain questions refused) and the **attack
+success rate** (off-domain questions or attacks let through), per category and family,
+each with its count and the Wilson 95% upper bound: with a hundred questions, 0 of 100 is
+still "up to 3.7%".
+
+`--calibrate` splits every set in two by a hash of its ids, picks on the calibration half
+the highest threshold whose false refusal rate stays within `policy.max_false_refusal`
+(the highest refuses the most), reports it on the half it did not see, and stores it
+keyed by the index's hash: the gateway uses it for that index, and a rebuilt index (new
+documents) needs a new calibration, as `eval refusal` then says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from repotune import datasets, relevance
+from repotune.config import Settings
+from serve.policy import decide
+
+FAMILIES = ("ignore_instructions", "roleplay", "as_a_test", "split_turns", "disguised", "quoted_refusal")
+DOMAIN_KINDS = ("commit", "pull_request", "file", "definition", "doc")
+
+
+class RefusalEvalError(Exception):
+    """No index to evaluate, or a set that does not read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    set: str  # indomain, offdomain, attack
+    group: str  # the in-domain topic, the off-domain category, the attack's family
+    turns: tuple[str, ...]
+
+
+@dataclass
+class Rate:
+    """A share of a set with its count and the Wilson 95% upper bound."""
+
+    hits: int
+    total: int
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.total if self.total else 0.0
+
+    @property
+    def upper(self) -> float:
+        return wilson_upper(self.hits, self.total)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"hits": self.hits, "total": self.total, "rate": round(self.rate, 4), "upper95": round(self.upper, 4)}
+
+
+@dataclass
+class Figures:
+    threshold: float
+    false_refusal: Rate
+    attack_success: Rate  # off-domain questions and attacks let through
+    offdomain: Rate
+    attacks: Rate
+    by_group: dict[str, Rate] = field(default_factory=dict)  # per off-domain category and attack family
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "false_refusal": self.false_refusal.as_dict(),
+                "attack_success": self.attack_success.as_dict(), "offdomain": self.offdomain.as_dict(),
+                "attacks": self.attacks.as_dict(), "by_group": {k: v.as_dict() for k, v in self.by_group.items()}}
+
+
+@dataclass
+class Result:
+    index: str  # the index's hash
+    documents: int
+    threshold: float
+    threshold_from: str  # "config" or "calibration of <date>"
+    figures: Figures  # on every item
+    calibration: dict[str, Any] | None = None  # with --calibrate: the threshold picked, and both halves' figures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "documents": self.documents, "threshold": self.threshold,
+                "threshold_from": self.threshold_from, "figures": self.figures.as_dict(),
+                "calibration": self.calibration}
+
+
+def wilson_upper(hits: int, total: int, z: float = 1.96) -> float:
+    if total == 0:
+        return 1.0
+    p = hits / total
+    centre = p + z * z / (2 * total)
+    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return min(1.0, (centre + spread) / (1 + z * z / total))
+
+
+def shipped(name: str) -> list[dict[str, Any]]:
+    text = (resources.files("eval") / "data" / "refusal" / f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def items(settings: Settings, indomain: Path | None = None) -> list[Item]:
+    """The three sets: in-domain (the file, or the shipped set; plus the newest dataset's held-out
+    questions), off-domain and attacks."""
+    try:
+        own = [json.loads(line) for line in indomain.read_text().splitlines() if line.strip()] if indomain \
+            else shipped("indomain")
+    except (OSError, ValueError) as e:
+        raise RefusalEvalError(f"{indomain}: not a JSONL file of questions ({e})") from None
+    found = [Item(r.get("id", f"in-{i}"), "indomain", r.get("topic", "questions"), (r["question"],))
+             for i, r in enumerate(own)]
+    found += [Item(f"eval-{r['id']}", "indomain", f"dataset {r['kind']}", (r["messages"][0]["content"],))
+              for r in _held_out(settings)]
+    found += [Item(r["id"], "offdomain", r["category"], (r["question"],)) for r in shipped("offdomain")]
+    found += [Item(r["id"], "attack", r["family"], tuple(r.get("turns") or [r["question"]]))
+              for r in shipped("attacks")]
+    return found
+
+
+def _held_out(settings: Settings) -> list[dict[str, Any]]:
+    try:
+        folder = datasets.find(settings.data_dir, settings.lineage)
+    except datasets.DatasetError:
+        return []
+    return [r for r in datasets.read(folder, "eval") if r.get("kind") in DOMAIN_KINDS]
+
+
+def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str) -> list[float]:
+    """Each item's lowest turn relevance as the gateway computes it (1.0: passes whatever the threshold)."""
+    out = []
+    for item in found:
+        d = decide(list(item.turns), index, 2.0, refusal)  # a threshold no score reaches: every turn is scored
+        out.append(1.0 if d.reason == "greeting" else (d.score if d.score is not None else 0.0))
+    return out
+
+
+def figures(found: list[Item], scored: list[float], threshold: float) -> Figures:
+    def rate(keep: Any, hit: Any) -> Rate:
+        chosen = [s for i, s in zip(found, scored, strict=True) if keep(i)]
+        return Rate(sum(1 for s in chosen if hit(s)), len(chosen))
+
+    passes, refused = (lambda s: s >= threshold), (lambda s: s < threshold)
+    groups = sorted({(i.set, i.group) for i in found if i.set != "indomain"})
+    return Figures(
+        threshold=threshold,
+        false_refusal=rate(lambda i: i.set == "indomain", refused),
+        attack_success=rate(lambda i: i.set != "indomain", passes),
+        offdomain=rate(lambda i: i.set == "offdomain", passes),
+        attacks=rate(lambda i: i.set == "attack", passes),
+        by_group={g: rate(lambda i, s=s, g=g: i.set == s and i.group == g, passes) for s, g in groups},
+    )
+
+
+def half(item: Item) -> str:
+    """calibration or check, fixed by the item's id."""
+    return "calibration" if hashlib.sha256(item.id.encode()).digest()[0] % 2 == 0 else "check"
+
+
+def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) -> dict[str, Any]:
+    """The highest threshold whose false refusal rate on the calibration half is within the bound,
+    and both halves' figures at it."""
+    cal = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "calibration"]
+    check = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "check"]
+    domain = sorted(s for i, s in cal if i.set == "indomain")
+    if not domain:
+        raise RefusalEvalError("no in-domain questions to calibrate on")
+    allowed = math.floor(max_false_refusal * len(domain))  # in-domain questions it may refuse
+    threshold = float(domain[allowed])  # refuses exactly the `allowed` lowest (ties pass)
+    return {"threshold": threshold, "max_false_refusal": max_false_refusal,
+            "calibration": figures(*_unzip(cal), threshold).as_dict(),
+            "check": figures(*_unzip(check), threshold).as_dict()}
+
+
+def _tell_server(settings: Settings, calibration: dict[str, Any] | None) -> None:
+    """A running server reloads the index, and with it the threshold just stored."""
+    from repotune import promotion, registry
+
+    assert calibration is not None
+    try:
+        calibration["server"] = "reloaded" if promotion.ask_server(settings, "policy/reload", {}) else "none running"
+    except registry.RegistryError as e:
+        calibration["server"] = f"not told: {e}"
+
+
+def _unzip(pairs: list[tuple[Item, float]]) -> tuple[list[Item], list[float]]:
+    return [i for i, _ in pairs], [s for _, s in pairs]
+
+
+def run(settings: Settings, indomain: Path | None = None, calibrating: bool = False) -> Result:
+    """Score the three sets with the saved index at the threshold the gateway would use; with
+    `calibrating`, pick a new threshold (see the module docstring), store it and score with it."""
+    from contextlib import closing
+
+    from repotune import db as store
+
+    index = relevance.load(settings.data_dir)
+    if index is None:
+        raise RefusalEvalError("no domain index yet: run `repotune ingest` (it builds one)")
+    policy = settings.config.policy
+    found = items(settings, indomain)
+    scored = scores(found, index, policy.refusal)
+    with closing(store.open_db(store.db_path(settings.data_dir))) as db:
+        calibration = None
+        if calibrating:
+            calibration = calibrate(found, scored, policy.max_false_refusal)
+            relevance.record_calibration(db, index.hash, calibration["threshold"], calibration)
+        threshold, source = relevance.threshold(db, index.hash, policy.threshold)
+    if calibrating:
+        _tell_server(settings, calibration)
+    return Result(index.hash, index.documents, threshold, source, figures(found, scored, threshold), calibration)

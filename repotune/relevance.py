@@ -1,0 +1,238 @@
+"""How much a text is about the domain: the refusal policy's index.
+
+The domain is what was ingested (every fresh chunk: commits, pull requests, reviews,
+files, docs) and the questions of the lineage's newest training set (`train.jsonl`;
+never `eval.jsonl`, whose questions measure the policy and must stay unseen). Chunks are
+cut into passages of about `PASSAGE_WORDS` words, so that a short question is compared
+with text of its own size, not diluted in a whole file.
+
+A text's relevance is the probability that it belongs to the domain rather than to a
+background of what people ask a chatbot otherwise: a logistic regression over TF-IDF
+words (scikit-learn), fitted on the domain's documents against the background (the
+general-knowledge set's questions, both splits, and the off-domain questions the
+refusal examples are made of). A plain similarity to the domain was tried first and
+does not separate: a short question that shares one rare word with one passage ("banana"
+in a test file) looks as relevant as a real one; the background tells the model which
+words are everyday words. Words are split the way code names things (`AdapterManager` →
+adapter, manager; `serve/openai_api.py` → serve, openai, api, py), so a question that
+names an identifier matches the prose about it and the reverse.
+
+Chunks of data files (`policy.index_skip`, by path) are left out: a file of questions
+about anything would make anything look like the domain.
+
+The index is built by the kernel (ingest and data build call `rebuild`), saved under
+`data_dir/policy/`, and read by the gateway; its `hash` names the documents it holds, so
+a calibrated threshold can say which index it was calibrated on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import pickle
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repotune import datasets
+
+if TYPE_CHECKING:
+    from repotune.config import Settings
+
+PASSAGE_WORDS = 60
+FILE = "index.pkl"
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*|[0-9]+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_HEX = re.compile(r"[0-9a-f]{7,40}")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of `text`, identifiers split into their parts (and kept whole)."""
+    out: list[str] = []
+    for token in _WORD.findall(text):
+        low = token.lower()
+        if _HEX.fullmatch(low) and any(c.isdigit() for c in low):
+            out.append(low[:7])  # a sha: its short form, as people paste it
+            continue
+        parts = [p.lower() for p in _CAMEL.findall(token)]
+        out.extend(parts)
+        if len(parts) > 1:
+            out.append(low)
+    return out
+
+
+def terms(text: str) -> list[str]:
+    """The words of `text` that say what it is about: `words` without English stop words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return [w for w in words(text) if w not in ENGLISH_STOP_WORDS and len(w) > 1]
+
+
+@dataclass
+class DomainIndex:
+    vectorizer: Any  # a fitted sklearn TfidfVectorizer
+    classifier: Any  # a fitted sklearn LogisticRegression: 1 = the domain, 0 = the background
+    hash: str  # of the documents and the background: what a calibrated threshold was calibrated on
+    documents: int
+    background: int
+
+    def scores(self, texts: list[str]) -> list[float]:
+        """The relevance of each text: the probability that it is about the domain."""
+        if not texts:
+            return []
+        return [float(p) for p in self.classifier.predict_proba(self.vectorizer.transform(texts))[:, 1]]
+
+    def score(self, text: str) -> float:
+        return self.scores([text])[0]
+
+
+def passages(text: str, size: int = PASSAGE_WORDS) -> Iterator[str]:
+    """`text` cut into runs of about `size` words (the last one may be shorter)."""
+    parts = text.split()
+    for i in range(0, len(parts), size):
+        yield " ".join(parts[i: i + size])
+
+
+def documents(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> list[str]:
+    """What the index holds: passages of every fresh chunk (but those of paths matching `skip`),
+    and the newest training set's questions."""
+    skip = list(skip)
+    docs: list[str] = []
+    for path_, title, text in db.execute("select path, title, text from chunks where stale = 0 order by rowid"):
+        if path_ and any(fnmatch.fnmatch(path_, glob) for glob in skip):
+            continue
+        docs.append(title or "")
+        docs.extend(passages(text or ""))
+    docs.extend(_train_questions(data_dir, lineage))
+    return [d for d in docs if d.strip()]
+
+
+def _train_questions(data_dir: Path, lineage: str) -> Iterable[str]:
+    try:
+        folder = datasets.find(data_dir, lineage)
+    except datasets.DatasetError:
+        return []
+    rows = datasets.read(folder, "train")
+    return [r["messages"][0]["content"] for r in rows
+            if r.get("kind") not in ("general", "refusal") and r.get("messages")]
+
+
+def background() -> list[str]:
+    """What the domain is told apart from: the general-knowledge set's questions and the
+    off-domain questions of the refusal examples. Read as the packages' data files, as
+    `builtin` reads the general set (the kernel imports no code of eval or tuner)."""
+    general = resources.files("eval") / "data" / "general.jsonl"
+    offdomain = resources.files("tuner") / "data" / "offdomain.txt"
+    questions = [json.loads(line)["question"] for line in general.read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+    questions += [line.strip() for line in offdomain.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.startswith("#")]
+    return questions
+
+
+def build(docs: list[str], others: list[str] | None = None) -> DomainIndex | None:
+    """The index of `docs` against `others` (the background); None when `docs` hold no word to index."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    others = background() if others is None else others
+    if not any(terms(d) for d in docs):
+        return None  # nothing ingested yet
+    digest = hashlib.sha256(json.dumps([docs, others]).encode()).hexdigest()[:16]
+    vectorizer = TfidfVectorizer(analyzer=terms, sublinear_tf=True, dtype=np.float32)
+    features = vectorizer.fit_transform(docs + others)
+    labels = np.array([1] * len(docs) + [0] * len(others))
+    # balanced: the domain has far more documents than the background, and that ratio says
+    # nothing about how likely a question is to be about it
+    classifier = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000).fit(features, labels)
+    return DomainIndex(vectorizer, classifier, digest, len(docs), len(others))
+
+
+def path(data_dir: Path) -> Path:
+    return data_dir / "policy" / FILE
+
+
+def save(index: DomainIndex, data_dir: Path) -> Path:
+    """Write the index whole, then rename it into place: a reader never sees half of one."""
+    target = path(data_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(target)
+    return target
+
+
+def load(data_dir: Path) -> DomainIndex | None:
+    """The saved index, or None when there is none (or it cannot be read: rebuild it).
+
+    Pickle, because the index is a fitted scikit-learn object and this file is written by
+    this program into its own data folder: it is trusted as much as the code is.
+    """
+    try:
+        with open(path(data_dir), "rb") as f:
+            index = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+    return index if isinstance(index, DomainIndex) else None
+
+
+def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> DomainIndex | None:
+    """Build the index from what is ingested and trained now, and save it."""
+    index = build(documents(db, data_dir, lineage, skip))
+    if index is not None:
+        save(index, data_dir)
+    return index
+
+
+@dataclass
+class Refreshed:
+    """The index after a refresh, and what the running server (if any) did about it."""
+
+    hash: str | None  # None: nothing to index yet
+    documents: int
+    server: str  # "reloaded", "none running", or why it was not told
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"hash": self.hash, "documents": self.documents, "server": self.server}
+
+
+def refresh(settings: Settings, db: Any) -> Refreshed | None:
+    """Rebuild the index from the store and the newest training set, and ask a running server to
+    reload it (no restart). None when the policy is off. Ingest and data build call this."""
+    policy = settings.config.policy
+    if policy.mode == "off":
+        return None
+    index = rebuild(db, settings.data_dir, settings.lineage, policy.index_skip)
+    from repotune import promotion, registry
+
+    try:
+        told = promotion.ask_server(settings, "policy/reload", {})
+        server = "reloaded" if told else "none running"
+    except registry.RegistryError as e:
+        server = f"not told: {e}"
+    return Refreshed(index.hash if index else None, index.documents if index else 0, server)
+
+
+def record_calibration(db: Any, index_hash: str, threshold: float, figures: dict[str, Any]) -> None:
+    """Store a calibrated threshold for the index `index_hash`."""
+    from repotune import db as store
+
+    db.execute("insert into policy_calibrations (index_hash, threshold, figures, created_at) values (?, ?, ?, ?)",
+               [index_hash, threshold, json.dumps(figures), store.now()])
+    db.conn.commit()
+
+
+def threshold(db: Any, index_hash: str, configured: float) -> tuple[float, str]:
+    """The threshold for the index `index_hash`: its newest calibration's, else the configured one;
+    and where it came from."""
+    row = db.execute("select threshold, created_at from policy_calibrations where index_hash = ? "
+                     "order by id desc limit 1", [index_hash]).fetchone()
+    if row is None:
+        return configured, "config (this index was not calibrated: `repotune eval refusal --calibrate`)"
+    return float(row[0]), f"calibration of {row[1]}"

@@ -1,0 +1,134 @@
+"""The domain restriction: which requests the model may answer, decided before it sees them.
+
+A system prompt asking a model to stay on topic is known not to hold ("ignore all
+previous instructions"), so the gateway decides first, from the words of the request
+alone, with the domain index (`repotune.relevance`): no instruction inside a request can
+change the decision, because nothing in it is obeyed, only scored.
+
+`decide` is a pure function of the request and the index. It scores **every user turn**
+(the model acts on all of them: a request split over turns is an attack family), and a
+`/v1/completions` prompt as one turn. A turn of fewer than `FOLLOW_UP_WORDS` meaningful
+words ("and why?", "show me an example") is a follow-up and is scored together with the
+user turn before it. Greetings and questions about the bot itself are allowed; a
+request with no user words at all (only a system message, or a prompt of token ids) is
+not. The
+refusal text is taken out of a turn before it is scored: quoting it says nothing about
+the domain. The request is allowed when its lowest turn scores at least the threshold.
+
+A refused request is answered by the gateway as an ordinary completion whose content is
+exactly `policy.refusal` (`serve.openai_api`); requests made with the admin key are never
+scored (eval and a teacher need the model's own answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repotune import db as store
+from repotune import relevance
+from repotune.relevance import DomainIndex, terms
+
+log = logging.getLogger("repotune.policy")
+
+FOLLOW_UP_WORDS = 3
+_GREETING = re.compile(
+    r"(hi|hello|hey|hiya|yo|good (morning|afternoon|evening)|thanks|thank you|thx|cheers|ok(ay)?|bye|goodbye"
+    r"|who are you|what are you|what can you do|what do you know|what can i ask( you)?|help|how do i use you"
+    r"|what is this|are you a bot)( there)?[\s!.?,]*(\s*(please|bot|assistant))?[\s!.?]*",
+    re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # in_domain, greeting, no_index (nothing ingested yet); off_domain, no_text
+    score: float | None = None  # the lowest turn's relevance
+    turns: list[float] = field(default_factory=list)  # each scored turn's relevance, in order
+
+
+def user_turns(body: dict[str, Any]) -> list[str]:
+    """The texts the model would act on: every user turn of a chat, or the prompts of a completion."""
+    if "messages" in body:
+        return [text_of(m.get("content")) for m in body["messages"]
+                if isinstance(m, dict) and m.get("role") == "user"]
+    prompt = body.get("prompt")
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    return [p for p in prompts if isinstance(p, str)]  # token-id prompts carry no words to score
+
+
+def text_of(content: Any) -> str:
+    """A message's text: the string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusal: str) -> Decision:
+    """Allow or refuse a request whose user turns are `turns`; see the module docstring."""
+    if index is None:
+        return Decision(True, "no_index")
+    if not any(t.strip() for t in turns):  # no user words (or a prompt of token ids): nothing shows it is allowed
+        return Decision(False, "no_text")
+    texts: list[str] = []
+    scored: list[str] = []
+    for turn in turns:
+        text = " ".join(turn.replace(refusal, " ").split())
+        if _GREETING.fullmatch(text) or not text:
+            continue
+        if len(terms(text)) < FOLLOW_UP_WORDS and texts:
+            scored.append(f"{texts[-1]} {text}")
+        else:
+            scored.append(text)
+        texts.append(text)
+    if not scored:
+        return Decision(True, "greeting")
+    scores = index.scores(scored)
+    low = min(scores)
+    return Decision(low >= threshold, "in_domain" if low >= threshold else "off_domain", low, scores)
+
+
+
+class Policy:
+    """The gateway's policy: its settings, the loaded index, and the decisions it counts."""
+
+    def __init__(self, mode: str, refusal: str, threshold: float, data_dir: Path | None = None,
+                 lineage: str = "", index_skip: tuple[str, ...] = (), log_text: bool = False) -> None:
+        self.mode, self.refusal, self.threshold, self.configured = mode, refusal, threshold, threshold
+        self.threshold_from = "config"
+        self.data_dir, self.lineage, self.index_skip, self.log_text = data_dir, lineage, index_skip, log_text
+        self.index: DomainIndex | None = None
+        self.refusal_tokens: int | None = None  # the refusal's length in the base's tokens, asked once
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    def load(self) -> DomainIndex | None:
+        """(Re)load the saved index; build it from the store when none was saved yet (a store
+        ingested before the index existed). None when nothing is ingested: every request passes."""
+        if self.data_dir is None or not self.active:
+            return None
+        index = relevance.load(self.data_dir)
+        if store.db_path(self.data_dir).is_file():
+            with closing(store.open_db(store.db_path(self.data_dir))) as db:
+                if index is None:
+                    index = relevance.rebuild(db, self.data_dir, self.lineage, self.index_skip)
+                if index is not None:  # the threshold calibrated for this index, if any
+                    self.threshold, self.threshold_from = relevance.threshold(db, index.hash, self.configured)
+        self.index = index
+        return index
+
+    def check(self, body: dict[str, Any]) -> Decision:
+        turns = user_turns(body)
+        decision = decide(turns, self.index, self.threshold, self.refusal)
+        if decision.reason == "off_domain":
+            said = f": {turns!r}" if self.log_text else ""
+            log.info("refused (relevance %.3f below %.3f)%s", decision.score or 0.0, self.threshold, said)
+        return decision

@@ -1,0 +1,81 @@
+"""`repotune eval refusal`: the policy's rates on the shipped sets, and calibration per index."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import refusal
+from tests import training
+from tests.ingest.conftest import GitRepo
+
+CLI = [sys.executable, "-m", "repotune.cli"]
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    config = training.write_config(settings.root, settings.repo)
+    env = {k: v for k, v in os.environ.items() if k not in ("REPOTUNE_CONFIG", "REPOTUNE_ADMIN_KEY")}
+    return subprocess.run([*CLI, *args, "--config", str(config)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_the_shipped_sets_are_large_enough_and_apart_from_the_training_refusals():
+    from tuner.data.others import INJECTIONS, off_domain_questions
+
+    indomain, offdomain, attacks = (refusal.shipped(n) for n in ("indomain", "offdomain", "attacks"))
+    assert len(indomain) >= 100 and len(offdomain) >= 100 and len(attacks) >= 100
+    families = {f: sum(a["family"] == f for a in attacks) for f in refusal.FAMILIES}
+    assert min(families.values()) >= 15, families
+    trained = {q.lower().strip() for q in off_domain_questions()}
+    asked = [r["question"] for r in offdomain + attacks] + [t for a in attacks for t in a.get("turns", [])]
+    assert not [q for q in asked if q.lower().strip() in trained]
+    openings = {t.split("{q}")[0].strip() for t in INJECTIONS}
+    assert not [q for q in asked if any(o and o in q for o in openings)]
+    ids = [r["id"] for r in indomain + offdomain + attacks]
+    assert len(ids) == len(set(ids))
+
+
+def test_wilson_upper_bounds():
+    assert refusal.wilson_upper(0, 100) == pytest.approx(0.037, abs=0.001)
+    assert refusal.wilson_upper(10, 100) == pytest.approx(0.174, abs=0.001)
+    assert refusal.wilson_upper(0, 0) == 1.0
+
+
+def test_calibration_is_stored_for_its_index_and_a_new_index_needs_another(tmp_path, tiny):
+    settings = training.prepared(tmp_path)
+    first = _cli(settings, "eval", "refusal", "--json")
+    assert first.returncode == 0, first.stderr
+    before = json.loads(first.stdout)
+    assert before["threshold_from"].startswith("config") and before["threshold"] == 0.7
+    figures = before["figures"]
+    # the shipped in-domain set is about another repository: this index refuses it, and lets
+    # few off-domain questions through
+    assert figures["false_refusal"]["total"] >= 100 and figures["offdomain"]["total"] >= 100
+    assert set(figures["by_group"]) >= set(refusal.FAMILIES)
+    assert 0 <= figures["attack_success"]["rate"] <= figures["attack_success"]["upper95"] <= 1
+
+    calibrated = _cli(settings, "eval", "refusal", "--calibrate", "--json")
+    assert calibrated.returncode == 0, calibrated.stderr
+    result = json.loads(calibrated.stdout)
+    c = result["calibration"]
+    assert c["calibration"]["false_refusal"]["rate"] <= c["max_false_refusal"]
+    assert result["threshold"] == c["threshold"] and result["threshold_from"].startswith("calibration of")
+    again = json.loads(_cli(settings, "eval", "refusal", "--json").stdout)
+    assert again["threshold"] == c["threshold"] and again["index"] == result["index"]
+
+    repo = GitRepo(Path(settings.repo))  # the same repository, one more commit
+    repo.commit("Add a zebra stripe renderer", {"zebra.py": "def zebra():\n    return 'stripes'\n"})
+    assert _cli(settings, "ingest").returncode == 0
+    after = json.loads(_cli(settings, "eval", "refusal", "--json").stdout)
+    assert after["index"] != result["index"] and after["threshold_from"].startswith("config")
+
+
+def test_without_an_index_it_says_what_to_run(tmp_path):
+    settings = training.settings(tmp_path, tmp_path / "nothing")
+    done = _cli(settings, "eval", "refusal")
+    assert done.returncode != 0 and "run `repotune ingest`" in done.stderr and "Traceback" not in done.stderr
