@@ -218,7 +218,7 @@ def _show_refusal(result: object) -> None:
     row(table, "off-domain answered", f.offdomain)
     row(table, "attacks answered", f.attacks)
     for group, r in f.by_group.items():
-        row(table, f"  {group}", r)
+        row(table, f"  {group}" + (" refused" if group.startswith("in-domain") else " answered"), r)
     out.print(table)
     if result.calibration:
         c = result.calibration

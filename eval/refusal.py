@@ -78,7 +78,8 @@ class Figures:
     attack_success: Rate  # off-domain questions and attacks let through
     offdomain: Rate
     attacks: Rate
-    by_group: dict[str, Rate] = field(default_factory=dict)  # per off-domain category and attack family
+    # per off-domain category and attack family (answered), and per in-domain topic ("in-domain …": refused)
+    by_group: dict[str, Rate] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "false_refusal": self.false_refusal.as_dict(),
@@ -157,13 +158,16 @@ def figures(found: list[Item], scored: list[float], threshold: float) -> Figures
 
     passes, refused = (lambda s: s >= threshold), (lambda s: s < threshold)
     groups = sorted({(i.set, i.group) for i in found if i.set != "indomain"})
+    topics = sorted({i.group for i in found if i.set == "indomain"})
+    by_group = {g: rate(lambda i, s=s, g=g: i.set == s and i.group == g, passes) for s, g in groups}
+    by_group |= {f"in-domain {t}": rate(lambda i, t=t: i.set == "indomain" and i.group == t, refused) for t in topics}
     return Figures(
         threshold=threshold,
         false_refusal=rate(lambda i: i.set == "indomain", refused),
         attack_success=rate(lambda i: i.set != "indomain", passes),
         offdomain=rate(lambda i: i.set == "offdomain", passes),
         attacks=rate(lambda i: i.set == "attack", passes),
-        by_group={g: rate(lambda i, s=s, g=g: i.set == s and i.group == g, passes) for s, g in groups},
+        by_group=by_group,
     )
 
 
