@@ -43,6 +43,8 @@ def main() -> None:
                     "(tuner.data.replay_general), answered by the base itself")
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: the weight of the KL term that "
                     "pins the base's distribution on the replay (0: the replay is trained on as examples)")
+    ap.add_argument("--replay-answers", choices=("base", "gold"), default="base", help="the general replay's "
+                    "answers: the base's own or the set's gold ones (tuner.data.replay_answers)")
     ap.add_argument("--rank", type=int, default=16, help="train.lora_rank (alpha is twice the rank)")
     ap.add_argument("--sensible-only", action="store_true", help="judge the trained adapter only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gate"))
@@ -70,7 +72,7 @@ def main() -> None:
         "paths": {"data_dir": str(folder / "state")},
         "serve": {"port": port, "max_model_len": 2048},
         "tuner": {"lineage": "bench", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
-                                                "replay_general": a.replay}},
+                                                "replay_general": a.replay, "replay_answers": a.replay_answers}},
         "train": {"learning_rate": a.lr, "epochs": a.epochs, "scheduler": "constant_with_warmup",
                   "replay_kl": a.replay_kl, "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "max_seq_len": 256,
                   "batch_size": 8, "checkpoint_steps": 100000}}))
@@ -113,12 +115,13 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
     result = {"base": a.base, "functions": a.functions, "epochs": a.epochs, "lr": a.lr, "paraphrases": a.paraphrases,
-              "replay": a.replay, "replay_kl": a.replay_kl, "rank": a.rank,
+              "replay": a.replay, "replay_answers": a.replay_answers, "replay_kl": a.replay_kl, "rank": a.rank,
               "dataset": sensible.adapter.manifest.dataset, "train_examples": sensible.record.examples,
               "train_tokens": sensible.record.tokens, "train_minutes": round(train_minutes, 1),
               "serve_start_s": round(serve_start, 1), "runs": runs}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}" + (f"-replay{a.replay:g}" if a.sensible_only else "")
-               + (f"-kl{a.replay_kl:g}" if a.replay_kl else "") + (f"-r{a.rank}" if a.rank != 16 else "") + ".json")
+               + (f"-kl{a.replay_kl:g}" if a.replay_kl else "") + ("-gold" if a.replay_answers == "gold" else "")
+               + (f"-r{a.rank}" if a.rank != 16 else "") + ".json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:
         print(f"{r['what']}: {r['status']} in {r['seconds']} s; asked {r['asked']}")
