@@ -43,7 +43,7 @@ def main() -> None:
                     "(tuner.data.replay_general), answered by the base itself")
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: the weight of the KL term that "
                     "pins the base's distribution on the replay (0: the replay is trained on as examples)")
-    ap.add_argument("--replay-answers", choices=("base", "gold"), default="base", help="the general replay's "
+    ap.add_argument("--replay-answers", choices=("base", "gold", "both"), default="base", help="the general replay's "
                     "answers: the base's own or the set's gold ones (tuner.data.replay_answers)")
     ap.add_argument("--rank", type=int, default=16, help="train.lora_rank (alpha is twice the rank)")
     ap.add_argument("--sensible-only", action="store_true", help="judge the trained adapter only")
@@ -120,7 +120,8 @@ def main() -> None:
               "train_tokens": sensible.record.tokens, "train_minutes": round(train_minutes, 1),
               "serve_start_s": round(serve_start, 1), "runs": runs}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}" + (f"-replay{a.replay:g}" if a.sensible_only else "")
-               + (f"-kl{a.replay_kl:g}" if a.replay_kl else "") + ("-gold" if a.replay_answers == "gold" else "")
+               + (f"-kl{a.replay_kl:g}" if a.replay_kl else "")
+               + (f"-{a.replay_answers}" if a.replay_answers != "base" else "")
                + (f"-r{a.rank}" if a.rank != 16 else "") + ".json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:

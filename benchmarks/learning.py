@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
-    ap.add_argument("--replay-answers", choices=("base", "gold"), default="base",
+    ap.add_argument("--replay-answers", choices=("base", "gold", "both"), default="base",
                     help="the replayed general questions answered by the base itself or by the set's gold answers")
     ap.add_argument("--all-kinds", action="store_true", help="with --commits: also the files the slice touched, "
                     "their definitions and docs (file, definition, code, show, doc questions), not only commits")

@@ -199,9 +199,10 @@ class DataSection(Section):
         0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
     )
     replay_earlier: float = Field(0.5, ge=0, le=10, description="Earlier cycles' Q&A replayed, per new Q&A example.")
-    replay_answers: Literal["base", "gold"] = Field(
-        "base", description="The general examples' answers: the base model's own (greedy, cached per base) or "
-        "the set's gold answers."
+    replay_answers: Literal["base", "gold", "both"] = Field(
+        "base", description="The general examples' answers: the base model's own (greedy, cached per base), the "
+        "set's gold answers, or both (each question twice: with train.replay_kl, the base's distribution is then "
+        "pinned on its own answers and on the short gold ones, the states multiple choice asks about)."
     )
     raw_ratio: float = Field(0.1, ge=0, le=1, description="Share of chunks also given as raw text.")
     refusal_ratio: float = Field(

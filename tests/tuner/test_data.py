@@ -302,6 +302,15 @@ def test_general_replay_carries_the_bases_own_answers_made_once(history: GitRepo
     gold = {q.id: q.answer for q in load(split="train")}
     rows = [r for r in read(build(settings).path, "train") if r["kind"] == "general"]
     assert rows and all(r["messages"][1]["content"] == gold[r["sources"]["general"]] for r in rows)
+    # "both": each replayed question twice, with the base's answer and with the gold one
+    settings.config.tuner.data.replay_answers = "both"
+    both = [r for r in read(build(settings).path, "train") if r["kind"] == "general"]
+    by_question: dict[str, set[str]] = {}
+    for r in both:
+        by_question.setdefault(r["sources"]["general"], set()).add(r["messages"][1]["content"])
+    assert set(by_question) == set(again)  # the same questions (an own answer equal to the gold one: once)
+    assert all(answers == {gold[q], again[q]} for q, answers in by_question.items())
+    assert by_question[first] == {gold[first], "The base said this, in its own words."}
 
 
 @pytest.mark.parametrize(("reply", "ended", "kept"), [

@@ -117,8 +117,11 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         earlier = sorted((e for e in qa if not e.new), key=lambda e: fraction(cfg.seed, "replay", e.id))
         for old in earlier[: round(len(new) * cfg.replay_earlier)]:
             old.replay = True
-        extra += others.general_replay(round(len(new) * cfg.replay_general), cfg.seed,
-                                       _own_answers(settings, base, progress))
+        count = round(len(new) * cfg.replay_general)
+        if cfg.replay_answers in ("base", "both"):
+            extra += others.general_replay(count, cfg.seed, _own_answers(settings, base, progress))
+        if cfg.replay_answers in ("gold", "both"):
+            extra += others.general_replay(count, cfg.seed)
     raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
@@ -188,10 +191,8 @@ def _jsonl(rows: Any) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
 
 
-def _own_answers(settings: Settings, base: models.Base, progress: Progress) -> others.Answers | None:
-    """The base's own answers to replayed general questions, or None for the set's gold ones."""
-    if settings.config.tuner.data.replay_answers == "gold":
-        return None
+def _own_answers(settings: Settings, base: models.Base, progress: Progress) -> others.Answers:
+    """The base's own answers to replayed general questions."""
     return lambda questions: own.answers(base, questions, settings.data_dir, progress)
 
 
