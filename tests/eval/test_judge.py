@@ -13,6 +13,7 @@ general knowledge.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from repotune import models, registry
 from serve.engine import free_port, wait_healthy
 from tests import training
 from tests.lora import destructive_lora
+from tests.serve.test_gateway import _engine_pids
 
 pytestmark = pytest.mark.vllm
 
@@ -245,7 +247,11 @@ def test_the_engine_going_away_mid_eval_fails_the_run_and_changes_nothing(server
     thread = threading.Thread(target=run)
     thread.start()
     assert asking.wait(600)
-    os.killpg(server.proc.pid, signal.SIGKILL)  # the gateway and its engine, at once
+    engines = _engine_pids(server)
+    os.killpg(server.proc.pid, signal.SIGKILL)  # the gateway and its guard, at once,
+    for pid in engines:  # and the engine, which runs in a session of its own (the guard stops it otherwise)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
     server.proc.wait(30)
     thread.join(300)
     error = outcome.get("error")
