@@ -2,8 +2,8 @@
 
 Every model is asked through the server, as clients would be served: the running
 server if there is one, else a temporary `repotune serve` on a free local port, stopped
-after. The candidate is *held* there (loaded, no alias, the admin
-key alone can address it) for the length of the run. `base`, the promoted version and
+after. The candidate is *held* there (loaded, no alias, the admin key alone can address
+it) for the length of the run. `base`, the promoted version and
 the candidate answer the general set's eval split greedily and the candidate's
 dataset's held-out domain questions (scored by their key facts); the base is asked
 twice, and the difference between its two scorings is the noise no margin is taken

@@ -122,10 +122,11 @@ def items(settings: Settings, indomain: Path | None = None) -> list[Item]:
     try:
         own = [json.loads(line) for line in indomain.read_text().splitlines() if line.strip()] if indomain \
             else shipped("indomain")
-    except (OSError, ValueError) as e:
-        raise RefusalEvalError(f"{indomain}: not a JSONL file of questions ({e})") from None
-    found = [Item(r.get("id", f"in-{i}"), "indomain", r.get("topic", "questions"), (r["question"],))
-             for i, r in enumerate(own)]
+        found = [Item(str(r.get("id", f"in-{i}")), "indomain", str(r.get("topic", "questions")), (str(r["question"]),))
+                 for i, r in enumerate(own)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RefusalEvalError(f"{indomain}: not a JSONL file of {{\"question\": …}} objects "
+                               f"({type(e).__name__}: {e})") from None
     found += [Item(f"eval-{r['id']}", "indomain", f"dataset {r['kind']}", (r["messages"][0]["content"],))
               for r in _held_out(settings)]
     found += [Item(r["id"], "offdomain", r["category"], (r["question"],)) for r in shipped("offdomain")]
@@ -146,7 +147,7 @@ def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str) ->
     """Each item's lowest turn relevance as the gateway computes it (1.0: passes whatever the threshold)."""
     out = []
     for item in found:
-        d = decide(list(item.turns), index, 2.0, refusal)  # a threshold no score reaches: every turn is scored
+        d = decide(list(item.turns), index, 0.0, refusal)  # the scores do not depend on the threshold
         out.append(1.0 if d.reason == "greeting" else (d.score if d.score is not None else 0.0))
     return out
 
@@ -191,17 +192,6 @@ def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) 
             "check": figures(*_unzip(check), threshold).as_dict()}
 
 
-def _tell_server(settings: Settings, calibration: dict[str, Any] | None) -> None:
-    """A running server reloads the index, and with it the threshold just stored."""
-    from repotune import promotion, registry
-
-    assert calibration is not None
-    try:
-        calibration["server"] = "reloaded" if promotion.ask_server(settings, "policy/reload", {}) else "none running"
-    except registry.RegistryError as e:
-        calibration["server"] = f"not told: {e}"
-
-
 def _unzip(pairs: list[tuple[Item, float]]) -> tuple[list[Item], list[float]]:
     return [i for i, _ in pairs], [s for _, s in pairs]
 
@@ -225,6 +215,6 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
             calibration = calibrate(found, scored, policy.max_false_refusal)
             relevance.record_calibration(db, index.hash, calibration["threshold"], calibration)
         threshold, source = relevance.threshold(db, index.hash, policy.threshold)
-    if calibrating:
-        _tell_server(settings, calibration)
+    if calibration is not None:
+        calibration["server"] = relevance.tell_server(settings)
     return Result(index.hash, index.documents, threshold, source, figures(found, scored, threshold), calibration)

@@ -28,6 +28,7 @@ a calibrated threshold can say which index it was calibrated on.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import pickle
@@ -67,9 +68,16 @@ def words(text: str) -> list[str]:
 
 def terms(text: str) -> list[str]:
     """The words of `text` that say what it is about: `words` without English stop words."""
+    stop = _stop_words()
+    return [w for w in words(text) if w not in stop and len(w) > 1]
+
+
+@functools.cache
+def _stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words, imported once (the gateway calls `terms` per request)."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    return [w for w in words(text) if w not in ENGLISH_STOP_WORDS and len(w) > 1]
+    return frozenset(ENGLISH_STOP_WORDS)
 
 
 @dataclass
@@ -209,14 +217,18 @@ def refresh(settings: Settings, db: Any) -> Refreshed | None:
     if policy.mode == "off":
         return None
     index = rebuild(db, settings.data_dir, settings.lineage, policy.index_skip)
+    return Refreshed(index.hash if index else None, index.documents if index else 0, tell_server(settings))
+
+
+def tell_server(settings: Settings) -> str:
+    """Ask a running server to reload the index and its threshold: "reloaded", "none running", or
+    why it was not told (a failure here never undoes what the caller saved)."""
     from repotune import promotion, registry
 
     try:
-        told = promotion.ask_server(settings, "policy/reload", {})
-        server = "reloaded" if told else "none running"
+        return "reloaded" if promotion.ask_server(settings, "policy/reload", {}) else "none running"
     except registry.RegistryError as e:
-        server = f"not told: {e}"
-    return Refreshed(index.hash if index else None, index.documents if index else 0, server)
+        return f"not told: {e}"
 
 
 def record_calibration(db: Any, index_hash: str, threshold: float, figures: dict[str, Any]) -> None:

@@ -70,9 +70,9 @@ def create_app(state: GatewayState) -> FastAPI:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=state.request_timeout_s),
             auto_decompress=False,
         )
-        await asyncio.to_thread(state.policy.load)  # the domain index: read, or built once from the store
-        if state.startup:
-            await state.startup()
+        # the domain index (read, or built once from the store) beside the engine's start; both
+        # before the first request, which is never answered unscored
+        await asyncio.gather(asyncio.to_thread(state.policy.load), state.startup() if state.startup else _nothing())
         poll = asyncio.create_task(_poll(state))
         try:
             yield
@@ -106,6 +106,10 @@ def create_app(state: GatewayState) -> FastAPI:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _poll(state: GatewayState) -> None:

@@ -64,11 +64,12 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
         raise APIError(503, "the engine is starting or restarting; retry shortly", "engine_unavailable",
                        headers={"Retry-After": "5"})
     asked = body["model"]
+    admin = is_admin(request)
     try:
-        route = state.manager.route(asked, admin=is_admin(request))
+        route = state.manager.route(asked, admin=admin)
     except (KeyError, registry.RegistryError):
         raise APIError(404, await state.manager.missing(str(asked)), "model_not_found", "model") from None
-    if state.policy.active and not is_admin(request):
+    if state.policy.active and not admin:
         decision = state.policy.check(body)
         state.metrics.policy.labels("allowed" if decision.allowed else "refused", decision.reason).inc()
         if not decision.allowed:
@@ -111,16 +112,17 @@ async def _refuse(state: GatewayState, body: dict[str, Any], model: str, path: s
     """The policy's refusal as an ordinary completion, streamed or not: its content exactly the
     refusal text, `finish_reason` "stop", usage counted in the base's tokens (the engine's
     tokenizer, which generates nothing), and the `X-Repotune-Policy: refused` header."""
-    start = time.perf_counter()
+    done = _Done(state, path, model)
     chat = path.endswith("chat/completions")
-    usage = await _refusal_usage(state, body, chat)
     text, n = state.policy.refusal, int(body.get("n") or 1)
+    try:
+        total = await _refusal_usage(state, body, chat, n)
+    except BaseException:
+        await done.finish(None)
+        raise
     created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-refused-{uuid.uuid4().hex}"
-    state.metrics.add_usage({k: v * (n if k == "completion_tokens" else 1) for k, v in usage.items()})
-    state.metrics.requests.labels(path, model, "200").inc()
-    state.metrics.latency.labels(path).observe(time.perf_counter() - start)
-    total = {**usage, "completion_tokens": usage["completion_tokens"] * n,
-             "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"] * n}
+    state.metrics.add_usage(total)
+    await done.finish(200)
     if not body.get("stream"):
         choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": None, "finish_reason": "stop"} if chat else
@@ -151,9 +153,9 @@ async def _refuse(state: GatewayState, body: dict[str, Any], model: str, path: s
                              headers={"Cache-Control": "no-cache", **REFUSED})
 
 
-async def _refusal_usage(state: GatewayState, body: dict[str, Any], chat: bool) -> dict[str, int]:
-    """Prompt and completion tokens of a refusal, counted by the engine's `/tokenize` (the chat
-    template applied, as a generation would count them)."""
+async def _refusal_usage(state: GatewayState, body: dict[str, Any], chat: bool, n: int) -> dict[str, int]:
+    """The usage of a refusal of `n` choices, counted by the engine's `/tokenize` (the chat template
+    applied, as a generation would count them)."""
     policy = state.policy
     if policy.refusal_tokens is None:
         policy.refusal_tokens = await _count(state, {"prompt": policy.refusal, "add_special_tokens": False})
@@ -163,8 +165,9 @@ async def _refusal_usage(state: GatewayState, body: dict[str, Any], chat: bool) 
         prompt = body.get("prompt")
         asked = {"prompt": " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt}
     prompt_tokens = await _count(state, asked)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": policy.refusal_tokens,
-            "total_tokens": prompt_tokens + policy.refusal_tokens}
+    completion_tokens = policy.refusal_tokens * n
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 async def _count(state: GatewayState, payload: dict[str, Any]) -> int:

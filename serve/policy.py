@@ -11,9 +11,9 @@ change the decision, because nothing in it is obeyed, only scored.
 words ("and why?", "show me an example") is a follow-up and is scored together with the
 user turn before it. Greetings and questions about the bot itself are allowed; a
 request with no user words at all (only a system message, or a prompt of token ids) is
-not. The
-refusal text is taken out of a turn before it is scored: quoting it says nothing about
-the domain. The request is allowed when its lowest turn scores at least the threshold.
+not. The refusal text is taken out of a turn before it is scored: quoting it says nothing
+about the domain. The request is allowed when its lowest turn scores at least the
+threshold.
 
 A refused request is answered by the gateway as an ordinary completion whose content is
 exactly `policy.refusal` (`serve.openai_api`); requests made with the admin key are never
@@ -92,7 +92,6 @@ def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusa
     scores = index.scores(scored)
     low = min(scores)
     return Decision(low >= threshold, "in_domain" if low >= threshold else "off_domain", low, scores)
-
 
 
 class Policy:

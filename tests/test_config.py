@@ -220,3 +220,17 @@ def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load
     with pytest.raises(cfg.ConfigError) as e:
         cfg.load(write_config(f"[train]\n{train}\n"))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[policy]\nmode = "model"\n', "policy.mode"),  # not built: refused rather than silently off
+    ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
+    ("[policy]\nmax_false_refusal = 1\n", "policy.max_false_refusal"),
+    ("[train]\nreplay_kl = -1\n", "train.replay_kl"),
+    ('[tuner.data]\nreplay_answers = "mine"\n', "tuner.data.replay_answers"),
+])
+def test_bad_policy_and_replay_settings_are_refused_with_their_key(write_config, text, key):
+    path = write_config(text)
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(path)
+    assert f"{path}:2: {key}: " in str(e.value)

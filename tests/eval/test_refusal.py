@@ -79,3 +79,13 @@ def test_without_an_index_it_says_what_to_run(tmp_path):
     settings = training.settings(tmp_path, tmp_path / "nothing")
     done = _cli(settings, "eval", "refusal")
     assert done.returncode != 0 and "run `repotune ingest`" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("text", ['{"q": "where is the parser?"}\n', "not json\n", "[1, 2]\n"])
+def test_a_malformed_indomain_file_is_refused_with_what_it_should_hold(tmp_path, tiny, text):
+    settings = training.prepared(tmp_path)
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text(text)
+    done = _cli(settings, "eval", "refusal", "--indomain", str(bad))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert str(bad) in done.stderr and '"question"' in done.stderr

@@ -83,3 +83,14 @@ def test_without_an_index_everything_passes_and_the_turns_are_read_from_chats_an
 def test_a_request_with_no_user_words_is_refused(index):
     assert decide([], index, 0.7, REFUSAL).reason == "no_text"
     assert not decide(["  "], index, 0.7, REFUSAL).allowed
+
+
+def test_an_index_file_that_does_not_read_is_rebuilt_from_the_store(prepared, index):
+    from serve.policy import Policy
+
+    relevance.path(prepared.data_dir).write_bytes(b"not a pickle")
+    policy = Policy("gate", REFUSAL, 0.7, prepared.data_dir, prepared.lineage)
+    rebuilt = policy.load()
+    assert rebuilt is not None and rebuilt.documents > 0
+    assert not decide(["What is the capital of France?"], rebuilt, 0.7, REFUSAL).allowed
+    assert policy.threshold == 0.7 and policy.threshold_from.startswith("config")

@@ -24,8 +24,11 @@ REPLAY_KIND = "general"  # rows of train.jsonl the replay generator made (tuner.
 
 def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The supervised rows and the general replay rows the KL term takes."""
-    replay = [r for r in rows if r.get("kind") == REPLAY_KIND and r.get("generator") == "replay"]
-    return [r for r in rows if not (r.get("kind") == REPLAY_KIND and r.get("generator") == "replay")], replay
+    supervised: list[dict[str, Any]] = []
+    replay: list[dict[str, Any]] = []
+    for r in rows:
+        (replay if r.get("kind") == REPLAY_KIND and r.get("generator") == "replay" else supervised).append(r)
+    return supervised, replay
 
 
 def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tuple[list[int], int]]:
@@ -36,14 +39,13 @@ def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tup
         full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
         prompt = _ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
         start = len(prompt)
-        if start < len(full) and full[:start] == prompt:
+        if start < min(len(full), max_len) and full[:start] == prompt:  # some answer left after the cut
             out.append((full[:max_len], start))
     return out
 
 
 def _ids(x: Any) -> list[int]:
-    ids = x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x
-    return list(ids)
+    return list(x["input_ids"] if hasattr(x, "keys") else x)  # a BatchEncoding, or plain ids
 
 
 def batches(encoded: list[tuple[list[int], int]], size: int, seed: int) -> Iterator[list[tuple[list[int], int]]]:
