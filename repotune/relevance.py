@@ -151,7 +151,7 @@ def build(docs: list[str], others: list[str] | None = None) -> DomainIndex | Non
     others = background() if others is None else others
     if not any(terms(d) for d in docs):
         return None  # nothing ingested yet
-    digest = hashlib.sha256(json.dumps([docs, others]).encode()).hexdigest()[:16]
+    digest = _digest(docs, others)
     vectorizer = TfidfVectorizer(analyzer=terms, sublinear_tf=True, dtype=np.float32)
     features = vectorizer.fit_transform(docs + others)
     labels = np.array([1] * len(docs) + [0] * len(others))
@@ -159,6 +159,10 @@ def build(docs: list[str], others: list[str] | None = None) -> DomainIndex | Non
     # nothing about how likely a question is to be about it
     classifier = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000).fit(features, labels)
     return DomainIndex(vectorizer, classifier, digest, len(docs), len(others))
+
+
+def _digest(docs: list[str], others: list[str]) -> str:
+    return hashlib.sha256(json.dumps([docs, others]).encode()).hexdigest()[:16]
 
 
 def path(data_dir: Path) -> Path:
@@ -191,8 +195,13 @@ def load(data_dir: Path) -> DomainIndex | None:
 
 
 def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> DomainIndex | None:
-    """Build the index from what is ingested and trained now, and save it."""
-    index = build(documents(db, data_dir, lineage, skip))
+    """Build the index from what is ingested and trained now, and save it; the saved one when it holds
+    exactly these documents already (an ingest that found nothing new fits nothing)."""
+    docs, others = documents(db, data_dir, lineage, skip), background()
+    saved = load(data_dir)
+    if saved is not None and saved.hash == _digest(docs, others):
+        return saved
+    index = build(docs, others)
     if index is not None:
         save(index, data_dir)
     return index
