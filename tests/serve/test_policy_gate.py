@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,18 @@ def test_an_index_file_that_does_not_read_is_rebuilt_from_the_store(prepared, in
     assert rebuilt is not None and rebuilt.documents > 0
     assert not decide(["What is the capital of France?"], rebuilt, 0.7, REFUSAL).allowed
     assert policy.threshold == 0.7 and policy.threshold_from.startswith("config")
+
+
+def test_an_ingest_with_nothing_new_keeps_the_saved_index_and_a_new_commit_rebuilds_it(prepared):
+    from repotune import db as store
+    from tests.ingest.conftest import GitRepo
+
+    db = store.open_db(store.db_path(prepared.data_dir))
+    first = relevance.rebuild(db, prepared.data_dir, prepared.lineage)
+    written = relevance.path(prepared.data_dir).stat().st_mtime_ns
+    again = relevance.rebuild(db, prepared.data_dir, prepared.lineage)
+    assert again.hash == first.hash and relevance.path(prepared.data_dir).stat().st_mtime_ns == written
+    from ingest.run import ingest
+
+    GitRepo(Path(prepared.repo)).commit("Add a zebra renderer", {"zebra.py": "Z = 1\n"})
+    assert ingest(prepared).index.hash != first.hash
