@@ -19,6 +19,7 @@ from eval.cli import app as eval_app
 from ingest.cli import app as ingest_app
 from repotune.cli_common import ConfigOpt, JsonOpt, fail, load_settings
 from repotune.ui import out, print_json, progress_bar
+from tuner.cli import tune_command, tuner_app
 from tuner.data.cli import app as data_app
 from tuner.train.cli import train_command
 
@@ -47,6 +48,8 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.command("train")(train_command)
+app.command("tune")(tune_command)
+app.add_typer(tuner_app, name="tuner")
 
 LineageOpt = Annotated[str | None, typer.Option("--lineage", help="The lineage (default: tuner.lineage).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why: recorded in the event log.")]

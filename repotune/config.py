@@ -45,6 +45,7 @@ SECRET_ENV = {
     "admin_key": "REPOTUNE_ADMIN_KEY",
     "github_token": "GITHUB_TOKEN",
     "teacher_api_key": "REPOTUNE_TEACHER_API_KEY",
+    "webhook_secret": "REPOTUNE_WEBHOOK_SECRET",
 }
 _SECRET_KEY_RE = re.compile(
     r"^(?:.*_)?(?:api_?keys?|admin_key|token|access_token|auth_token|secret|client_secret|"
@@ -352,7 +353,43 @@ class EvalSection(Section):
 
 
 class ScheduleSection(Section):
-    pass
+    cron: str = Field("0 3 * * *", description="When `repotune tuner` runs a cycle (crontab: minute hour day month "
+                      "weekday).")
+    timezone: str = Field("UTC", description="The time zone `cron` is read in (an IANA name).")
+    misfire_grace_s: int = Field(
+        3600, ge=1, description="A run missed (the machine asleep, a cycle still running) still starts this late."
+    )
+    debounce_s: float = Field(
+        120.0, ge=0, description="After a webhook's request, wait until none has come for this long, then run."
+    )
+    poll_s: float = Field(5.0, gt=0, description="How often the tuner looks for requests from the webhook.")
+    branch: str | None = Field(
+        None, description="Pushes to this branch ask for a cycle; default: the repository's default branch."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as e:
+            raise ValueError(f"schedule.cron {v!r} is not a crontab expression (minute hour day month weekday): "
+                             f"{e}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"schedule.timezone {v!r} is not a known time zone (e.g. \"UTC\", "
+                             "\"Europe/Berlin\")") from None
+        return v
 
 
 class PathsSection(Section):
@@ -368,6 +405,7 @@ class Secrets(BaseModel):
     admin_key: str | None = None
     github_token: str | None = None
     teacher_api_key: str | None = None
+    webhook_secret: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
@@ -378,6 +416,7 @@ class Secrets(BaseModel):
             admin_key=env.get(SECRET_ENV["admin_key"]) or None,
             github_token=env.get(SECRET_ENV["github_token"]) or None,
             teacher_api_key=env.get(SECRET_ENV["teacher_api_key"]) or None,
+            webhook_secret=env.get(SECRET_ENV["webhook_secret"]) or None,
         )
 
     def masked(self) -> dict[str, Any]:
@@ -389,6 +428,7 @@ class Secrets(BaseModel):
             "admin_key": mask(self.admin_key),
             "github_token": mask(self.github_token),
             "teacher_api_key": mask(self.teacher_api_key),
+            "webhook_secret": mask(self.webhook_secret),
         }
 
 

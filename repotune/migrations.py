@@ -332,3 +332,37 @@ def m008_policy_calibrations(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("create index policy_calibrations_index on policy_calibrations (index_hash, id)")
+
+
+@migration
+def m009_cycles(db: sqlite_utils.Database) -> None:
+    """The continual loop's runs (one row per cycle, its steps and figures as JSON) and the
+    requests for a cycle that the server's webhook writes and the tuner takes."""
+    db.execute(
+        """create table cycle_runs (
+            id integer primary key,
+            lineage text not null,
+            trigger text not null,        -- schedule, now, webhook, up
+            status text not null,         -- running, promoted, rejected, nothing_new, failed, killed
+            step text,                    -- the step running, or the one that failed
+            started_at text not null,
+            finished_at text,
+            steps text not null default '[]',     -- JSON: [{name, status, seconds, figures}]
+            dataset text,                 -- the dataset's hash
+            train_config text,            -- hash of what decides a training (train config, base)
+            version integer,              -- the adapter it made
+            error text,
+            host text,
+            pid integer
+        )"""
+    )
+    db.execute("create index cycle_runs_lineage on cycle_runs (lineage, id)")
+    db.execute(
+        """create table cycle_requests (
+            id integer primary key,
+            received_at text not null,
+            source text not null,         -- github:push, github:pull_request
+            detail text not null default '{}',    -- JSON: ref, sha, delivery, PR number
+            run_id integer references cycle_runs (id)  -- the cycle that took it; null while pending
+        )"""
+    )

@@ -48,13 +48,18 @@ _TYPES: dict[str, str] = {
 
 async def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     """The request's body as a JSON object: 413 over `max_bytes`, 400 if it is not one."""
+    return parse(await raw_body(request, max_bytes))
+
+
+async def raw_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body as bytes: 413 over `max_bytes`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise APIError(413, f"request body over {max_bytes} bytes", "request_too_large")
     raw = await request.body()
     if len(raw) > max_bytes:
         raise APIError(413, f"request body over {max_bytes} bytes", "request_too_large")
-    return parse(raw)
+    return raw
 
 
 def parse(raw: bytes) -> dict[str, Any]:

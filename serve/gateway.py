@@ -23,8 +23,9 @@ import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from serve import admin_api, errors, openai_api
+from serve import admin_api, errors, hooks, openai_api
 from serve.adapters import AdapterManager
+from serve.hooks import Hooks
 from serve.limits import KeyLimits
 from serve.metrics import Metrics
 from serve.policy import Policy
@@ -52,6 +53,7 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     engine_restarts: Callable[[], int] = lambda: 0
     policy: Policy = field(default_factory=lambda: Policy("off", "", 1.0))
+    hooks: Hooks | None = None  # the GitHub webhook's store and secret; None: the route answers 403
     _upstream_cycle: Any = field(default=None)
 
     def upstream(self) -> str:
@@ -90,6 +92,7 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
     app.include_router(openai_api.router)
     app.include_router(admin_api.router)
+    app.include_router(hooks.router)
 
     @app.get("/health")
     async def health() -> JSONResponse:

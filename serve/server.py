@@ -20,6 +20,7 @@ from repotune.config import Settings
 from serve.adapters import AdapterManager
 from serve.engine import Supervisor, engine_command, engine_env, free_port
 from serve.gateway import GatewayState, create_app
+from serve.hooks import Hooks
 from serve.limits import KeyLimits
 from serve.policy import Policy
 
@@ -103,6 +104,7 @@ def build(settings: Settings) -> Any:
         policy=Policy(settings.config.policy.mode, settings.config.policy.refusal, settings.config.policy.threshold,
                       settings.data_dir, settings.lineage, tuple(settings.config.policy.index_skip),
                       settings.config.policy.log_text),
+        hooks=Hooks(settings.data_dir, settings.secrets.webhook_secret, settings.config.schedule.branch),
     )
     app = create_app(state)
     app.state.supervisor = supervisor

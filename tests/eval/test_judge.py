@@ -67,7 +67,7 @@ def _toml(port: int, repo: Path, lineage: str) -> str:
             '[train]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in GENTLE.items()))
 
 
-def _start(root: Path) -> Server:
+def _start(root: Path, **env_extra: str) -> Server:
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     (root / "state").mkdir(exist_ok=True)
@@ -75,7 +75,7 @@ def _start(root: Path) -> Server:
     config = root / "server.toml"
     config.write_text(_toml(port, repo.path if repo else root / "project", "unused"))
     log = (root / "state" / "serve.log").open("ab")
-    env = _env()
+    env = {**_env(), **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", port, root, proc, env)

@@ -198,6 +198,14 @@ def _backend(name: str) -> tuple[Backend, str]:
         raise TrainError(str(e)) from None
 
 
+def config_key(settings: Settings) -> str:
+    """A hash of the training settings that change what is trained (not the backend's choice or
+    the process's niceness) and of the base: a cycle retrains when it changes."""
+    text = json.dumps([settings.config.train.model_dump(exclude=_UNKEYED), settings.config.model.base],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _key(settings: Settings, data: DatasetManifest, base: models.Base, strategy: str, started_from: str | None,
          backend: str) -> str:
     hyper = settings.config.train.model_dump(exclude=_UNKEYED)

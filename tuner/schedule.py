@@ -1,0 +1,148 @@
+"""`repotune tuner`: the daemon that runs a cycle on a schedule and when the webhook asks.
+
+APScheduler 3 runs two jobs in one worker thread, so they never run side by side here:
+the cron job (`schedule.cron` read in `schedule.timezone`; a run missed while the machine
+slept or a cycle ran still starts within `schedule.misfire_grace_s`, and missed runs
+coalesce into one), and a poll of the store every `schedule.poll_s` for requests the
+server's webhook wrote (`repotune.cycles.request`), which starts a cycle once none has come
+for `schedule.debounce_s` (a burst of merges makes one cycle). A cycle started elsewhere
+(`tune --now`) holds the cycle lock: the daemon's attempt is refused, logged, and its
+requests wait for the next poll.
+
+The daemon holds `data_dir/tuner.lock` while it runs: a second daemon on the same store is
+refused, and the webhook can tell whether anyone will take its request. A failed cycle
+is logged and recorded; the daemon goes on to the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from repotune import cycles, registry
+from repotune import db as store
+from repotune.config import Settings
+
+log = logging.getLogger("repotune.tuner")
+Say = Callable[[str], None]
+
+
+@dataclass
+class Status:
+    lineage: str
+    running: bool  # a daemon holds the tuner lock
+    cycle_running: bool  # a cycle holds the cycle lock (the daemon's or a tune --now)
+    cron: str
+    timezone: str
+    next_run: str | None
+    pending: list[dict[str, Any]]
+    promoted: int | None
+    failures_in_a_row: int
+    runs: list[cycles.Run] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in self.__dict__.items() if k != "runs"}, "runs": [r.as_dict() for r in self.runs]}
+
+
+def trigger(settings: Settings) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+
+    sched = settings.config.schedule
+    return CronTrigger.from_crontab(sched.cron, timezone=sched.timezone)
+
+
+def status(settings: Settings, limit: int = 10) -> Status:
+    sched = settings.config.schedule
+    now = datetime.now(UTC)
+    upcoming = trigger(settings).get_next_fire_time(None, now)
+    with closing(store.open_db(store.db_path(settings.data_dir))) as db:
+        promoted = registry.promoted(db, settings.lineage)
+        return Status(
+            lineage=settings.lineage, running=cycles.is_held(settings.data_dir, cycles.TUNER_LOCK),
+            cycle_running=cycles.is_held(settings.data_dir, cycles.CYCLE_LOCK), cron=sched.cron,
+            timezone=sched.timezone, next_run=upcoming.isoformat() if upcoming else None,
+            pending=cycles.pending(db), promoted=promoted.version if promoted else None,
+            failures_in_a_row=cycles.failures_in_a_row(db, settings.lineage),
+            runs=cycles.runs(db, settings.lineage, limit),
+        )
+
+
+def run_daemon(settings: Settings, say: Say, first_if_unpromoted: bool = False,
+               stop: threading.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM (or `stop` is set); raises cycles.Busy when a daemon already runs."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    sched = settings.config.schedule
+    stop = stop or threading.Event()
+    with cycles.held(settings.data_dir, cycles.TUNER_LOCK,
+                     f"a tuner already runs on {settings.data_dir} (`repotune tuner status`)"):
+        worker = _Worker(settings, say)
+        # Background rather than Blocking: the main thread waits on `stop`, which a signal
+        # handler (main thread only) or a test can set.
+        scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=sched.timezone,
+                                        job_defaults={"coalesce": True, "max_instances": 1,
+                                                      "misfire_grace_time": sched.misfire_grace_s})
+        scheduler.add_job(worker.cycle, trigger(settings), args=["schedule"], id="nightly")
+        scheduler.add_job(worker.poll, "interval", seconds=sched.poll_s, id="requests")
+        if first_if_unpromoted and worker.unpromoted():
+            say(f"{settings.lineage} has no promoted adapter yet: a first cycle starts now (base answers meanwhile)")
+            scheduler.add_job(worker.cycle, args=["first"], id="first")
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+        scheduler.start()
+        nightly = scheduler.get_job("nightly")
+        say(f"tuner running for {settings.lineage}: next cycle {nightly.next_run_time:%Y-%m-%d %H:%M %Z} "
+            f"({sched.cron}, {sched.timezone}); webhook requests are taken every {sched.poll_s:g} s after "
+            f"{sched.debounce_s:g} s of quiet")
+        stop.wait()
+        say("tuner stopping")
+        # A cycle still running is not waited for: its row stays `running`, the lock goes with
+        # this process, and the next cycle marks it `killed` and starts clean.
+        scheduler.shutdown(wait=False)
+
+
+class _Worker:
+    def __init__(self, settings: Settings, say: Say):
+        self.settings, self.say = settings, say
+
+    def unpromoted(self) -> bool:
+        with closing(store.open_db(store.db_path(self.settings.data_dir))) as db:
+            return registry.promoted(db, self.settings.lineage) is None
+
+    def poll(self) -> None:
+        with closing(store.open_db(store.db_path(self.settings.data_dir))) as db:
+            waiting = cycles.pending(db)
+        if not waiting or cycles.is_held(self.settings.data_dir, cycles.CYCLE_LOCK):
+            return
+        newest = max(datetime.fromisoformat(r["received_at"]) for r in waiting)
+        if (datetime.now(UTC) - newest).total_seconds() >= self.settings.config.schedule.debounce_s:
+            self.cycle("webhook")
+
+    def cycle(self, trigger: str) -> None:
+        from tuner.cycle import CycleError, cycle
+
+        def on_step(name: str, state: str, step: cycles.Step | None) -> None:
+            self.say(f"  {name}: {state}" + (f" in {step.seconds:,.1f} s" if step else ""))
+
+        self.say(f"cycle ({trigger}) starting")
+        try:
+            outcome = cycle(self.settings, trigger, on_step=on_step)
+        except cycles.Busy as e:
+            self.say(f"cycle ({trigger}) not started: {e}")
+        except CycleError as e:
+            self.say(f"cycle ({trigger}) failed: {e}")
+        except Exception:  # the daemon outlives a bug in one cycle; the row says `failed`
+            log.exception("cycle (%s) failed", trigger)
+            self.say(f"cycle ({trigger}) failed with an unexpected error (logged)")
+        else:
+            self.say(f"cycle {outcome.run.id} ({trigger}): {outcome.status}"
+                     + (f", v{outcome.run.version}" if outcome.run.version else "")
+                     + "".join(f"\n  {n}" for n in outcome.notes))
