@@ -205,6 +205,9 @@ def _server(settings: Settings) -> Iterator[tuple[str, str]]:
     if running:
         if not settings.secrets.admin_key:
             raise EvalRunError(f"a server is running at {url}; set REPOTUNE_ADMIN_KEY so eval can ask it")
+        # a server still starting its engine (`repotune up` runs the first cycle at once) is waited for
+        _wait_healthy(url, None, settings.config.serve.engine_start_timeout_s + 60,
+                      settings.data_dir / "logs" / "engine.log")
         yield url, settings.secrets.admin_key
         return
     key = settings.secrets.admin_key or secrets.token_urlsafe(24)
@@ -234,10 +237,10 @@ def _server(settings: Settings) -> Iterator[tuple[str, str]]:
                 proc.wait()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-1500:]
             raise EvalRunError(f"the temporary server for eval exited (code {proc.returncode}); "
                                f"its log ({log_path}) ends:\n{tail}")
@@ -247,7 +250,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float, log_p
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
-    raise EvalRunError(f"the temporary server for eval was not healthy within {timeout:.0f} s (log: {log_path})")
+    raise EvalRunError(f"the server at {url} was not healthy within {timeout:.0f} s (log: {log_path})")
 
 
 # --- asking ------------------------------------------------------------------------------------

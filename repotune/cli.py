@@ -414,6 +414,17 @@ def serve_command(
         fail(str(e))
 
 
+@app.command("up")
+def up_command(config: ConfigOpt = None) -> None:
+    """Serve and tune: the server and the tuner as two child processes; with nothing promoted yet, a
+    first cycle starts at once while base answers. Prints how to connect; Ctrl-C stops everything."""
+    from repotune import up
+
+    settings = load_settings(config)
+    code = up.run(settings, lambda text: out.print(text, highlight=False, markup=False))
+    raise typer.Exit(code)
+
+
 def _model_info(path: Any, fingerprint: str) -> dict[str, Any]:
     import json
 

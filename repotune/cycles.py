@@ -167,6 +167,27 @@ def failures_in_a_row(db: sqlite_utils.Database, lineage: str) -> int:
     return count
 
 
+@dataclass
+class Health:
+    lineage: str
+    last_success: str | None  # the end of the last cycle that did not fail
+    failures_in_a_row: int
+    last_decision: str | None  # promoted or rejected: the last gate decision a cycle reached
+
+
+def health(db: sqlite_utils.Database) -> list[Health]:
+    """Per lineage with cycles: what `/metrics` shows of the loop."""
+    if "cycle_runs" not in db.table_names():
+        return []
+    out = []
+    for (lineage,) in db.execute("select distinct lineage from cycle_runs order by lineage").fetchall():
+        success = db.execute("select max(finished_at) from cycle_runs where lineage = ? and status in "
+                             "('promoted', 'rejected', 'nothing_new')", [lineage]).fetchone()[0]
+        decided = last_decided(db, lineage)
+        out.append(Health(lineage, success, failures_in_a_row(db, lineage), decided.status if decided else None))
+    return out
+
+
 def _run(r: dict[str, Any]) -> Run:
     return Run(id=r["id"], lineage=r["lineage"], trigger=r["trigger"], status=r["status"], step=r["step"],
                started_at=r["started_at"], finished_at=r["finished_at"],

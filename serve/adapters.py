@@ -5,7 +5,9 @@ module makes the engines match it and keeps a read-through copy of the aliases f
 request path, refreshed after every swap and on a short poll. A swap loads the version
 into every upstream under its engine name (`<lineage>-v<N>`) from its immutable folder,
 sends one smoke request, and only then flips the promoted row. A version that will not
-load or answer is marked `failed` and the alias stays where it was. Requests hold a
+load or answer is marked `failed` and the alias stays where it was; an engine that cannot
+be reached at all (starting, restarting) says nothing of the version, which stays as it
+was (`EngineUnavailable`, a 503 on the admin routes). Requests hold a
 lease on the engine name they were routed to, so a version is unloaded only once no
 request uses it; beyond `keep_loaded` versions per lineage are unloaded when idle.
 
@@ -44,6 +46,10 @@ log = logging.getLogger("repotune.adapters")
 
 SMOKE_PROMPT = [{"role": "user", "content": "Hello"}]
 T = TypeVar("T")
+
+
+class EngineUnavailable(Exception):
+    """The engine could not be reached (starting, restarting, gone): nothing is said of the adapter."""
 
 
 class SwapError(Exception):
@@ -222,6 +228,10 @@ class AdapterManager:
             if adapter.engine_name not in self.loaded:
                 await self.load(adapter)
             await self.smoke(adapter)
+        except httpx.TransportError as e:  # the engine's fault, not the version's: it stays as it is
+            self.loaded.pop(adapter.engine_name, None)
+            raise EngineUnavailable(f"the engine could not be reached to load {adapter.lineage} "
+                                    f"v{adapter.version}: {e or type(e).__name__}") from e
         except (SwapError, httpx.HTTPError) as e:
             self.loaded.pop(adapter.engine_name, None)
             if adapter.status != "failed":
@@ -254,6 +264,10 @@ class AdapterManager:
                     await self.load(adapter)
                     self.loaded.pop(adapter.engine_name, None)  # held, not served: no alias, no listing
                     await self.smoke(adapter)
+                except httpx.TransportError as e:
+                    self.loaded.pop(adapter.engine_name, None)
+                    raise EngineUnavailable(f"the engine could not be reached to load {lineage} v{version}: "
+                                            f"{e or type(e).__name__}") from e
                 except (SwapError, httpx.HTTPError) as e:
                     self.loaded.pop(adapter.engine_name, None)
                     if adapter.status == "candidate":
@@ -291,6 +305,9 @@ class AdapterManager:
         try:
             await self._ready(current, actor)
             self.aliases[lineage] = current
+        except EngineUnavailable as e:  # not the version's fault: the next reconcile tries again
+            log.warning("%s", e)
+            return
         except SwapError as e:
             log.error("%s", e)
         else:
@@ -306,6 +323,9 @@ class AdapterManager:
                 continue
             try:
                 await self._ready(fallback, actor)
+            except EngineUnavailable as e:
+                log.warning("%s", e)
+                return
             except SwapError as e:
                 log.error("%s", e)
                 continue

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from repotune import registry
 from serve import checks
-from serve.adapters import SwapError
+from serve.adapters import EngineUnavailable, SwapError
 from serve.auth import admin
 from serve.errors import APIError
 
@@ -80,6 +80,8 @@ async def hold(request: Request) -> JSONResponse:
         adapter = await state.manager.hold(lineage, version, float(lease), str(body.get("actor", "admin")))
     except registry.NotFound as e:
         raise APIError(404, str(e), "version_not_found") from e
+    except EngineUnavailable as e:
+        raise APIError(503, str(e), "engine_unavailable", headers={"Retry-After": "5"}) from e
     except (registry.RegistryError, SwapError) as e:
         raise APIError(409, str(e), "hold_failed") from e
     return JSONResponse({"model": f"{adapter.lineage}@v{adapter.version}", "lineage": adapter.lineage,
@@ -124,6 +126,8 @@ async def _swap(state: GatewayState, body: dict[str, Any], version: Callable[[st
         raise APIError(404, str(e), "version_not_found") from e
     except registry.RegistryError as e:
         raise APIError(409, str(e), "invalid_transition") from e
+    except EngineUnavailable as e:
+        raise APIError(503, str(e), "engine_unavailable", headers={"Retry-After": "5"}) from e
     except SwapError as e:
         raise APIError(409, str(e), "swap_failed") from e
     return JSONResponse({"lineage": adapter.lineage, "version": adapter.version, "status": adapter.status})

@@ -7,6 +7,7 @@ several apps in one process do not collide; `GET /metrics` renders it.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -35,6 +36,29 @@ class Metrics:
         self.alias_version = Gauge(
             "repotune_alias_version", "The version each lineage alias serves.", ["lineage"], registry=r
         )
+        self.cycle_success = Gauge(
+            "repotune_cycle_last_success_timestamp_seconds", "When the lineage's last cycle that did not fail "
+            "ended (Unix time).", ["lineage"], registry=r,
+        )
+        self.cycle_failures = Gauge(
+            "repotune_cycle_failures_in_a_row", "The lineage's cycles that failed or were killed since the last "
+            "that did not.", ["lineage"], registry=r,
+        )
+        self.cycle_decision = Gauge(
+            "repotune_cycle_last_decision", "1 on the gate's last decision in a cycle (promoted or rejected).",
+            ["lineage", "decision"], registry=r,
+        )
+
+    def set_cycles(self, health: list[Any]) -> None:
+        """The loop's state from the store (`repotune.cycles.health`)."""
+        from datetime import datetime
+
+        for h in health:
+            if h.last_success:
+                self.cycle_success.labels(h.lineage).set(datetime.fromisoformat(h.last_success).timestamp())
+            self.cycle_failures.labels(h.lineage).set(h.failures_in_a_row)
+            for decision in ("promoted", "rejected"):
+                self.cycle_decision.labels(h.lineage, decision).set(1 if h.last_decision == decision else 0)
 
     def count_usage(self, payload: bytes) -> None:
         """Add the `usage` of a response body or of the SSE chunks that carry one."""

@@ -228,6 +228,9 @@ def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load
     ("[policy]\nmax_false_refusal = 1\n", "policy.max_false_refusal"),
     ("[train]\nreplay_kl = -1\n", "train.replay_kl"),
     ('[tuner.data]\nreplay_answers = "mine"\n', "tuner.data.replay_answers"),
+    ('[schedule]\ncron = "every night"\n', "schedule.cron"),
+    ('[schedule]\ntimezone = "Mars/Olympus"\n', "schedule.timezone"),
+    ("[schedule]\npoll_s = 0\n", "schedule.poll_s"),
 ])
 def test_bad_policy_and_replay_settings_are_refused_with_their_key(write_config, text, key):
     path = write_config(text)

@@ -10,8 +10,12 @@ for `schedule.debounce_s` (a burst of merges makes one cycle). A cycle started e
 requests wait for the next poll.
 
 The daemon holds `data_dir/tuner.lock` while it runs: a second daemon on the same store is
-refused, and the webhook can tell whether anyone will take its request. A failed cycle
-is logged and recorded; the daemon goes on to the next.
+refused, and the webhook can tell whether anyone will take its request. Each cycle runs in
+a child process of its own: a long-lived daemon keeps none of a training's memory, and
+stopping the daemon (SIGINT, SIGTERM) stops a cycle cleanly — the child is asked to stop,
+records its cycle `failed` ("stopped"), stops a temporary eval server it started, and is
+killed only if it has not ended within `STOP_GRACE_S`. A failed cycle is logged and
+recorded; the daemon goes on to the next.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from repotune.config import Settings
 
 log = logging.getLogger("repotune.tuner")
 Say = Callable[[str], None]
+STOP_GRACE_S = 60.0
 
 
 @dataclass
@@ -104,14 +109,27 @@ def run_daemon(settings: Settings, say: Say, first_if_unpromoted: bool = False,
             f"{sched.debounce_s:g} s of quiet")
         stop.wait()
         say("tuner stopping")
-        # A cycle still running is not waited for: its row stays `running`, the lock goes with
-        # this process, and the next cycle marks it `killed` and starts clean.
         scheduler.shutdown(wait=False)
+        worker.stop()
 
 
 class _Worker:
     def __init__(self, settings: Settings, say: Say):
         self.settings, self.say = settings, say
+        self.child: Any = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Ask a running cycle to stop; kill it after STOP_GRACE_S."""
+        self.stopping = True
+        child = self.child
+        if child is None or not child.is_alive():
+            return
+        child.terminate()  # SIGTERM: the child records its cycle as stopped
+        child.join(STOP_GRACE_S)
+        if child.is_alive():
+            child.kill()  # the next cycle marks its row `killed`
+            child.join(10)
 
     def unpromoted(self) -> bool:
         with closing(store.open_db(store.db_path(self.settings.data_dir))) as db:
@@ -127,22 +145,48 @@ class _Worker:
             self.cycle("webhook")
 
     def cycle(self, trigger: str) -> None:
-        from tuner.cycle import CycleError, cycle
+        import multiprocessing
 
-        def on_step(name: str, state: str, step: cycles.Step | None) -> None:
-            self.say(f"  {name}: {state}" + (f" in {step.seconds:,.1f} s" if step else ""))
+        if self.stopping:
+            return
+        # spawn: a fresh interpreter, not a fork of one that runs the scheduler's threads
+        self.child = multiprocessing.get_context("spawn").Process(target=_cycle_in_child,
+                                                                  args=(self.settings, trigger), daemon=False)
+        self.child.start()
+        self.child.join()
+        if self.child.exitcode not in (0, None) and not self.stopping:
+            self.say(f"cycle ({trigger}) process ended with exit code {self.child.exitcode}")
 
-        self.say(f"cycle ({trigger}) starting")
-        try:
-            outcome = cycle(self.settings, trigger, on_step=on_step)
-        except cycles.Busy as e:
-            self.say(f"cycle ({trigger}) not started: {e}")
-        except CycleError as e:
-            self.say(f"cycle ({trigger}) failed: {e}")
-        except Exception:  # the daemon outlives a bug in one cycle; the row says `failed`
-            log.exception("cycle (%s) failed", trigger)
-            self.say(f"cycle ({trigger}) failed with an unexpected error (logged)")
-        else:
-            self.say(f"cycle {outcome.run.id} ({trigger}): {outcome.status}"
-                     + (f", v{outcome.run.version}" if outcome.run.version else "")
-                     + "".join(f"\n  {n}" for n in outcome.notes))
+
+def _cycle_in_child(settings: Settings, trigger: str) -> None:
+    """One cycle in the child process; its lines go to the daemon's stderr."""
+    import sys
+
+    from tuner.cycle import CycleError, cycle
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def stopped(*_: object) -> None:
+        raise SystemExit("stopped: the tuner was asked to stop")  # unwinds: recorded, servers stopped
+
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops this child
+
+    def on_step(name: str, state: str, step: cycles.Step | None) -> None:
+        say(f"  {name}: {state}" + (f" in {step.seconds:,.1f} s" if step else ""))
+
+    say(f"cycle ({trigger}) starting")
+    try:
+        outcome = cycle(settings, trigger, on_step=on_step)
+    except cycles.Busy as e:
+        say(f"cycle ({trigger}) not started: {e}")
+    except CycleError as e:
+        say(f"cycle ({trigger}) failed: {e}")
+    except Exception:  # the daemon outlives a bug in one cycle; the row says `failed`
+        log.exception("cycle (%s) failed", trigger)
+        say(f"cycle ({trigger}) failed with an unexpected error (logged)")
+    else:
+        say(f"cycle {outcome.run.id} ({trigger}): {outcome.status}"
+            + (f", v{outcome.run.version}" if outcome.run.version else "")
+            + "".join(f"\n  {n}" for n in outcome.notes))
