@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="train.lora_rank (alpha is twice the rank)")
     ap.add_argument("--sensible-only", action="store_true", help="judge the trained adapter only")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gate"))
+    ap.add_argument("--resume", help="the folder of a run whose judge did not finish (printed after training): "
+                    "judge its trained version again; the other options must be the run's own")
     a = ap.parse_args()
 
     import tomli_w
@@ -62,30 +64,41 @@ def main() -> None:
     from tests.lora import destructive_lora
     from tuner.train.run import train
 
-    folder = Path(tempfile.mkdtemp(prefix="gate-"))
-    repo = folder / "typescript"
-    generate(repo, a.functions)
-    port = free_port()
-    config = folder / "config.toml"
-    config.write_text(tomli_w.dumps({
-        "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},
-        "paths": {"data_dir": str(folder / "state")},
-        "serve": {"port": port, "max_model_len": 2048},
-        "tuner": {"lineage": "bench", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
-                                                "replay_general": a.replay, "replay_answers": a.replay_answers}},
-        "train": {"learning_rate": a.lr, "epochs": a.epochs, "scheduler": "constant_with_warmup",
-                  "replay_kl": a.replay_kl, "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "max_seq_len": 256,
-                  "batch_size": 8, "checkpoint_steps": 100000}}))
     env = {**os.environ, "REPOTUNE_API_KEYS": ADMIN_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
-    settings = cfg.load(config, env=env)
-    subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config)], check=True,
-                   capture_output=True, env=env)
-    _build(config, folder / "state", a.base)
-    started = time.monotonic()
-    sensible = train(settings)
-    train_minutes = (time.monotonic() - started) / 60
-    print(f"trained v{sensible.adapter.version}: {sensible.record.tokens} tokens in {train_minutes:.1f} min",
+    if a.resume:  # a run whose judge did not finish: its trained v1 is judged again
+        folder = Path(a.resume)
+        config = folder / "config.toml"
+        settings = cfg.load(config, env=env)
+        port = settings.config.serve.port
+        adapter = registry.get(store.open_db(store.db_path(settings.data_dir)), "bench", 1)
+        assert adapter.manifest.training is not None
+        record, train_minutes = adapter.manifest.training, adapter.manifest.training.seconds / 60
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="gate-"))
+        repo = folder / "typescript"
+        generate(repo, a.functions)
+        port = free_port()
+        config = folder / "config.toml"
+        config.write_text(tomli_w.dumps({
+            "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},
+            "paths": {"data_dir": str(folder / "state")},
+            "serve": {"port": port, "max_model_len": 2048},
+            "tuner": {"lineage": "bench", "data": {"generators": ["templates", "replay"],
+                                                    "paraphrases": a.paraphrases, "replay_general": a.replay,
+                                                    "replay_answers": a.replay_answers}},
+            "train": {"learning_rate": a.lr, "epochs": a.epochs, "scheduler": "constant_with_warmup",
+                      "replay_kl": a.replay_kl, "lora_rank": a.rank, "lora_alpha": 2 * a.rank, "max_seq_len": 256,
+                      "batch_size": 8, "checkpoint_steps": 100000}}))
+        settings = cfg.load(config, env=env)
+        subprocess.run([sys.executable, "-m", "repotune.cli", "ingest", "--config", str(config)], check=True,
+                       capture_output=True, env=env)
+        _build(config, folder / "state", a.base)
+        started = time.monotonic()
+        sensible = train(settings)
+        adapter, record = sensible.adapter, sensible.record
+        train_minutes = (time.monotonic() - started) / 60
+    print(f"trained v{adapter.version} in {folder}: {record.tokens} tokens in {train_minutes:.1f} min",
           flush=True)
 
     log = (folder / "serve.log").open("wb")
@@ -116,8 +129,8 @@ def main() -> None:
         proc.wait(60)
     result = {"base": a.base, "functions": a.functions, "epochs": a.epochs, "lr": a.lr, "paraphrases": a.paraphrases,
               "replay": a.replay, "replay_answers": a.replay_answers, "replay_kl": a.replay_kl, "rank": a.rank,
-              "dataset": sensible.adapter.manifest.dataset, "train_examples": sensible.record.examples,
-              "train_tokens": sensible.record.tokens, "train_minutes": round(train_minutes, 1),
+              "dataset": adapter.manifest.dataset, "train_examples": record.examples,
+              "train_tokens": record.tokens, "train_minutes": round(train_minutes, 1),
               "serve_start_s": round(serve_start, 1), "runs": runs}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}" + (f"-replay{a.replay:g}" if a.sensible_only else "")
                + (f"-kl{a.replay_kl:g}" if a.replay_kl else "")
