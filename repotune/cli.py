@@ -414,6 +414,31 @@ def serve_command(
         fail(str(e))
 
 
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply [retention]: retire and remove old adapter versions and datasets (never the promoted version or
+    the newest superseded); refused while a cycle runs."""
+    from repotune import cycles, retention
+
+    settings = load_settings(config, as_json)
+    try:
+        with cycles.held(settings.data_dir, cycles.CYCLE_LOCK, "a cycle is running; run gc when it ends"):
+            result = retention.collect(settings, dry_run)
+    except cycles.Busy as e:
+        fail(str(e), 4)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for r in result.removed:
+        out.print(f"{verb} {r.kind} {r.name} ({r.bytes / 2**20:,.1f} MB)", highlight=False)
+    out.print(f"{verb} {len(result.removed)}, {result.freed_bytes / 2**20:,.1f} MB", highlight=False)
+
+
 @app.command("up")
 def up_command(config: ConfigOpt = None) -> None:
     """Serve and tune: the server and the tuner as two child processes; with nothing promoted yet, a

@@ -392,6 +392,14 @@ class ScheduleSection(Section):
         return v
 
 
+class RetentionSection(Section):
+    keep_versions: int = Field(
+        5, ge=1, description="Adapter versions kept per lineage, besides the promoted one, the newest superseded "
+        "and candidates."
+    )
+    keep_datasets: int = Field(3, ge=1, description="Datasets kept per lineage, besides those of kept versions.")
+
+
 class PathsSection(Section):
     data_dir: Path = Field(Path(".repotune"), description="Store, adapters and datasets.")
 
@@ -443,6 +451,7 @@ class Config(Section):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     schedule: ScheduleSection = ScheduleSection()
+    retention: RetentionSection = RetentionSection()
     paths: PathsSection = PathsSection()
 
     @model_validator(mode="after")

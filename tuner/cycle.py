@@ -74,6 +74,8 @@ def cycle(settings: Settings, trigger: str = "now", force: bool = False, on_step
             cycles.finish(db, run_id, "failed", f"{type(e).__name__}: {e}")
             raise
         cycles.finish(db, run_id, status)
+        if status != "nothing_new":
+            chain.collect()
         return Outcome(cycles.runs(db, settings.lineage, 1)[0], chain.notes)
 
 
@@ -118,6 +120,18 @@ class _Chain:
             return "nothing_new"
         verdict = self._step("eval", lambda: self._judge(trained.adapter.version))
         return str(verdict.status)
+
+    def collect(self) -> None:
+        """The retention policy, after a cycle that wrote something; a failure is a note, not the cycle's."""
+        from repotune import retention
+
+        try:
+            removed = retention.collect(self.settings).removed
+        except (OSError, ValueError) as e:
+            self.notes.append(f"retention (gc) failed: {e}")
+            return
+        if removed:
+            self.notes.append(f"retention: removed {', '.join(r.name for r in removed)}")
 
     def _step(self, name: str, work: Callable[[], Any]) -> Any:
         cycles.update(self.db, self.run_id, step=name)
