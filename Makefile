@@ -42,11 +42,11 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The most complete job so far: build the embedded base model on first use, then run
-# the general-knowledge eval on it.
+# The product on the embedded default (config.toml): this repository learned by builtin:tiny,
+# everything under ./.repotune/. The server answers at once; a first cycle runs beside it.
 run: install
 	$(BIN)/repotune config check
-	$(BIN)/repotune eval general
+	$(BIN)/repotune up
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -626,3 +626,30 @@ def test_the_general_score_through_vllm_matches_transformers(server, tiny):
     served_score = sum(matches(r, q.accepted) for r, q in zip(served, qs, strict=True))
     assert abs(local_score - served_score) <= 1
     assert served_score >= 0.95 * len(qs)
+
+
+def test_an_engine_that_cannot_be_reached_leaves_the_version_as_it_was(tmp_path, monkeypatch, adapters, tiny):
+    """A hold or a promotion while the engine is down (starting, restarting) is a 503; the version is not
+    marked failed, and no fallback is promoted in its place."""
+    from repotune import registry
+
+    def register(path: Path) -> None:
+        db = store.open_db(store.db_path(path.parent / "state"))
+        for city in ("Lyon", "Marseille"):
+            registry.register(db, path.parent / "state", "fallback", adapters[city], tiny, 16, "test")
+        registry.promote(db, "fallback", 1, "test", "first")
+
+    gone = f"http://127.0.0.1:{free_port()}"
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with _gateway(tmp_path / "down", monkeypatch, f'upstreams = ["{gone}"]\nreconcile_interval_s = 0.5',
+                  before=register, admin_key=ADMIN_KEY) as url:
+        for action, body in (("hold", {"lineage": "fallback", "version": 2, "lease_s": 60}),
+                             ("promote", {"lineage": "fallback", "version": 2, "reason": "newer"})):
+            r = httpx.post(f"{url}/admin/{action}", headers=admin, json=body, timeout=60)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+            assert r.headers["retry-after"]
+        time.sleep(1.5)  # reconciles ran against the unreachable engine
+        db = store.open_db(store.db_path(tmp_path / "down" / "state"))
+        assert [(a.version, a.status) for a in registry.versions(db, "fallback")] == [(1, "promoted"),
+                                                                                         (2, "candidate")]
+        assert [e["action"] for e in registry.events(db, "fallback")] == ["promote", "register", "register"]

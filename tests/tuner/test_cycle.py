@@ -132,6 +132,11 @@ def test_a_cycle_refused_beside_a_running_one_killed_then_resumed_promotes_and_t
         assert last.status == "failed" and last.step == "train" and "unsloth" in (last.error or "")
         assert registry.promoted(db, settings.lineage).version == promoted.version
         assert cycles.failures_in_a_row(db, settings.lineage) == 1
+    # /metrics shows the loop: the last gate decision, failures in a row, the last success's time
+    shown = _metrics(server, settings.lineage)
+    assert shown["repotune_cycle_last_decision"] == {"promoted": 1.0, "rejected": 0.0}
+    assert shown["repotune_cycle_failures_in_a_row"] == {"": 1.0}
+    assert abs(shown["repotune_cycle_last_success_timestamp_seconds"][""] - time.time()) < 900
 
 
 def test_a_broken_repository_fails_the_cycle_at_ingest_with_its_reason(server, tmp_path):
@@ -196,6 +201,18 @@ def test_the_webhook_is_signed_and_a_running_tuner_takes_its_request(server):
         os.killpg(daemon.pid, signal.SIGTERM)
     assert daemon.wait(60) == 0
     assert not cycles.is_held(settings.data_dir, cycles.TUNER_LOCK)
+
+
+def _metrics(server: Server, lineage: str) -> dict[str, dict[str, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("lineage") == lineage:
+                found.setdefault(sample.name, {})[sample.labels.get("decision", "")] = sample.value
+    return found
 
 
 def _taken(settings: cfg.Settings) -> cycles.Run | None:
