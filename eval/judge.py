@@ -112,6 +112,8 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
     except (registry.RegistryError, models.ModelError, datasets.DatasetError) as e:
         raise EvalRunError(str(e)) from None
     current = registry.promoted(db, lineage)
+    if current is not None and current.base_fingerprint != base.fingerprint:
+        current = None  # the base model changed: judged as a lineage's first version on this base
     run_id = _start_run(db, lineage, candidate.version, current.version if current else None, folder.name)
     try:
         with _server(settings) as (url, key):

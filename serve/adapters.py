@@ -48,6 +48,11 @@ SMOKE_PROMPT = [{"role": "user", "content": "Hello"}]
 T = TypeVar("T")
 
 
+class WrongBase(Exception):
+    """The version was trained on another base than this server's: it is not broken, only not servable here
+    (after a change of base model); it keeps its status."""
+
+
 class EngineUnavailable(Exception):
     """The engine could not be reached (starting, restarting, gone): nothing is said of the adapter."""
 
@@ -79,6 +84,7 @@ class AdapterManager:
 
     _db: Any = None
     _thread: ThreadPoolExecutor | None = None
+    _other_base: set[str] = field(default_factory=set)  # lineages whose promoted version is of another base
 
     async def store(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(db, *args)` on the store's own thread, which opens the connection and alone uses it."""
@@ -131,6 +137,11 @@ class AdapterManager:
                     f"version and the {self.keep_loaded - 1} superseded before it (serve.keep_loaded) loaded; "
                     f"promote or roll back to it to serve it"
                 )
+            promoted = await self.store(registry.promoted, lineage)
+            if promoted is not None and promoted.base_fingerprint != self.base_fingerprint:
+                return (f"{model} v{promoted.version} was trained on {promoted.base_model}, not on this server's "
+                        f"base ({self.base_model}): ask \"base\" until a cycle has trained and promoted a version "
+                        "on it, or roll back to one that was")
             if await self.store(registry.versions, lineage):
                 return f"{model} has no promoted version yet: promote one (repotune adapters promote)"
         except registry.RegistryError:
@@ -177,7 +188,7 @@ class AdapterManager:
             models.ensure_same_base(f"{adapter.lineage} v{adapter.version}", adapter.base_fingerprint,
                                     self.base_model, self.base_fingerprint, adapter.base_model)
         except models.IncompatibleBase as e:
-            raise SwapError(str(e)) from None
+            raise WrongBase(str(e)) from None
         if not adapter.path.is_dir():
             raise SwapError(f"{adapter.path} does not exist")
         await self._load_all(adapter)
@@ -232,6 +243,8 @@ class AdapterManager:
             self.loaded.pop(adapter.engine_name, None)
             raise EngineUnavailable(f"the engine could not be reached to load {adapter.lineage} "
                                     f"v{adapter.version}: {e or type(e).__name__}") from e
+        except WrongBase as e:
+            raise SwapError(str(e)) from e
         except (SwapError, httpx.HTTPError) as e:
             self.loaded.pop(adapter.engine_name, None)
             if adapter.status != "failed":
@@ -268,6 +281,8 @@ class AdapterManager:
                     self.loaded.pop(adapter.engine_name, None)
                     raise EngineUnavailable(f"the engine could not be reached to load {lineage} v{version}: "
                                             f"{e or type(e).__name__}") from e
+                except WrongBase as e:
+                    raise SwapError(str(e)) from e
                 except (SwapError, httpx.HTTPError) as e:
                     self.loaded.pop(adapter.engine_name, None)
                     if adapter.status == "candidate":
@@ -302,6 +317,14 @@ class AdapterManager:
         if current is None:
             self.aliases.pop(lineage, None)
             return
+        if current.base_fingerprint != self.base_fingerprint:  # the base model changed: base answers meanwhile
+            if self.aliases.pop(lineage, None) is not None or lineage not in self._other_base:
+                log.warning("%s v%s was trained on %s, not on this server's base: %s is not served until a "
+                            "version trained on this base is promoted", lineage, current.version,
+                            current.base_model, lineage)
+            self._other_base.add(lineage)
+            return
+        self._other_base.discard(lineage)
         try:
             await self._ready(current, actor)
             self.aliases[lineage] = current
@@ -315,7 +338,7 @@ class AdapterManager:
                 if other.engine_name not in self.loaded:
                     try:
                         await self.load(other)
-                    except (SwapError, httpx.HTTPError) as e:
+                    except (SwapError, WrongBase, httpx.HTTPError) as e:
                         log.error("could not reload %s v%s: %s", lineage, other.version, e)
             return
         for fallback in reversed(await self.store(registry.versions, lineage)):

@@ -225,3 +225,39 @@ def _webhook_runs(settings: cfg.Settings) -> list[cycles.Run]:
         taken = {r["run_id"] for r in db.query("select run_id from cycle_requests where run_id is not null")}
         return [r for r in reversed(cycles.runs(db, settings.lineage, 50)) if r.trigger == "webhook"
                 and r.id in taken and r.status != "running"]
+
+
+def test_after_a_change_of_base_model_base_answers_and_a_cycle_trains_a_first_version_for_it(server, micro):
+    """The lineage's promoted version was trained on another base (micro): the server does not serve it
+    and does not mark it failed; an incremental cycle trains from the base and is judged as a first version."""
+    from openai import NotFoundError, OpenAI
+
+    from repotune import models
+    from tests.test_registry import make_adapter
+    from tuner.cycle import cycle
+
+    settings = _lineage(server, strategy="incremental")
+    other = models.resolve(str(micro))
+    with _db(settings) as db:
+        old = registry.register(db, settings.data_dir, settings.lineage,
+                                make_adapter(other, server.root / f"{settings.lineage}-micro"), other, 16, "test")
+        registry.promote(db, settings.lineage, old.version, "test", "trained on the old base")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+    asked = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    time.sleep(2)  # the server reconciles every second
+    with pytest.raises(NotFoundError, match="ask \"base\" until a cycle has trained"):
+        client.chat.completions.create(model=settings.lineage, **asked)
+    assert client.chat.completions.create(model="base", **asked).choices
+    with _db(settings) as db:
+        assert registry.get(db, settings.lineage, old.version).status == "promoted"  # not failed: not broken
+
+    outcome = cycle(settings)
+    assert outcome.status == "promoted", (outcome.notes, outcome.run)
+    assert any("starts from the base on the whole dataset" in n for n in outcome.notes)
+    judged = next(s for s in outcome.run.steps if s.name == "eval").figures["scores"]
+    assert "current" not in judged  # judged as a first version on this base: against the base only
+    with _db(settings) as db:
+        assert registry.get(db, settings.lineage, old.version).status == "superseded"
+        new = registry.promoted(db, settings.lineage)
+    assert new.base_fingerprint != old.base_fingerprint and new.version == outcome.run.version
+    assert client.chat.completions.create(model=settings.lineage, **asked).choices

@@ -122,8 +122,8 @@ def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, fol
         try:
             models.ensure_same_base(f"{start.lineage} v{start.version}, the promoted adapter,",
                                     start.base_fingerprint, base.spec, base.fingerprint, start.base_model)
-        except models.IncompatibleBase as e:
-            raise TrainError(f"{e}; an incremental run cannot start from it: use --strategy full") from None
+        except models.IncompatibleBase as e:  # the base model changed: only a full run can follow
+            return rows, val, None, [f"incremental: {e}; this run starts from the base on the whole dataset"]
         rows = [r for r in rows if r.get("new") or r.get("replay")]
         return rows, val, start, [f"incremental: from {start.lineage}@v{start.version}, on {len(rows):,} new and "
                                   "replayed examples"]
