@@ -443,9 +443,16 @@ def gc_command(
 def up_command(config: ConfigOpt = None) -> None:
     """Serve and tune: the server and the tuner as two child processes; with nothing promoted yet, a
     first cycle starts at once while base answers. Prints how to connect; Ctrl-C stops everything."""
-    from repotune import up
+    from repotune import models, up
 
     settings = load_settings(config)
+    spec = settings.config.model.base
+    # the base once, here, before the server and the tuner would each build or fetch it
+    try:
+        with progress_bar(f"base {spec}") as update:
+            models.resolve(spec, progress=lambda stage, done, total, m: update(done, total, **m))
+    except models.ModelError as e:
+        fail(str(e))
     code = up.run(settings, lambda text: out.print(text, highlight=False, markup=False))
     raise typer.Exit(code)
 
