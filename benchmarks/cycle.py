@@ -5,16 +5,20 @@ A history of `--commits` commits (with `--prs` merged pull requests) is generate
 `git fast-import` (the ingest benchmark's generator). `repotune serve` runs on it, and:
 
 1. idle: `--requests` chat requests to `base`, one after the other: p50 and p99;
-2. the first cycle, `repotune tune --now --json` as a user runs it, while the same
-   requests go on in a loop beside it (latency under a cycle, and during its training
-   alone), and the memory of every process of the server and the cycle is sampled (the
-   peak of their summed RSS: what `repotune up` needs during a cycle);
+2. the first cycle, `repotune tune --now --json` as a user runs it, with no client
+   asking: each step's time; the memory of every process of the server and the cycle is
+   sampled throughout (the peak of their summed RSS: what `repotune up` needs during a
+   cycle);
 3. a cycle with nothing new, through the CLI (the whole process, and the cycle's own time);
+3b. latency under training: `repotune train` for `--load-minutes` (its budget) beside the
+   server, with the same requests one after another while its process runs. Training runs at
+   `train.niceness` 10, so the server keeps the cores it needs; the tokens the training
+   got through in that time are reported beside it (what the clients' share cost it);
 4. freshness: `repotune tuner` runs; a new commit is made, a signed push event is posted
    to the server's webhook, and the time is taken until the alias serves the new version
    (and whether it answers the new commit's question with its subject).
 
-    python -m benchmarks.cycle [--base builtin:tiny] [--commits 500] [--prs 50] [--budget-minutes 4]
+    python -m benchmarks.cycle [--base builtin:tiny] [--commits 500] [--prs 50] [--budget-minutes 4] [--eval-max 500]
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def main() -> None:
     ap.add_argument("--prs", type=int, default=50)
     ap.add_argument("--budget-minutes", type=float, default=4.0, help="train.budget_minutes")
     ap.add_argument("--requests", type=int, default=40, help="idle requests for the latency reference")
+    ap.add_argument("--load-minutes", type=float, default=1.0, help="how long the training under client load runs")
+    ap.add_argument("--eval-max", type=int, default=500, help="tuner.data.eval_max: held-out domain questions "
+                    "the gate asks each model")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "cycle"))
     a = ap.parse_args()
 
@@ -59,7 +66,7 @@ def main() -> None:
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
         "model": {"base": a.base}, "ingest": {"repo": str(repo)}, "paths": {"data_dir": str(folder / "state")},
-        "serve": {"port": port}, "tuner": {"lineage": "bench"},
+        "serve": {"port": port}, "tuner": {"lineage": "bench", "data": {"eval_max": a.eval_max}},
         "train": {"budget_minutes": a.budget_minutes}, "schedule": {"debounce_s": 0.0, "poll_s": 1.0}}))
     env = {**os.environ, "REPOTUNE_API_KEYS": KEY, "REPOTUNE_ADMIN_KEY": KEY, "REPOTUNE_WEBHOOK_SECRET": SECRET}
     env.pop("REPOTUNE_CONFIG", None)
@@ -67,7 +74,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([*cli, "serve", "--config", str(config)], env=env, start_new_session=True,
                               stdout=(folder / "serve.log").open("wb"), stderr=subprocess.STDOUT)
-    result: dict[str, Any] = {"base": a.base, "commits": a.commits, "prs": a.prs, "budget_minutes": a.budget_minutes}
+    result: dict[str, Any] = {"base": a.base, "commits": a.commits, "prs": a.prs, "budget_minutes": a.budget_minutes,
+                              "eval_max": a.eval_max}
     try:
         started = time.monotonic()
         wait_healthy(url, server, 900)
@@ -75,17 +83,11 @@ def main() -> None:
         result["idle"] = _latencies([_ask(url) for _ in range(a.requests)])
         print(f"idle: {result['idle']}", flush=True)
 
-        first, during, peak = _cycle_under_load(cli, config, env, url, server.pid)
+        first, peak = _first_cycle(cli, config, env, server.pid)
         result["first_cycle"] = first
-        result["during_cycle"] = _latencies([t for _, t in during])
-        train = next((s for s in first["steps"] if s["name"] == "train"), None)
-        if train:
-            result["during_training"] = _latencies([t for at, t in during if train["_from"] <= at <= train["_to"]])
         result["peak_rss_mb"] = peak
         print(f"first cycle: {first['status']} in {first['wall_s']} s; steps "
               f"{[(s['name'], s['seconds']) for s in first['steps']]}; peak {peak} MB", flush=True)
-        print(f"latency during the cycle: {result['during_cycle']}; "
-              f"during training: {result.get('during_training')}", flush=True)
 
         t0 = time.monotonic()
         again = json.loads(subprocess.run([*cli, "tune", "--now", "--json", "--config", str(config)], env=env,
@@ -94,13 +96,15 @@ def main() -> None:
                                  "cycle_s": round(sum(s["seconds"] for s in again["steps"]), 2)}
         print(f"nothing new: {result['nothing_new']}", flush=True)
 
+        result["during_training"], result["loaded_training"] = _training_under_load(cli, folder, env, url, a)
+        print(f"latency while training: {result['during_training']}; training: {result['loaded_training']}",
+              flush=True)
+
         result["freshness"] = _freshness(cli, config, env, url, repo)
         print(f"freshness: {result['freshness']}", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(90)
-    for step in result.get("first_cycle", {}).get("steps", []):
-        step.pop("_from", None), step.pop("_to", None)
     out = Path(f"{a.out}-{a.base.replace(':', '-')}-{a.commits}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
@@ -135,42 +139,48 @@ def _tree_rss(pids: list[int]) -> int:
     return total
 
 
-def _cycle_under_load(cli: list[str], config: Path, env: dict[str, str], url: str,
-                      server_pid: int) -> tuple[dict[str, Any], list[tuple[float, float]], int]:
-    """The first cycle through the CLI, with requests in a loop beside it and its memory sampled."""
+def _first_cycle(cli: list[str], config: Path, env: dict[str, str], server_pid: int) -> tuple[dict[str, Any], int]:
+    """The first cycle through the CLI, its memory and the server's sampled throughout."""
     done = threading.Event()
-    during: list[tuple[float, float]] = []
     peak = [0]
     t0 = time.monotonic()
     proc = subprocess.Popen([*cli, "tune", "--now", "--json", "--config", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-
-    def load() -> None:
-        while not done.is_set():
-            at = time.monotonic() - t0
-            during.append((at, _ask(url)))
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _tree_rss([server_pid, proc.pid]))
             time.sleep(0.5)
 
-    threads = [threading.Thread(target=load), threading.Thread(target=sample)]
-    for t in threads:
-        t.start()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     stdout, _ = proc.communicate()
     wall = time.monotonic() - t0
     done.set()
-    for t in threads:
-        t.join()
+    sampler.join()
     outcome = json.loads(stdout)
     outcome["wall_s"] = round(wall, 1)
-    # each step's span from the cycle's start, to pick the requests made while it trained
-    at = 0.0
-    for step in outcome["steps"]:
-        step["_from"], step["_to"] = at, at + step["seconds"]
-        at += step["seconds"]
-    return outcome, during, round(peak[0] / 2**20)
+    return outcome, round(peak[0] / 2**20)
+
+
+def _training_under_load(cli: list[str], folder: Path, env: dict[str, str], url: str,
+                         a: argparse.Namespace) -> tuple[dict[str, float], dict[str, Any]]:
+    """`repotune train` for `a.load_minutes` (a budget: another key than the cycle's run, so it trains)
+    while requests go one after another; the latencies while it trained, and what it trained."""
+    config = folder / "config.toml"
+    loaded = folder / "loaded.toml"
+    loaded.write_text(config.read_text().replace(f"budget_minutes = {a.budget_minutes}",
+                                                 f"budget_minutes = {a.load_minutes}"))
+    proc = subprocess.Popen([*cli, "train", "--json", "--config", str(loaded)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    seconds: list[float] = []
+    started = time.monotonic()
+    while proc.poll() is None:  # the whole process: loading and tokenizing load the cores too
+        seconds.append(_ask(url))
+    out = json.loads(proc.stdout.read() if proc.stdout else "{}")
+    record = out.get("training", {})
+    kept = ("steps", "tokens", "seconds", "tokens_per_s", "stopped")
+    return _latencies(seconds), {"process_s": round(time.monotonic() - started, 1), **{k: record.get(k) for k in kept}}
 
 
 def _freshness(cli: list[str], config: Path, env: dict[str, str], url: str, repo: Path) -> dict[str, Any]:
