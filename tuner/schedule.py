@@ -1,13 +1,14 @@
 """`repotune tuner`: the daemon that runs a cycle on a schedule and when the webhook asks.
 
-APScheduler 3 runs two jobs in one worker thread, so they never run side by side here:
-the cron job (`schedule.cron` read in `schedule.timezone`; a run missed while the machine
-slept or a cycle ran still starts within `schedule.misfire_grace_s`, and missed runs
-coalesce into one), and a poll of the store every `schedule.poll_s` for requests the
-server's webhook wrote (`repotune.cycles.request`), which starts a cycle once none has come
-for `schedule.debounce_s` (a burst of merges makes one cycle). A cycle started elsewhere
-(`tune --now`) holds the cycle lock: the daemon's attempt is refused, logged, and its
-requests wait for the next poll.
+APScheduler 3 runs two jobs on two worker threads: the cron job (`schedule.cron` read
+in `schedule.timezone`; a run missed while the machine slept still starts within
+`schedule.misfire_grace_s`, and missed runs coalesce into one), and a poll of the store
+every `schedule.poll_s` for requests the server's webhook wrote
+(`repotune.cycles.request`), which starts a cycle once none has come for
+`schedule.debounce_s` (a burst of merges makes one cycle). One cycle at a time: the
+poll goes on while a cycle runs and leaves its requests for the next one, and a scheduled
+run that comes while any cycle runs (this daemon's or a `tune --now`) is not started,
+and says so: that cycle is already learning what is new.
 
 The daemon holds `data_dir/tuner.lock` while it runs: a second daemon on the same store is
 refused, and the webhook can tell whether anyone will take its request. Each cycle runs in
@@ -91,7 +92,7 @@ def run_daemon(settings: Settings, say: Say, first_if_unpromoted: bool = False,
         worker = _Worker(settings, say)
         # Background rather than Blocking: the main thread waits on `stop`, which a signal
         # handler (main thread only) or a test can set.
-        scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=sched.timezone,
+        scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(2)}, timezone=sched.timezone,
                                         job_defaults={"coalesce": True, "max_instances": 1,
                                                       "misfire_grace_time": sched.misfire_grace_s})
         scheduler.add_job(worker.cycle, trigger(settings), args=["schedule"], id="nightly")
@@ -118,6 +119,7 @@ class _Worker:
         self.settings, self.say = settings, say
         self.child: Any = None
         self.stopping = False
+        self.running = threading.Lock()  # one cycle of this daemon at a time
 
     def stop(self) -> None:
         """Ask a running cycle to stop; kill it after STOP_GRACE_S."""
@@ -136,9 +138,11 @@ class _Worker:
             return registry.promoted(db, self.settings.lineage) is None
 
     def poll(self) -> None:
+        if self.running.locked() or cycles.is_held(self.settings.data_dir, cycles.CYCLE_LOCK):
+            return  # the requests wait for the next cycle
         with closing(store.open_db(store.db_path(self.settings.data_dir))) as db:
             waiting = cycles.pending(db)
-        if not waiting or cycles.is_held(self.settings.data_dir, cycles.CYCLE_LOCK):
+        if not waiting:
             return
         newest = max(datetime.fromisoformat(r["received_at"]) for r in waiting)
         if (datetime.now(UTC) - newest).total_seconds() >= self.settings.config.schedule.debounce_s:
@@ -149,13 +153,19 @@ class _Worker:
 
         if self.stopping:
             return
-        # spawn: a fresh interpreter, not a fork of one that runs the scheduler's threads
-        self.child = multiprocessing.get_context("spawn").Process(target=_cycle_in_child,
-                                                                  args=(self.settings, trigger), daemon=False)
-        self.child.start()
-        self.child.join()
-        if self.child.exitcode not in (0, None) and not self.stopping:
-            self.say(f"cycle ({trigger}) process ended with exit code {self.child.exitcode}")
+        if cycles.is_held(self.settings.data_dir, cycles.CYCLE_LOCK) or not self.running.acquire(blocking=False):
+            self.say(f"cycle ({trigger}) not started: a cycle is running (`repotune tuner status`)")
+            return
+        try:
+            # spawn: a fresh interpreter, not a fork of one that runs the scheduler's threads
+            self.child = multiprocessing.get_context("spawn").Process(target=_cycle_in_child,
+                                                                      args=(self.settings, trigger), daemon=False)
+            self.child.start()
+            self.child.join()
+            if self.child.exitcode not in (0, None) and not self.stopping:
+                self.say(f"cycle ({trigger}) process ended with exit code {self.child.exitcode}")
+        finally:
+            self.running.release()
 
 
 def _cycle_in_child(settings: Settings, trigger: str) -> None:
