@@ -66,3 +66,17 @@ def test_gc_keeps_what_serving_and_rollback_need_and_removes_the_rest(tmp_path, 
     assert any(e["actor"] == "gc" and "retention" in e["reason"] for e in registry.events(db, "proj"))
     assert [p.is_dir() for p in built] == [False, False, False, True]
     assert datasets.find(settings.data_dir, "proj") == built[3]
+
+
+def test_gc_is_refused_while_a_cycle_runs(tmp_path):
+    from repotune import cycles
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "state"}"\n[tuner]\nlineage = "proj"\n')
+    with cycles.held(tmp_path / "state", cycles.CYCLE_LOCK, "a cycle"):
+        done = subprocess.run([sys.executable, "-m", "repotune.cli", "gc", "--config", str(config)],
+                              capture_output=True, text=True)
+    assert done.returncode == 4 and "a cycle is running" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "repotune.cli", "gc", "--dry-run", "--config", str(config)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "would remove 0" in done.stdout
