@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -76,15 +76,16 @@ class Run:
 
 
 @contextlib.contextmanager
-def held(data_dir: Path, name: str, busy: str) -> Iterator[None]:
-    """Hold `data_dir/<name>` for the block, or raise Busy(`busy`) at once if another process holds it."""
+def held(data_dir: Path, name: str, busy: str | Callable[[], str]) -> Iterator[None]:
+    """Hold `data_dir/<name>` for the block, or raise Busy(`busy`, or what `busy()` says) at once if
+    another process holds it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     handle = (data_dir / name).open("a")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Busy(busy) from None
+            raise Busy(busy() if callable(busy) else busy) from None
         yield
     finally:
         handle.close()  # closing the file releases the lock
@@ -143,8 +144,6 @@ def finish(db: sqlite_utils.Database, run_id: int, status: str, error: str | Non
 
 
 def runs(db: sqlite_utils.Database, lineage: str | None = None, limit: int = 10) -> list[Run]:
-    if "cycle_runs" not in db.table_names():
-        return []
     where, args = ("where lineage = ?", [lineage]) if lineage else ("", [])
     rows = db.query(f"select * from cycle_runs {where} order by id desc limit ?", [*args, limit])
     return [_run(r) for r in rows]
@@ -177,8 +176,6 @@ class Health:
 
 def health(db: sqlite_utils.Database) -> list[Health]:
     """Per lineage with cycles: what `/metrics` shows of the loop."""
-    if "cycle_runs" not in db.table_names():
-        return []
     out = []
     for (lineage,) in db.execute("select distinct lineage from cycle_runs order by lineage").fetchall():
         success = db.execute("select max(finished_at) from cycle_runs where lineage = ? and status in "
@@ -207,8 +204,6 @@ def request(db: sqlite_utils.Database, source: str, detail: dict[str, Any]) -> i
 
 
 def pending(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    if "cycle_requests" not in db.table_names():
-        return []
     return [{**r, "detail": json.loads(r["detail"])}
             for r in db.query("select * from cycle_requests where run_id is null order by id")]
 

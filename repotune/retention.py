@@ -48,12 +48,13 @@ def collect(settings: Settings, dry_run: bool = False) -> Collected:
     cfg = settings.config.retention
     result = Collected(dry_run)
     with closing(store.open_db(store.db_path(settings.data_dir))) as db:
-        for lineage in registry.lineages(db):
+        trained = registry.lineages(db)
+        for lineage in trained:
             kept = _versions(db, lineage, cfg.keep_versions, result, dry_run)
             _datasets(settings.data_dir, lineage, cfg.keep_datasets, {a.manifest.dataset for a in kept}, result,
                       dry_run)
         for folder in sorted((settings.data_dir / "datasets").glob("*")):
-            if folder.is_dir() and folder.name not in registry.lineages(db):  # built, never trained yet
+            if folder.is_dir() and folder.name not in trained:  # built, never trained yet
                 _datasets(settings.data_dir, folder.name, cfg.keep_datasets, set(), result, dry_run)
     return result
 

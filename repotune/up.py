@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from repotune import promotion
 from repotune.config import SECRET_ENV, Settings
 
 Say = Callable[[str], None]
@@ -69,9 +70,7 @@ def _kept(path: Path) -> str:
 def connect_text(settings: Settings, k: Keys, promoted: bool) -> str:
     """How to connect, with an openai snippet that works as pasted: it asks the lineage when an
     adapter is promoted, else `base` (the lineage's name answers 404 until one is)."""
-    serve = settings.config.serve
-    host = "127.0.0.1" if serve.host in ("0.0.0.0", "::") else serve.host
-    url = f"http://{host}:{serve.port}/v1"
+    url = f"{promotion.server_url(settings)}/v1"
     key_line = (f'os.environ["{SECRET_ENV["api_keys"]}"].split(",")[0]' if k.client_from.startswith("$")
                 else f'open("{k.client_from}").read().strip()')
     return (f"repotune is up: {url}\n"
@@ -141,10 +140,8 @@ def _promoted(settings: Settings) -> bool:
 
 
 def _healthy(settings: Settings) -> bool:
-    serve = settings.config.serve
-    host = "127.0.0.1" if serve.host in ("0.0.0.0", "::") else serve.host
     try:
-        return httpx.get(f"http://{host}:{serve.port}/health", timeout=2).status_code == 200
+        return httpx.get(f"{promotion.server_url(settings)}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

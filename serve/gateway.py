@@ -24,7 +24,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from repotune import cycles
-from repotune import db as store
 from serve import admin_api, errors, hooks, openai_api
 from serve.adapters import AdapterManager
 from serve.hooks import Hooks
@@ -108,15 +107,10 @@ def create_app(state: GatewayState) -> FastAPI:
         state.metrics.queued.set(state.limits.queued)
         for lineage, adapter in state.manager.aliases.items():
             state.metrics.alias_version.labels(lineage).set(adapter.version)
-        state.metrics.set_cycles(await asyncio.to_thread(_cycle_health, state.manager.db_path))
+        state.metrics.set_cycles(await state.manager.store(cycles.health))  # the registry's own connection
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-def _cycle_health(db_path: Any) -> list[cycles.Health]:
-    with contextlib.closing(store.open_db(db_path)) as db:
-        return cycles.health(db)
 
 
 async def _nothing() -> None:

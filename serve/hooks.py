@@ -81,8 +81,8 @@ def _verify(secret: str, raw: bytes, given: str | None) -> None:
 
 def _read(event: str, body: dict[str, Any], branch: str | None) -> tuple[str, dict[str, Any], str | None]:
     """(source, detail, why it is ignored or None)."""
-    repo = body.get("repository") if isinstance(body.get("repository"), dict) else {}
-    wanted = branch or (repo or {}).get("default_branch")
+    repo = body.get("repository")
+    wanted = branch or (repo.get("default_branch") if isinstance(repo, dict) else None)
     if event == "push":
         ref = body.get("ref")
         if not isinstance(ref, str) or not ref.startswith("refs/heads/"):
@@ -92,10 +92,10 @@ def _read(event: str, body: dict[str, Any], branch: str | None) -> tuple[str, di
             return "github:push", {}, f"a push to {pushed}, not to {wanted}"
         return "github:push", {"ref": ref, "sha": body.get("after")}, None
     if event == "pull_request":
-        pr = body.get("pull_request") if isinstance(body.get("pull_request"), dict) else None
-        if body.get("action") != "closed" or not pr or not pr.get("merged"):
+        pr = body.get("pull_request")
+        if body.get("action") != "closed" or not isinstance(pr, dict) or not pr.get("merged"):
             return "github:pull_request", {}, f"pull request {body.get('action')!r}, not closed and merged"
-        into = (pr.get("base") or {}).get("ref") if isinstance(pr.get("base"), dict) else None
+        into = pr["base"].get("ref") if isinstance(pr.get("base"), dict) else None
         if into != wanted:
             return "github:pull_request", {}, f"a pull request merged into {into}, not into {wanted}"
         return "github:pull_request", {"number": pr.get("number"), "sha": pr.get("merge_commit_sha")}, None

@@ -7,7 +7,10 @@ several apps in one process do not collide; `GET /metrics` renders it.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from repotune.cycles import Health
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -49,7 +52,7 @@ class Metrics:
             ["lineage", "decision"], registry=r,
         )
 
-    def set_cycles(self, health: list[Any]) -> None:
+    def set_cycles(self, health: list[Health]) -> None:
         """The loop's state from the store (`repotune.cycles.health`)."""
         from datetime import datetime
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,7 +27,7 @@ def tune_command(
     Exits 0 when the new adapter is promoted or nothing was new, 3 when it is rejected, 1 when a
     step failed (the served adapter is unchanged), 4 when another cycle is running."""
     from repotune import cycles
-    from tuner.cycle import CycleError, cycle
+    from tuner.cycle import CycleError, cycle, step_line
 
     if not now:
         fail("say --now to run a cycle now; `repotune tuner` runs them on the schedule")
@@ -36,7 +36,7 @@ def tune_command(
 
     def on_step(name: str, state: str, step: cycles.Step | None) -> None:
         if not as_json:
-            err.print(f"{name}: {state}" + (f" in {step.seconds:,.1f} s" if step else ""), highlight=False)
+            err.print(step_line(name, state, step), highlight=False)
 
     try:
         with progress_bars(quiet=as_json) as bars:
@@ -50,7 +50,7 @@ def tune_command(
     else:
         for note in outcome.notes:
             err.print(note, highlight=False, markup=False)
-        out.print(_outcome_line(outcome.run), highlight=False)
+        out.print(outcome.line(), highlight=False)
     if outcome.status == "rejected":
         raise typer.Exit(NOT_PROMOTED)
 
@@ -106,14 +106,6 @@ def status_command(
         table.add_row(str(r.id), r.trigger, r.started_at, r.status, f"v{r.version}" if r.version else "",
                       ", ".join(f"{st.name} {st.seconds:,.1f}" for st in r.steps), _short(r.error or ""))
     out.print(table)
-
-
-def _outcome_line(run: Any) -> str:
-    took = sum(s.seconds for s in run.steps)
-    what = {"promoted": f"v{run.version} promoted: the server now serves it as {run.lineage}",
-            "rejected": f"v{run.version} rejected by the gate: the served adapter is unchanged",
-            "nothing_new": "nothing new to learn"}.get(run.status, run.status)
-    return f"cycle {run.id}: {what} ({took:,.1f} s)"
 
 
 def _short(text: str, n: int = 60) -> str:

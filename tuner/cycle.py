@@ -54,13 +54,26 @@ class Outcome:
     def as_dict(self) -> dict[str, Any]:
         return {**self.run.as_dict(), "notes": self.notes}
 
+    def line(self) -> str:
+        """How the cycle ended, in one line for people."""
+        r = self.run
+        what = {"promoted": f"v{r.version} promoted: the server now serves it as {r.lineage}",
+                "rejected": f"v{r.version} rejected by the gate: the served adapter is unchanged",
+                "nothing_new": "nothing new to learn"}.get(r.status, r.status)
+        return f"cycle {r.id} ({r.trigger}): {what} ({sum(s.seconds for s in r.steps):,.1f} s)"
+
+
+def step_line(name: str, state: str, step: cycles.Step | None) -> str:
+    """An `OnStep` event in words: "train: started", "train: done in 12.3 s"."""
+    return f"{name}: {state}" + (f" in {step.seconds:,.1f} s" if step else "")
+
 
 def cycle(settings: Settings, trigger: str = "now", force: bool = False, on_step: OnStep | None = None,
           bars: Bars | None = None) -> Outcome:
     """Run one cycle and return how it ended (promoted, rejected, nothing_new); raise cycles.Busy when
     another cycle runs, CycleError when a step failed (recorded as `failed`)."""
     with closing(store.open_db(store.db_path(settings.data_dir))) as db, \
-            cycles.held(settings.data_dir, cycles.CYCLE_LOCK, _busy(db)):
+            cycles.held(settings.data_dir, cycles.CYCLE_LOCK, lambda: _busy(db)):
         run_id = cycles.start(db, settings.lineage, trigger)
         cycles.take_requests(db, run_id)
         chain = _Chain(settings, db, run_id, on_step or (lambda *_: None), bars or (lambda *_: None))

@@ -172,7 +172,7 @@ def _cycle_in_child(settings: Settings, trigger: str) -> None:
     """One cycle in the child process; its lines go to the daemon's stderr."""
     import sys
 
-    from tuner.cycle import CycleError, cycle
+    from tuner.cycle import CycleError, cycle, step_line
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -184,7 +184,7 @@ def _cycle_in_child(settings: Settings, trigger: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which stops this child
 
     def on_step(name: str, state: str, step: cycles.Step | None) -> None:
-        say(f"  {name}: {state}" + (f" in {step.seconds:,.1f} s" if step else ""))
+        say("  " + step_line(name, state, step))
 
     say(f"cycle ({trigger}) starting")
     try:
@@ -197,6 +197,4 @@ def _cycle_in_child(settings: Settings, trigger: str) -> None:
         log.exception("cycle (%s) failed", trigger)
         say(f"cycle ({trigger}) failed with an unexpected error (logged)")
     else:
-        say(f"cycle {outcome.run.id} ({trigger}): {outcome.status}"
-            + (f", v{outcome.run.version}" if outcome.run.version else "")
-            + "".join(f"\n  {n}" for n in outcome.notes))
+        say(outcome.line() + "".join(f"\n  {n}" for n in outcome.notes))

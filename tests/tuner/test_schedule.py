@@ -53,3 +53,9 @@ def test_the_cycle_lock_refuses_a_second_holder_at_once(tmp_path):
         run = cycles.start(db, "proj", "now")
         cycles.finish(db, run, "promoted")
         cycles.finish(db, run, "failed")  # a finished run's status is final
+
+
+def test_tune_without_now_says_what_to_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "repotune.cli", "tune", "--config", str(tmp_path / "none.toml")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "--now" in done.stderr and "repotune tuner" in done.stderr
