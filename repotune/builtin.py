@@ -33,10 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from repotune import software
-
 # Bump when the build code changes what it produces for the same recipe and inputs.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 1
 NAME = "builtin:tiny"
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -74,13 +72,6 @@ class Recipe:
     lr: float = 1e-3  # 2e-3 and 3e-3 memorize far worse in the same steps (~25% vs 90% at 25 epochs)
     warmup_steps: int = 30
     seed: int = 1234
-    # Made-up software histories (repotune.software): what lets a LoRA teach this model a repository.
-    software_commits: int = 300
-    software_pulls: int = 80
-    software_definitions: int = 150
-    software_phrasings: int = 4  # questions per fact (reverse questions: half as many)
-    software_passes: int = 4  # passes over those questions, spread across all epochs
-    split_digits: bool = True  # each digit a token of its own: shas and numbers in well-trained pieces
 
     @property
     def head_dim(self) -> int:
@@ -94,12 +85,7 @@ class Recipe:
                 raise ValueError(f"{name} must be a multiple of 32")
 
     def tokenizer_fields(self) -> dict[str, Any]:
-        fields = ("vocab_size", "split_digits", "software_commits", "software_pulls", "software_definitions",
-                  "software_phrasings", "seed")
-        return {name: getattr(self, name) for name in fields}
-
-    def software(self) -> software.History:
-        return software.history(self.seed, self.software_commits, self.software_pulls, self.software_definitions)
+        return {"vocab_size": self.vocab_size}
 
 
 @dataclass(frozen=True)
@@ -216,14 +202,10 @@ def corpus_sections(path: Path) -> list[str]:
     return [p for p in parts if p]
 
 
-def _tokenizer_texts(recipe: Recipe, inputs: Inputs) -> Iterator[str]:
+def _tokenizer_texts(inputs: Inputs) -> Iterator[str]:
     yield from corpus_sections(inputs.corpus)
     for item in general_items(inputs.general):
         yield "\n".join([item["question"], item["answer"], *item["aliases"], *item["choices"]])
-    history = recipe.software()
-    yield from software.log_text(history)
-    for question, answer in software.questions(history, recipe.seed, recipe.software_phrasings):
-        yield f"{question}\n{answer}"
 
 
 # --- tokenizer --------------------------------------------------------------------------
@@ -234,9 +216,7 @@ def _train_tokenizer(recipe: Recipe, inputs: Inputs, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if recipe.split_digits else byte_level)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -246,7 +226,7 @@ def _train_tokenizer(recipe: Recipe, inputs: Inputs, out: Path) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(_tokenizer_texts(recipe, inputs)), trainer=trainer)
+    tok.train_from_iterator(list(_tokenizer_texts(inputs)), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=None, bos_token=None
     )
@@ -285,12 +265,9 @@ def _train_model(
         pad_token_id=pad_id,
     )
     model = LlamaForCausalLM(config)
-    qa = _qa_examples(tokenizer, [(i["question"], i["answer"]) for i in general_items(inputs.general)])
-    history = recipe.software()
-    texts = corpus_sections(inputs.corpus) + list(software.log_text(history))
-    corpus = _corpus_blocks(tokenizer, texts, recipe.block_tokens, pad_id)
-    made_up = _qa_examples(tokenizer, list(software.questions(history, recipe.seed, recipe.software_phrasings)))
-    schedule = _epochs(recipe, qa, corpus, made_up)
+    qa = _qa_examples(tokenizer, general_items(inputs.general))
+    corpus = _corpus_blocks(tokenizer, corpus_sections(inputs.corpus), recipe.block_tokens, pad_id)
+    schedule = _epochs(recipe, qa, corpus)
     total = sum(len(e) for e in schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.98))
     lr_at = _cosine(recipe.lr, recipe.warmup_steps, total)
@@ -330,11 +307,11 @@ def _train_model(
     (out / "repotune-build.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _qa_examples(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Each (question, answer) as one chat, with the loss on the assistant's answer only."""
+def _qa_examples(tokenizer: Any, items: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    """Each question as one chat, with the loss on the assistant's answer only."""
     examples = []
-    for question, answer in pairs:
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    for item in items:
+        messages = [{"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
         enc = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
@@ -355,17 +332,12 @@ def _corpus_blocks(
 Example = tuple[list[int], list[int]]
 
 
-def _epochs(recipe: Recipe, qa: list[Example], corpus: list[Example],
-            made_up: list[Example]) -> list[list[list[Example]]]:
-    """The whole schedule, batched and shuffled by the recipe's seed. The made-up software
-    questions are spread over every epoch (`software_passes` passes in all), so that what
-    the last epochs teach does not wash them out."""
+def _epochs(recipe: Recipe, qa: list[Example], corpus: list[Example]) -> list[list[list[Example]]]:
+    """The whole schedule, batched and shuffled by the recipe's seed."""
     rng = random.Random(recipe.seed)
-    spread = [made_up[i] for _ in range(recipe.software_passes) for i in rng.sample(range(len(made_up)), len(made_up))]
-    share = -(-len(spread) // recipe.epochs)
     epochs = []
     for epoch in range(recipe.epochs):
-        batches = _batches(rng, qa + spread[epoch * share : (epoch + 1) * share], recipe.batch_size)
+        batches = _batches(rng, qa, recipe.batch_size)
         if epoch < recipe.corpus_epochs:
             batches += _batches(rng, corpus, max(1, recipe.batch_size // 4))
         rng.shuffle(batches)

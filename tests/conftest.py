@@ -84,7 +84,6 @@ def micro_recipe():
     return builtin.Recipe(
         vocab_size=512, hidden_size=64, layers=1, heads=1, kv_heads=1, intermediate_size=128,
         block_tokens=64, epochs=2, corpus_epochs=1, batch_size=32, warmup_steps=1,
-        software_commits=20, software_pulls=4, software_definitions=8, software_phrasings=2, software_passes=1,
     )
 
 
