@@ -19,6 +19,7 @@ from repotune import registry
 from tests import training
 from tests.ingest.conftest import GitRepo
 from tuner.data.build import build, latest, read
+from tuner.train import speed
 from tuner.train.run import train
 
 CLI = [sys.executable, "-m", "repotune.cli"]
@@ -215,6 +216,22 @@ def test_under_a_budget_the_newest_facts_are_trained_and_the_manifest_says_which
     assert any("budget: 1 tokens hold the newest 1 of" in n for n in result.notes)
     rows = read(latest(settings), "train")
     assert result.record.examples < len(rows)
+
+
+def test_a_first_run_under_a_budget_in_minutes_measures_the_speed_and_plans_the_newest_facts(tmp_path, tiny):
+    """No earlier run tells how many tokens a minute holds: a few trial steps measure it (kept for a run
+    that is taken up again), and the budget is planned newest first instead of a shuffled share."""
+    settings = training.prepared(tmp_path, epochs=1, budget_minutes=0.0001)
+    result = train(settings)
+    said = " ".join(result.notes)
+    assert f"{speed.STEPS} trial steps here ran at" in said and "hold the newest 1 of" in said
+    covers = result.record.covers
+    db = store.open_db(store.db_path(settings.data_dir))
+    newest = db.execute("select committed_at from commits order by committed_at desc").fetchone()[0]
+    assert covers is not None and covers.facts == 1 and covers.of > 1 and covers.until == newest
+    saved = json.loads((settings.data_dir / speed.FILE).read_text())
+    assert list(saved.values()) and all(v > 0 for v in saved.values())
+    assert not (settings.data_dir / "work" / "speed-trial").exists()
 
 
 def test_incremental_from_a_promoted_adapter_of_another_base_trains_from_the_base_and_says_so(tmp_path, tiny):

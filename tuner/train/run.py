@@ -36,7 +36,7 @@ from repotune import manifests, models, registry
 from repotune.config import Settings
 from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
 from tuner.data import build as dataset_build
-from tuner.train import budget
+from tuner.train import budget, speed
 from tuner.train.backends import Backend, BackendError, pick
 from tuner.train.sft import Job, Progress, Trained
 
@@ -76,7 +76,7 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
         rows, val, start, notes = _examples(settings, db, strategy, base, folder)
         if not rows:
             raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
-        planned = _plan(settings, db, base, chosen.name, rows, notes)
+        planned = _plan(settings, db, base, chosen, rows, notes)
         rows = planned.rows
         started_from = f"{start.lineage}@v{start.version}" if start else None
         key = _key(settings, data, base, strategy, started_from, chosen.name)
@@ -133,23 +133,30 @@ def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, fol
     return rows, val, None, []
 
 
-def _plan(settings: Settings, db: Any, base: models.Base, backend: str, rows: list[dict[str, Any]],
+def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows: list[dict[str, Any]],
           notes: list[str]) -> budget.Plan:
     """The examples that fit the budget, newest facts first (`tuner.train.budget`); what was left out goes
     into `notes`. A budget in minutes is turned into tokens at the speed of the lineage's last run on
-    this base and backend; with no such run, it only stops training when the time is up."""
+    this base and backend, or, with no such run, at a speed measured here first (`tuner.train.speed`)."""
     cfg = settings.config.train
     tokens = cfg.budget_tokens
     if cfg.budget_minutes:
-        speed = next((a.manifest.training.tokens_per_s for a in reversed(registry.versions(db, settings.lineage))
-                      if a.manifest.training and a.manifest.training.backend == backend
-                      and a.base_fingerprint == base.fingerprint and a.manifest.training.tokens_per_s > 0), 0.0)
-        if speed:
-            by_time = int(cfg.budget_minutes * 60 * speed)
-            tokens = min(tokens, by_time) if tokens else by_time
-        else:
-            notes.append(f"budget: no earlier {backend} run of {settings.lineage} on this base to tell how much "
-                         f"fits {cfg.budget_minutes:g} minutes; training stops when they are up")
+        rate = next((a.manifest.training.tokens_per_s for a in reversed(registry.versions(db, settings.lineage))
+                     if a.manifest.training and a.manifest.training.backend == backend.name
+                     and a.base_fingerprint == base.fingerprint and a.manifest.training.tokens_per_s > 0), 0.0)
+        if not rate:
+            name = speed.key(backend.name, base.fingerprint, cfg)
+            rate = speed.known(settings.data_dir, name)
+            if not rate:
+                try:
+                    rate = speed.measure(backend, base.path, rows, cfg, settings.data_dir / "work" / "speed-trial")
+                except BackendError as e:
+                    raise TrainError(str(e)) from None
+                speed.remember(settings.data_dir, name, rate)
+            notes.append(f"budget: no earlier {backend.name} run of {settings.lineage} on this base; "
+                         f"{speed.STEPS} trial steps here ran at {rate:,.0f} tokens/s")
+        by_time = int(cfg.budget_minutes * 60 * rate)
+        tokens = min(tokens, by_time) if tokens else by_time
     if not tokens:
         return budget.Plan(rows, None)
     from transformers import AutoTokenizer

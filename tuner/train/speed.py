@@ -1,0 +1,69 @@
+"""How fast this machine trains this base: what a budget in minutes is turned into tokens with.
+
+A lineage's first run has no earlier run to tell its speed, and a budget that cannot be
+planned only stops training when the time is up: a shuffled share of every fact, each
+half-learned, instead of the newest facts fully. So the first run measures: a few steps
+of the same backend and settings on a sample of its own examples, through the same
+training loop, timed as a real run is timed (the first step, slower, included: the
+estimate errs towards fewer facts). The figure is kept in `data_dir/train-speed.json`,
+keyed by what decides it, so that a run killed and taken up again plans the same
+examples, and later runs use their predecessors' recorded speed instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from repotune.config import TrainSection
+from tuner.train.backends import Backend
+from tuner.train.sft import Job
+
+STEPS = 5  # optimizer steps timed, the first one included
+FILE = "train-speed.json"
+
+
+def key(backend: str, fingerprint: str, cfg: TrainSection) -> str:
+    """What decides the speed: the backend, the base, and the settings that change a step's cost."""
+    return ":".join(str(x) for x in (backend, fingerprint, cfg.dtype, cfg.batch_size, cfg.grad_accum,
+                                     cfg.max_seq_len, cfg.packing, cfg.lora_rank, ",".join(cfg.target_modules),
+                                     cfg.replay_kl, cfg.load_in_4bit))
+
+
+def known(data_dir: Path, name: str) -> float:
+    """A speed measured before under `name` (0.0: none)."""
+    try:
+        return float(json.loads((data_dir / FILE).read_text()).get(name, 0.0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0.0
+
+
+def measure(backend: Backend, base: Path, rows: list[dict[str, Any]], cfg: TrainSection, work: Path) -> float:
+    """Tokens a second over `STEPS` steps on a sample of `rows`; the trial's folder is removed."""
+    sample = random.Random(cfg.seed).sample(rows, min(len(rows), cfg.batch_size * cfg.grad_accum * STEPS))
+    trial = cfg.model_copy(update={"max_steps": STEPS, "budget_tokens": 0, "budget_minutes": 0.0,
+                                   "checkpoint_steps": 10 * STEPS, "keep_checkpoints": 1, "eval_steps": 0,
+                                   "early_stopping_patience": 0, "keep_best": False})
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        trained = backend.train(Job(base=base, train=sample, val=[], work=work, cfg=trial, resume=False))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return trained.tokens_per_s
+
+
+def remember(data_dir: Path, name: str, speed: float) -> None:
+    path = data_dir / FILE
+    try:
+        saved = json.loads(path.read_text())
+        saved = saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}
+    saved[name] = round(speed, 1)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
