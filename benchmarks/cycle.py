@@ -19,6 +19,7 @@ A history of `--commits` commits (with `--prs` merged pull requests) is generate
    (and whether it answers the new commit's question with its subject).
 
     python -m benchmarks.cycle [--base builtin:tiny] [--commits 500] [--prs 50] [--budget-minutes 4] [--eval-max 500]
+                               [--set train.epochs=6 ...]
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main() -> None:
     ap.add_argument("--load-minutes", type=float, default=1.0, help="how long the training under client load runs")
     ap.add_argument("--eval-max", type=int, default=500, help="tuner.data.eval_max: held-out domain questions "
                     "the gate asks each model")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="another setting of the cycle's config, e.g. train.epochs=6 or tuner.data.replay_answers=both "
+                         "(the value as JSON, else a string); repeatable")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "cycle"))
     a = ap.parse_args()
 
@@ -64,10 +68,21 @@ def main() -> None:
     repo, _ = generate(folder, a.commits, a.prs, 0)
     port = free_port()
     config = folder / "config.toml"
-    config.write_text(tomli_w.dumps({
+    settings: dict[str, Any] = {
         "model": {"base": a.base}, "ingest": {"repo": str(repo)}, "paths": {"data_dir": str(folder / "state")},
         "serve": {"port": port}, "tuner": {"lineage": "bench", "data": {"eval_max": a.eval_max}},
-        "train": {"budget_minutes": a.budget_minutes}, "schedule": {"debounce_s": 0.0, "poll_s": 1.0}}))
+        "train": {"budget_minutes": a.budget_minutes}, "schedule": {"debounce_s": 0.0, "poll_s": 1.0}}
+    for item in a.set:
+        dotted, _, raw = item.partition("=")
+        *sections, name = dotted.split(".")
+        table = settings
+        for section in sections:
+            table = table.setdefault(section, {})
+        try:
+            table[name] = json.loads(raw)
+        except ValueError:
+            table[name] = raw
+    config.write_text(tomli_w.dumps(settings))
     env = {**os.environ, "REPOTUNE_API_KEYS": KEY, "REPOTUNE_ADMIN_KEY": KEY, "REPOTUNE_WEBHOOK_SECRET": SECRET}
     env.pop("REPOTUNE_CONFIG", None)
     cli = [sys.executable, "-m", "repotune.cli"]
@@ -75,7 +90,7 @@ def main() -> None:
     server = subprocess.Popen([*cli, "serve", "--config", str(config)], env=env, start_new_session=True,
                               stdout=(folder / "serve.log").open("wb"), stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"base": a.base, "commits": a.commits, "prs": a.prs, "budget_minutes": a.budget_minutes,
-                              "eval_max": a.eval_max}
+                              "eval_max": a.eval_max, "settings": a.set}
     try:
         started = time.monotonic()
         wait_healthy(url, server, 900)
