@@ -118,9 +118,10 @@ class PolicySection(Section):
         description="The one refusal text, returned as an ordinary completion.",
     )
     train_refusals: bool = Field(False, description="Also train refusals into the adapter.")
-    mode: Literal["off", "gate"] = Field(
+    mode: Literal["off", "gate", "model", "both"] = Field(
         "gate", description="gate: the gateway refuses requests whose user turns are not about the domain, before "
-        "the model sees them; off: every request reaches the model."
+        "the model sees them; model: the model refuses (trained with policy.train_refusals) and a reply that begins "
+        "with the refusal is cut to exactly it; both: the two; off: every request reaches the model."
     )
     threshold: float = Field(
         0.7, ge=0, le=1, description="A request is answered when each user turn's relevance (the probability that "

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from repotune import registry
-from serve import checks, errors
+from serve import checks, errors, policy
 from serve.auth import client_key, is_admin
 from serve.engine import BASE_NAME
 from serve.errors import APIError
@@ -74,6 +74,7 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
         state.metrics.policy.labels("allowed" if decision.allowed else "refused", decision.reason).inc()
         if not decision.allowed:
             return await _refuse(state, body, str(asked), path)
+    check = state.policy.checks_replies and not admin  # the model's own refusal, cut to exactly the text
     body["model"] = route.engine_name
     url = state.upstream() + path
     payload = json.dumps(body).encode()
@@ -82,7 +83,8 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
         await done.held.enter_async_context(state.limits.slot(key, cost))  # 429 when the key is over its limit
         await done.held.enter_async_context(state.manager.lease(route.engine_name))
         if body.get("stream"):
-            return await _stream(state, url, payload, done)
+            replies = policy.Replies(state.policy.refusal, path.endswith("chat/completions")) if check else None
+            return await _stream(state, url, payload, done, replies)
         with _engine_errors():
             # An unstreamed answer sends no byte before it is whole, so the limit between bytes is
             # its limit in total; said so outright, since aiohttp's between-bytes timer (sock_read)
@@ -101,7 +103,12 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
     except ValueError:
         return Response(content, media_type="application/json")
     state.metrics.add_usage(data.get("usage") if isinstance(data, dict) else None)
-    return Response(json.dumps(_drop_nulls(data), separators=(",", ":")).encode(), media_type="application/json")
+    cut = check and isinstance(data, dict) and policy.cut_reply(data, state.policy.refusal,
+                                                                path.endswith("chat/completions"))
+    if check:
+        state.metrics.policy.labels("refused" if cut else "allowed", "model_refused" if cut else "model_answered").inc()
+    return Response(json.dumps(_drop_nulls(data), separators=(",", ":")).encode(), media_type="application/json",
+                    headers=REFUSED if cut else None)
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -156,16 +163,16 @@ async def _refuse(state: GatewayState, body: dict[str, Any], model: str, path: s
 async def _refusal_usage(state: GatewayState, body: dict[str, Any], chat: bool, n: int) -> dict[str, int]:
     """The usage of a refusal of `n` choices, counted by the engine's `/tokenize` (the chat template
     applied, as a generation would count them)."""
-    policy = state.policy
-    if policy.refusal_tokens is None:
-        policy.refusal_tokens = await _count(state, {"prompt": policy.refusal, "add_special_tokens": False})
+    rules = state.policy
+    if rules.refusal_tokens is None:
+        rules.refusal_tokens = await _count(state, {"prompt": rules.refusal, "add_special_tokens": False})
     if chat:
         asked = {"messages": body["messages"], "add_generation_prompt": True}
     else:
         prompt = body.get("prompt")
         asked = {"prompt": " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else prompt}
     prompt_tokens = await _count(state, asked)
-    completion_tokens = policy.refusal_tokens * n
+    completion_tokens = rules.refusal_tokens * n
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
@@ -225,7 +232,8 @@ class _Done:
         await self.held.aclose()
 
 
-async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) -> Response:
+async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done,
+                  replies: policy.Replies | None = None) -> Response:
     with _engine_errors():
         upstream = await _session(state).post(url, data=payload, headers=_JSON)
     if upstream.status != 200:
@@ -238,9 +246,18 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done) ->
         status = 200
         try:
             async for chunk in upstream.content.iter_any():
-                yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
                 if b'"usage"' in chunk:
                     state.metrics.count_usage(chunk)
+                if replies is None:
+                    yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
+                elif sent := replies.feed(chunk):
+                    yield sent
+            if replies is not None:
+                if rest := replies.close():
+                    yield rest
+                cut = replies.cut > 0
+                state.metrics.policy.labels("refused" if cut else "allowed",
+                                            "model_refused" if cut else "model_answered").inc()
             upstream.release()  # finished: the connection goes back to the pool
         except BaseException:
             status = 499  # the client went away (or the engine did) mid-stream

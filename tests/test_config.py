@@ -223,7 +223,7 @@ def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load
 
 
 @pytest.mark.parametrize(("text", "key"), [
-    ('[policy]\nmode = "model"\n', "policy.mode"),  # not built: refused rather than silently off
+    ('[policy]\nmode = "gatekeeper"\n', "policy.mode"),
     ("[policy]\nthreshold = 1.5\n", "policy.threshold"),
     ("[policy]\nmax_false_refusal = 1\n", "policy.max_false_refusal"),
     ("[train]\nreplay_kl = -1\n", "train.replay_kl"),

@@ -1,0 +1,86 @@
+"""`policy.mode = "model"` through the gateway: the model's own refusal is cut to exactly the
+refusal text, streamed and not, and counted; other answers pass as the engine gave them; the
+admin key gets the model's reply untouched. A real `repotune serve` on builtin:tiny, the
+official openai client.
+
+builtin:tiny has no trained refusal, so the refusal text is set to what it says first to one
+question of its general set ("Paris"), and it is made to go on past its end of turn
+(`ignore_eos`): a reply that begins with the refusal and continues, which must come back as
+the refusal alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from serve.engine import free_port
+from tests.serve.conftest import ADMIN_KEY, API_KEY, SERVE_TOML, Server
+from tests.serve.test_gateway import metrics, value
+
+pytestmark = pytest.mark.vllm
+
+REFUSAL = "Paris"
+REFUSED = "What is the capital of France?"  # builtin:tiny's answer begins with "Paris"
+ANSWERED = "What is 7 times 8?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("policy-model")
+    port = free_port()
+    config = root / "config.toml"
+    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
+                      f'[policy]\nmode = "model"\nrefusal = "{REFUSAL}"\n')
+    env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
+    env.pop("REPOTUNE_CONFIG", None)
+    (root / "state").mkdir()
+    log = (root / "state" / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Server(f"http://127.0.0.1:{port}", config, root / "state", proc, {}, env)
+    s.wait_healthy()
+    yield s
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+
+
+def ask(server: Server, question: str, key: str = API_KEY, **kw):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+    return client.chat.completions.with_raw_response.create(
+        model="base", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=12,
+        extra_body={"ignore_eos": True}, **kw)
+
+
+def test_a_reply_that_begins_with_the_refusal_is_cut_to_exactly_it(server):
+    untouched = ask(server, REFUSED, key=ADMIN_KEY).parse().choices[0]
+    assert untouched.message.content.startswith(REFUSAL) and len(untouched.message.content) > len(REFUSAL)
+    before = metrics(server.url)
+    cut = ask(server, REFUSED)
+    assert cut.headers["x-repotune-policy"] == "refused"
+    choice = cut.parse().choices[0]
+    assert choice.message.content == REFUSAL and choice.finish_reason == "stop"
+
+    streamed = ask(server, REFUSED, stream=True)
+    chunks = list(streamed.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REFUSAL
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+    after = metrics(server.url)
+    name, labels = "repotune_policy_requests_total", {"decision": "refused", "reason": "model_refused"}
+    assert value(after, name, **labels) - value(before, name, **labels) == 2
+
+
+def test_other_replies_pass_as_the_engine_gave_them(server):
+    direct = ask(server, ANSWERED, key=ADMIN_KEY).parse().choices[0].message.content
+    checked = ask(server, ANSWERED)
+    assert checked.headers.get("x-repotune-policy") is None
+    assert checked.parse().choices[0].message.content == direct
+    streamed = list(ask(server, ANSWERED, stream=True).parse())
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == direct
