@@ -240,6 +240,7 @@ def _show_run(result: object) -> None:
         table.add_row(f"{label} ({m.model})", _pct(m.general), _pct(m.general_mc), _pct(m.domain),
                       _pct(m.domain_reverse), "reused" if m.cached else "asked")
     out.print(table)
+    out.print(f"domain: {result.scope}", highlight=False)
     for check in result.verdict["checks"]:
         out.print(("✓ " if check["passed"] else "✗ ") + check["rule"], highlight=False)
     out.print(f"report: {result.report}", highlight=False)

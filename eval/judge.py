@@ -92,6 +92,7 @@ class GateRun:
     report: str
     seconds: float
     changes: dict[str, dict[str, list[dict[str, str]]]]  # "<from> → candidate" → right_to_wrong / wrong_to_right
+    scope: str = ""  # which held-out domain questions were asked, in words
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +109,7 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
         promotion.check_base(settings, candidate)
         base = models.resolve(settings.config.model.base)
         folder = datasets.find(settings.data_dir, lineage, candidate.manifest.dataset)
-        rows = [r for r in datasets.read(folder, "eval") if r.get("key_facts")]
+        rows, scope = covered([r for r in datasets.read(folder, "eval") if r.get("key_facts")], candidate)
     except (registry.RegistryError, models.ModelError, datasets.DatasetError) as e:
         raise EvalRunError(str(e)) from None
     current = registry.promoted(db, lineage)
@@ -134,7 +135,7 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
     result = GateRun(
         id=run_id, lineage=lineage, candidate=candidate.version, current=current.version if current else None,
         dataset=folder.name, models=scores, noise=noise, rules=asdict(rules), verdict=verdict.as_dict(),
-        status=status, report="", seconds=round(time.monotonic() - started, 1), changes=changes,
+        status=status, report="", seconds=round(time.monotonic() - started, 1), changes=changes, scope=scope,
     )
     from eval import report
 
@@ -142,6 +143,27 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
     _finish_run(db, run_id, "done", scores=scores, rules=result.rules, verdict=result.verdict,
                 decision="promote" if verdict.promote else "reject", report=result.report)
     return result
+
+
+def covered(rows: list[dict[str, Any]], candidate: registry.Adapter) -> tuple[list[dict[str, Any]], str]:
+    """The held-out domain questions the gate asks, and which they are in words.
+
+    A candidate trained under a budget learned only the newest facts (its manifest's
+    `training.covers`); asked about the whole history, even a perfect one would score its
+    covered share and fail the domain floor, whatever it learned. So it is asked about what it
+    was trained on: the questions whose source dates from the oldest covered fact on. Every
+    model in the run (base, current, candidate) answers the same questions."""
+    training = candidate.manifest.training
+    covers = training.covers if training else None
+    everything = f"all {len(rows)} held-out questions"
+    if covers is None or not covers.since:
+        return rows, everything
+    kept = [r for r in rows if str((r.get("sources") or {}).get("date") or "") >= covers.since]
+    if not kept:
+        return rows, everything + f" (none is about the {covers.facts} facts v{candidate.version} covers)"
+    return kept, (f"the {len(kept)} of {len(rows)} held-out questions about what v{candidate.version} was trained "
+                  f"on under its budget: the newest {covers.facts} of {covers.of} facts, {covers.since[:10]} to "
+                  f"{(covers.until or '?')[:10]}")
 
 
 # --- the candidate, the store ------------------------------------------------------------------

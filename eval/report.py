@@ -43,6 +43,7 @@ def markdown(run: GateRun) -> str:
              f"Dataset `{run.dataset}`; compared with "
              + (f"the promoted v{run.current}" if run.current else "the base alone (a first version)")
              + f"; {run.seconds:.0f} s. Noise (the base scored twice): {run.noise:.3f}.", "",
+             f"Domain: {run.scope}.", "",
              "| model | general, greedy | general, multiple choice | domain | domain, reverse | control | answers |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for label in labels:

@@ -68,3 +68,22 @@ def test_eval_run_with_no_candidate_says_so_and_records_no_run(tmp_path, clean_e
     with pytest.raises(judge.EvalRunError, match="p has no version v3"):
         judge.judge(settings, version=3)
     assert not list(store.open_db(store.db_path(settings.data_dir)).query("select * from eval_runs"))
+
+
+def test_a_candidate_trained_under_a_budget_is_asked_about_the_facts_it_covers() -> None:
+    """A budget trained only the newest facts: the gate asks about those (every model the same questions), not the
+    whole history, which even a perfect adapter would fail for facts it never saw."""
+    from types import SimpleNamespace
+
+    from eval.judge import covered
+    from repotune.manifests import Coverage
+
+    rows = [{"id": d, "sources": {"commit": d, "date": f"2026-12-0{d}T10:00:00+00:00"}, "key_facts": {}}
+            for d in "1234"]
+    budgeted = SimpleNamespace(version=3, manifest=SimpleNamespace(training=SimpleNamespace(
+        covers=Coverage(facts=2, of=4, since="2026-12-03T10:00:00+00:00", until="2026-12-04T10:00:00+00:00"))))
+    kept, scope = covered(rows, budgeted)  # type: ignore[arg-type]
+    assert [r["id"] for r in kept] == ["3", "4"]
+    assert "2 of 4 held-out questions" in scope and "newest 2 of 4 facts, 2026-12-03 to 2026-12-04" in scope
+    whole = SimpleNamespace(version=1, manifest=SimpleNamespace(training=SimpleNamespace(covers=None)))
+    assert covered(rows, whole) == (rows, "all 4 held-out questions")  # type: ignore[arg-type]

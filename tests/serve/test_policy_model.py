@@ -3,10 +3,9 @@ refusal text, streamed and not, and counted; other answers pass as the engine ga
 admin key gets the model's reply untouched. A real `repotune serve` on builtin:tiny, the
 official openai client.
 
-builtin:tiny has no trained refusal, so the refusal text is set to what it says first to one
-question of its general set ("Paris"), and it is made to go on past its end of turn
-(`ignore_eos`): a reply that begins with the refusal and continues, which must come back as
-the refusal alone.
+builtin:tiny has no trained refusal, so the refusal text is set to the first words of what it
+answers to one question of its general set ("Application Programming Interface"): a reply
+that begins with the refusal and goes on, which must come back as the refusal alone.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from tests.serve.test_gateway import metrics, value
 
 pytestmark = pytest.mark.vllm
 
-REFUSAL = "Paris"
-REFUSED = "What is the capital of France?"  # builtin:tiny's answer begins with "Paris"
+REFUSAL = "Application Programming"
+REFUSED = "What does API stand for?"  # builtin:tiny answers "Application Programming Interface"
 ANSWERED = "What is 7 times 8?"
 
 
@@ -54,8 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny) -> Iterator[Server]:
 def ask(server: Server, question: str, key: str = API_KEY, **kw):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
     return client.chat.completions.with_raw_response.create(
-        model="base", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=12,
-        extra_body={"ignore_eos": True}, **kw)
+        model="base", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=12, **kw)
 
 
 def test_a_reply_that_begins_with_the_refusal_is_cut_to_exactly_it(server):

@@ -4,8 +4,8 @@ A lineage's first run has no earlier run to tell its speed, and a budget that ca
 planned only stops training when the time is up: a shuffled share of every fact, each
 half-learned, instead of the newest facts fully. So the first run measures: a few steps
 of the same backend and settings on a sample of its own examples, through the same
-training loop, timed as a real run is timed (the first step, slower, included: the
-estimate errs towards fewer facts). The figure is kept in `data_dir/train-speed.json`,
+training loop, the first step (several times slower: allocations, first kernels) left
+out of the timing, as it is a small share of a real run. The figure is kept in `data_dir/train-speed.json`,
 keyed by what decides it, so that a run killed and taken up again plans the same
 examples, and later runs use their predecessors' recorded speed instead.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from repotune.config import TrainSection
 from tuner.train.backends import Backend
 from tuner.train.sft import Job
 
-STEPS = 5  # optimizer steps timed, the first one included
+STEPS = 5  # optimizer steps run; the first (warm-up: allocations, first kernels) is not timed
 FILE = "train-speed.json"
 
 
@@ -48,12 +49,17 @@ def measure(backend: Backend, base: Path, rows: list[dict[str, Any]], cfg: Train
     trial = cfg.model_copy(update={"max_steps": STEPS, "budget_tokens": 0, "budget_minutes": 0.0,
                                    "checkpoint_steps": 10 * STEPS, "keep_checkpoints": 1, "eval_steps": 0,
                                    "early_stopping_patience": 0, "keep_best": False})
+    ended: list[float] = []  # when each step ended
     shutil.rmtree(work, ignore_errors=True)
     try:
-        trained = backend.train(Job(base=base, train=sample, val=[], work=work, cfg=trial, resume=False))
+        trained = backend.train(Job(base=base, train=sample, val=[], work=work, cfg=trial, resume=False,
+                                    progress=lambda *a, **kw: ended.append(time.monotonic())))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return trained.tokens_per_s
+    if len(ended) < 2 or not trained.steps:
+        return trained.tokens_per_s
+    per_step = (ended[-1] - ended[0]) / (len(ended) - 1)  # the steady steps, after the first
+    return trained.tokens / trained.steps / per_step if per_step > 0 else trained.tokens_per_s
 
 
 def remember(data_dir: Path, name: str, speed: float) -> None:
