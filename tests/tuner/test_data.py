@@ -344,3 +344,17 @@ def test_a_cache_of_answers_that_does_not_read_is_made_again(tiny, tmp_path) -> 
     said = own.answers(tiny, questions, tmp_path)
     assert set(said) == {q.id for q in questions}
     assert set(json.loads(path.read_text())) == {q.id for q in questions}
+
+
+def test_a_cut_held_out_eval_keeps_the_newest_facts_and_a_sample_of_the_rest() -> None:
+    from tuner.data.build import _eval_sample
+    from tuner.data.examples import Example, chat
+
+    held = [Example(chat(f"What did commit {i:02d} do?", "x"), "templates", "commit",
+                    {"commit": f"{i:02d}", "date": f"2026-01-{i:02d}"}) for i in range(1, 21)]
+    picked = _eval_sample(held, 6, seed=0)
+    dates = sorted(e.sources["date"] for e in picked)
+    assert len(picked) == 6 and dates[-3:] == ["2026-01-18", "2026-01-19", "2026-01-20"]
+    assert all(d < "2026-01-18" for d in dates[:3])  # the other half from the older facts
+    assert [e.id for e in _eval_sample(held, 6, seed=0)] == [e.id for e in picked]  # the same every build
+    assert len(_eval_sample(held, 50, seed=0)) == 20

@@ -129,7 +129,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     train = _unique(qa + extra)
     val = _val(train, val_candidates, cfg.val_fraction, cfg.seed)
     chats = train + val
-    evals = sorted(_unique(held_out), key=lambda e: fraction(cfg.seed, "eval", e.id))[: cfg.eval_max]
+    evals = _eval_sample(_unique(held_out), cfg.eval_max, cfg.seed)
     files = {
         "train.jsonl": _jsonl(e.row() for e in train),
         "val.jsonl": _jsonl(e.row() for e in val),
@@ -178,6 +178,19 @@ def _val(train: list[Example], candidates: list[Example], share: float, seed: in
     want = max(1, round(share * len(train))) if share > 0 and fresh else 0
     return sorted(fresh, key=lambda e: fraction(seed, "val", e.id))[:want]
 
+
+
+def _eval_sample(held_out: list[Example], most: int, seed: int) -> list[Example]:
+    """At most `most` held-out questions: half of them about the newest facts (by their source's date: what a
+    budgeted run trains first, and what users ask about most), the other half drawn at random from the rest
+    (so a regression on older facts still shows)."""
+    if len(held_out) <= most:
+        return sorted(held_out, key=lambda e: fraction(seed, "eval", e.id))
+    newest = sorted(held_out, key=lambda e: (str(e.sources.get("date") or ""), fraction(seed, "eval", e.id)),
+                    reverse=True)[: most // 2]
+    taken = {e.id for e in newest}
+    rest = sorted((e for e in held_out if e.id not in taken), key=lambda e: fraction(seed, "eval", e.id))
+    return sorted(newest + rest[: most - len(newest)], key=lambda e: fraction(seed, "eval", e.id))
 
 def _unique(examples: list[Example]) -> list[Example]:
     """One of each id (two items can give the same question and answer), in order."""
