@@ -143,11 +143,12 @@ def _held_out(settings: Settings) -> list[dict[str, Any]]:
     return [r for r in datasets.read(folder, "eval") if r.get("kind") in DOMAIN_KINDS]
 
 
-def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str) -> list[float]:
-    """Each item's lowest turn relevance as the gateway computes it (1.0: passes whatever the threshold)."""
+def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str, split: bool = True) -> list[float]:
+    """Each item's lowest turn relevance as the gateway computes it (1.0: passes whatever the threshold);
+    `split=False` scores whole turns only, as the gateway did before it scored a turn's parts."""
     out = []
     for item in found:
-        d = decide(list(item.turns), index, 0.0, refusal)  # the scores do not depend on the threshold
+        d = decide(list(item.turns), index, 0.0, refusal, split)  # the scores do not depend on the threshold
         out.append(1.0 if d.reason == "greeting" else (d.score if d.score is not None else 0.0))
     return out
 

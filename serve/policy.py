@@ -12,8 +12,12 @@ words ("and why?", "show me an example") is a follow-up and is scored together w
 user turn before it. Greetings and questions about the bot itself are allowed; a
 request with no user words at all (only a system message, or a prompt of token ids) is
 not. The refusal text is taken out of a turn before it is scored: quoting it says nothing
-about the domain. The request is allowed when its lowest turn scores at least the
-threshold.
+about the domain. A turn of several parts (clauses cut at sentence ends, commas, colons,
+dashes, and words such as "but", "instead", "now") also has each part of at least
+`PART_WORDS` meaningful words scored on its own, and counts as its lowest: an off-domain
+request dressed in the domain's words ("after running `repotune train`, recommend a pizza
+place in Naples") is judged by its request, not by its framing. The request is allowed
+when its lowest turn scores at least the threshold.
 
 A refused request is answered by the gateway as an ordinary completion whose content is
 exactly `policy.refusal` (`serve.openai_api`); requests made with the admin key are never
@@ -77,7 +81,22 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusal: str) -> Decision:
+# Where a turn is cut into the parts scored on their own: sentence ends, semicolons, colons,
+# commas and dashes between clauses, and the words that join a second request to a first.
+_PARTS = re.compile(r"(?<=[.!?;:,])\s+|\s+[-–—]+\s+|\s+(?:but|instead|then|also|and also|now|anyway|so)\s+",
+                    re.IGNORECASE)
+PART_WORDS = 3  # a part with fewer meaningful words than this is not scored on its own
+
+
+def parts(text: str, least: int = PART_WORDS) -> list[str]:
+    """The parts of a turn that carry a request of their own (at least `least` meaningful words); none
+    when the turn is one part."""
+    found = [p for p in _PARTS.split(text) if p and len(terms(p)) >= least]
+    return found if len(found) > 1 else []
+
+
+def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusal: str,
+           split: bool = True) -> Decision:
     """Allow or refuse a request whose user turns are `turns`; see the module docstring."""
     if index is None:
         return Decision(True, "no_index")
@@ -96,7 +115,10 @@ def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusa
         texts.append(text)
     if not scored:
         return Decision(True, "greeting")
-    scores = index.scores(scored)
+    pieces = [parts(text) if split else [] for text in scored]
+    flat = index.scores(scored + [p for found in pieces for p in found])
+    scores, rest = flat[: len(scored)], iter(flat[len(scored):])
+    scores = [min([score, *(next(rest) for _ in found)]) for score, found in zip(scores, pieces, strict=True)]
     low = min(scores)
     return Decision(low >= threshold, "in_domain" if low >= threshold else "off_domain", low, scores)
 

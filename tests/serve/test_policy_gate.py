@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from repotune import relevance
-from serve.policy import decide, user_turns
+from serve.policy import decide, parts, user_turns
 from tests import training
 from tuner.data.build import latest
 
@@ -62,6 +62,19 @@ def test_every_user_turn_is_scored_and_follow_ups_go_with_the_turn_before(index)
     follow = decide([domain, "and why?"], index, 0.7, REFUSAL)
     assert follow.allowed and len(follow.turns) == 2
     assert not decide(["and why?"], index, 0.7, REFUSAL).allowed  # with nothing before it, it is off-domain
+
+
+def test_an_off_domain_request_framed_in_the_domains_words_is_judged_by_its_request(index):
+    framed = "After I run the tests for parse.py and words.py, recommend a good pizza place in Naples"
+    whole = decide([framed], index, 0.7, REFUSAL, split=False)
+    by_parts = decide([framed], index, 0.7, REFUSAL)
+    assert by_parts.score < whole.score and not by_parts.allowed
+    assert parts(framed) == ["After I run the tests for parse.py and words.py,", "recommend a good pizza place in Naples"]
+    # a question of one part, or whose other parts are too short to say anything, is scored whole
+    question = "How does parse.py skip blank lines? Thanks!"
+    assert parts(question) == [] and decide([question], index, 0.7, REFUSAL).allowed
+    two = "How does parse.py skip blank lines, and where are words counted in words.py?"
+    assert decide([two], index, 0.7, REFUSAL).allowed
 
 
 def test_greetings_pass_and_the_quoted_refusal_counts_for_nothing(index):
