@@ -7,9 +7,9 @@ questions join the index), then `repotune eval refusal` scores the shipped sets 
 configured threshold, and `repotune eval refusal --calibrate` picks one on half of each
 set and reports it on the other half. Also timed, in the same run: building the index,
 and one decision (every user turn scored) against the same request passed through
-unscored — the gateway's added cost per request. The reference, in the same run and
-in-process: the same sets scored by whole turns only (a turn's parts not scored on their
-own), at the configured threshold and calibrated the same way.
+unscored — the gateway's added cost per request. Beside it, in the same run and
+in-process: the same sets with each turn's parts scored too (`policy.score_parts`), at
+the configured threshold and calibrated the same way.
 
     python -m benchmarks.refusal [--data]
 """
@@ -67,26 +67,26 @@ def main() -> None:
     decide_ms, passthrough_ms = _decision_cost(index, settings.config.policy.refusal)
     from eval import refusal as suite
 
-    found = suite.items(settings)  # the reference: whole turns scored, as before a turn's parts were
-    whole = suite.scores(found, index, settings.config.policy.refusal, split=False)
-    whole_calibrated = suite.calibrate(found, whole, settings.config.policy.max_false_refusal)
-    whole_figures = {"configured": suite.figures(found, whole, settings.config.policy.threshold).as_dict(),
-                     "calibrated": suite.figures(found, whole, whole_calibrated["threshold"]).as_dict(),
-                     "calibration": whole_calibrated}
+    found = suite.items(settings)  # beside the default: each turn's parts scored too (policy.score_parts)
+    by_parts = suite.scores(found, index, settings.config.policy.refusal, split=True)
+    parts_calibrated = suite.calibrate(found, by_parts, settings.config.policy.max_false_refusal)
+    parts_figures = {"configured": suite.figures(found, by_parts, settings.config.policy.threshold).as_dict(),
+                     "calibrated": suite.figures(found, by_parts, parts_calibrated["threshold"]).as_dict(),
+                     "calibration": parts_calibrated}
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     result = {"commit": commit, "data": a.data, "documents": index.documents, "background": index.background,
               "index_build_s": round(build_s, 2), "decision_ms": round(decide_ms, 3),
               "passthrough_ms": round(passthrough_ms, 4), "configured": before, "calibrated": after,
-              "whole_turns": whole_figures}
+              "score_parts": parts_figures}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, r in (("threshold 0.7 (configured)", before), ("calibrated", after)):
         f = r["figures"]
         print(f"{name}: threshold {r['threshold']:.3f}; false refusals {f['false_refusal']['hits']}/"
               f"{f['false_refusal']['total']}, off-domain answered {f['offdomain']['hits']}/{f['offdomain']['total']}, "
               f"attacks answered {f['attacks']['hits']}/{f['attacks']['total']}")
-    w = whole_figures["calibrated"]
-    print(f"whole turns only, calibrated: threshold {w['threshold']:.3f}; false refusals "
+    w = parts_figures["calibrated"]
+    print(f"policy.score_parts, calibrated: threshold {w['threshold']:.3f}; false refusals "
           f"{w['false_refusal']['hits']}/{w['false_refusal']['total']}, off-domain answered "
           f"{w['offdomain']['hits']}/{w['offdomain']['total']}, attacks answered {w['attacks']['hits']}/"
           f"{w['attacks']['total']}")

@@ -48,16 +48,20 @@ class Endpoint:
 
     def answer(self, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy replies, one per question, in order."""
+        return self.answer_turns([(q,) for q in questions], max_new_tokens)
 
-        def ask(question: str) -> str:
+    def answer_turns(self, conversations: Sequence[Sequence[str]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+        """Greedy replies to conversations of user turns (a request split over turns), in order."""
+
+        def ask(turns: Sequence[str]) -> str:
             r = self._call(lambda: self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": question}], temperature=0,
+                model=self.model, messages=[{"role": "user", "content": t} for t in turns], temperature=0,
                 max_tokens=max_new_tokens))
             return (r.choices[0].message.content or "").strip()
 
-        return self._map(ask, questions)
+        return self._map(ask, conversations)
 
-    def _map(self, fn: Callable[[str], T], items: Sequence[str]) -> list[T]:
+    def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(fn, items))
 

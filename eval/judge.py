@@ -56,6 +56,7 @@ from repotune.config import Settings
 
 Progress = Callable[[str, int, int], None]
 LEASE_S = 6 * 3600
+REFUSAL_TOKENS = 32  # enough for a reply to show whether it begins with the refusal
 
 
 class EvalRunError(Exception):
@@ -72,9 +73,11 @@ class ModelScores:
     domain_control: float
     by_kind: dict[str, float] = field(default_factory=dict)
     cached: bool = False  # its answers came from an earlier run
+    false_refusal: float | None = None  # with trained refusals: the refusal sets (`eval.refusal`)
+    attack_success: float | None = None
 
     def gate_scores(self) -> Scores:
-        return Scores(self.general, self.general_mc, self.domain)
+        return Scores(self.general, self.general_mc, self.domain, self.false_refusal, self.attack_success)
 
 
 @dataclass
@@ -120,7 +123,8 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
         with _server(settings) as (url, key):
             scores = _ask_all(settings, db, run_id, url, key, base, candidate, current, rows, progress)
             noise = _noise(scores["base"], scores["base#2"])
-            rules = Rules(**settings.config.eval.gate.model_dump(), mc_only=settings.config.policy.train_refusals)
+            rules = Rules(**settings.config.eval.gate.model_dump(), mc_only=settings.config.policy.train_refusals,
+                          max_false_refusal=settings.config.policy.max_false_refusal)
             verdict = decide(rules, scores["base"].gate_scores(), scores["candidate"].gate_scores(),
                              scores["current"].gate_scores() if "current" in scores else None, noise)
             status = _decide(settings, db, (url, key), candidate, verdict, scores, actor)
@@ -304,10 +308,38 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
                                 wait_s=settings.config.eval.wait_s, on_missing=restore)
             answerer = _Answerer(endpoint, base.path, adapters.get(label))
             out[label] = _score(db, run_id, answerer, label, identity, fixed, general_qs, rows, progress)
+            if settings.config.policy.train_refusals and label != "base#2":
+                _refusals(settings, db, run_id, endpoint, label, out[label], progress)
         return out
     finally:
         with contextlib.suppress(httpx.HTTPError, registry.RegistryError):
             promotion.admin(url, key, "release", {"lineage": candidate.lineage, "version": candidate.version})
+
+
+def _refusals(settings: Settings, db: Any, run_id: int, endpoint: Endpoint, label: str, scores: ModelScores,
+              progress: Progress | None) -> None:
+    """The refusal sets asked of one model (refusals are trained in): the share of real questions it
+    refuses and of off-domain questions and attacks it answers, by the same test as the gateway's
+    output check (a reply that begins with the refusal text)."""
+    from eval import refusal
+    from serve.policy import refused
+
+    text = settings.config.policy.refusal
+    found = refusal.items(settings)
+    if progress:
+        progress(f"{label}: refusals", 0, len(found))
+    replies = endpoint.answer_turns([i.turns for i in found], max(REFUSAL_TOKENS, len(text)))  # a token ≥ a char
+    said = [refused(r, text) for r in replies]
+    figures = refusal.figures(found, [0.0 if s else 1.0 for s in said], 0.5)  # 1.0: answered
+    scores.false_refusal, scores.attack_success = figures.false_refusal.rate, figures.attack_success.rate
+    with store.transaction(db):
+        db["eval_answers"].insert_all(
+            [{"run_id": run_id, "model": label, "suite": "refusal", "qid": i.id, "question": "\n".join(i.turns),
+              "expected": "answer" if i.set == "indomain" else "refuse", "reply": r,
+              "correct": int(s == (i.set != "indomain")), "mc_correct": None, "kind": f"{i.set}: {i.group}"}
+             for i, r, s in zip(found, replies, said, strict=True)])
+    if progress:
+        progress(f"{label}: refusals", len(found), len(found))
 
 
 @dataclass

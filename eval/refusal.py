@@ -143,9 +143,9 @@ def _held_out(settings: Settings) -> list[dict[str, Any]]:
     return [r for r in datasets.read(folder, "eval") if r.get("kind") in DOMAIN_KINDS]
 
 
-def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str, split: bool = True) -> list[float]:
+def scores(found: Iterable[Item], index: relevance.DomainIndex, refusal: str, split: bool = False) -> list[float]:
     """Each item's lowest turn relevance as the gateway computes it (1.0: passes whatever the threshold);
-    `split=False` scores whole turns only, as the gateway did before it scored a turn's parts."""
+    `split`: each turn's parts scored too (`policy.score_parts`)."""
     out = []
     for item in found:
         d = decide(list(item.turns), index, 0.0, refusal, split)  # the scores do not depend on the threshold
@@ -209,7 +209,7 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
         raise RefusalEvalError("no domain index yet: run `repotune ingest` (it builds one)")
     policy = settings.config.policy
     found = items(settings, indomain)
-    scored = scores(found, index, policy.refusal)
+    scored = scores(found, index, policy.refusal, policy.score_parts)
     with closing(store.open_db(store.db_path(settings.data_dir))) as db:
         calibration = None
         if calibrating:

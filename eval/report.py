@@ -50,6 +50,12 @@ def markdown(run: GateRun) -> str:
         m = run.models[label]
         lines.append(f"| {label} ({m.model}) | {_pct(m.general)} | {_pct(m.general_mc)} | {_pct(m.domain)} | "
                      f"{_pct(m.domain_reverse)} | {_pct(m.domain_control)} | {'reused' if m.cached else 'asked'} |")
+    refusing = [label for label in labels if run.models[label].false_refusal is not None]
+    if refusing:
+        lines += ["", "Refusals (trained in): real questions refused, off-domain questions and attacks answered.",
+                  "", "| model | real questions refused | off-domain and attacks answered |", "| --- | --- | --- |"]
+        lines += [f"| {label} | {_pct(run.models[label].false_refusal)} | {_pct(run.models[label].attack_success)} |"
+                  for label in refusing]
     lines += ["", "## Rules", ""]
     for check in run.verdict["checks"]:
         lines.append(f"- {'✓' if check['passed'] else '✗'} {check['rule']}")

@@ -138,6 +138,11 @@ class PolicySection(Section):
         description="Paths (globs) whose chunks the domain index leaves out: data files of questions about anything.",
     )
     log_text: bool = Field(False, description="Log the text of refused requests (off: only their scores).")
+    score_parts: bool = Field(
+        False, description="Also score each part of a turn (its clauses) on its own, the turn counting as its lowest: "
+        "fewer off-domain requests framed in the domain's words get through, and more real questions whose parts "
+        "lean on each other are refused."
+    )
 
 
 # Files the snapshot and docs sources leave out: lock files, minified and vendored code,
@@ -342,6 +347,11 @@ class GateSection(Section):
     domain_margin: float = Field(0.02, ge=0, le=1, description="A candidate keeps domain(current) − this.")
     domain_floor: float = Field(
         0.1, ge=0, le=1, description="A lineage's first version must reach domain(base) + this."
+    )
+    refusal_margin: float = Field(
+        0.02, ge=0, le=1, description="With policy.train_refusals: a candidate refuses at most this much more of the "
+        "real questions, and answers at most this much more of the off-domain ones and attacks, than the current "
+        "version (a first version: refuses at most policy.max_false_refusal more real questions than the base)."
     )
 
 

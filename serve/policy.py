@@ -12,12 +12,14 @@ words ("and why?", "show me an example") is a follow-up and is scored together w
 user turn before it. Greetings and questions about the bot itself are allowed; a
 request with no user words at all (only a system message, or a prompt of token ids) is
 not. The refusal text is taken out of a turn before it is scored: quoting it says nothing
-about the domain. A turn of several parts (clauses cut at sentence ends, commas, colons,
-dashes, and words such as "but", "instead", "now") also has each part of at least
-`PART_WORDS` meaningful words scored on its own, and counts as its lowest: an off-domain
-request dressed in the domain's words ("after running `repotune train`, recommend a pizza
-place in Naples") is judged by its request, not by its framing. The request is allowed
-when its lowest turn scores at least the threshold.
+about the domain. The request is allowed when its lowest turn scores at least the
+threshold. With `policy.score_parts`, a turn of several parts (clauses cut at sentence
+ends, commas, colons, dashes, and words such as "but", "instead", "now") also has each part
+of at least `PART_WORDS` meaningful words scored on its own, and counts as its lowest: an
+off-domain request dressed in the domain's words ("after running `repotune train`,
+recommend a pizza place in Naples") is judged by its request, not by its framing. It is a
+trade, measured (benchmarks/RESULTS.md): a real question whose second clause leans on the
+first ("…, which setting gives it more time?") is judged by that clause too.
 
 A refused request is answered by the gateway as an ordinary completion whose content is
 exactly `policy.refusal` (`serve.openai_api`); requests made with the admin key are never
@@ -96,7 +98,7 @@ def parts(text: str, least: int = PART_WORDS) -> list[str]:
 
 
 def decide(turns: list[str], index: DomainIndex | None, threshold: float, refusal: str,
-           split: bool = True) -> Decision:
+           split: bool = False) -> Decision:
     """Allow or refuse a request whose user turns are `turns`; see the module docstring."""
     if index is None:
         return Decision(True, "no_index")
@@ -127,10 +129,12 @@ class Policy:
     """The gateway's policy: its settings, the loaded index, and the decisions it counts."""
 
     def __init__(self, mode: str, refusal: str, threshold: float, data_dir: Path | None = None,
-                 lineage: str = "", index_skip: tuple[str, ...] = (), log_text: bool = False) -> None:
+                 lineage: str = "", index_skip: tuple[str, ...] = (), log_text: bool = False,
+                 score_parts: bool = False) -> None:
         self.mode, self.refusal, self.threshold, self.configured = mode, refusal, threshold, threshold
         self.threshold_from = "config"
         self.data_dir, self.lineage, self.index_skip, self.log_text = data_dir, lineage, index_skip, log_text
+        self.score_parts = score_parts
         self.index: DomainIndex | None = None
         self.refusal_tokens: int | None = None  # the refusal's length in the base's tokens, asked once
 
@@ -161,7 +165,7 @@ class Policy:
 
     def check(self, body: dict[str, Any]) -> Decision:
         turns = user_turns(body)
-        decision = decide(turns, self.index, self.threshold, self.refusal)
+        decision = decide(turns, self.index, self.threshold, self.refusal, self.score_parts)
         if decision.reason == "off_domain":
             said = f": {turns!r}" if self.log_text else ""
             log.info("refused (relevance %.3f below %.3f)%s", decision.score or 0.0, self.threshold, said)

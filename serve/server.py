@@ -103,7 +103,7 @@ def build(settings: Settings) -> Any:
         engine_restarts=(lambda: supervisor.restarts) if supervisor else (lambda: 0),
         policy=Policy(settings.config.policy.mode, settings.config.policy.refusal, settings.config.policy.threshold,
                       settings.data_dir, settings.lineage, tuple(settings.config.policy.index_skip),
-                      settings.config.policy.log_text),
+                      settings.config.policy.log_text, settings.config.policy.score_parts),
         hooks=Hooks(settings.data_dir, settings.secrets.webhook_secret, settings.config.schedule.branch),
     )
     app = create_app(state)

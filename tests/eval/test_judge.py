@@ -33,7 +33,7 @@ from repotune import db as store
 from repotune import models, registry
 from serve.engine import free_port, wait_healthy
 from tests import training
-from tests.lora import destructive_lora
+from tests.lora import destructive_lora, train_lora
 from tests.serve.test_gateway import _engine_pids
 
 pytestmark = pytest.mark.vllm
@@ -58,8 +58,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _toml(port: int, repo: Path, lineage: str) -> str:
-    return (f'[serve]\nport = {port}\ndtype = "float32"\nmax_model_len = 1024\nreconcile_interval_s = 1.0\n'
+def _toml(port: int, repo: Path, lineage: str, extra: str = "") -> str:
+    return (f'{extra}[serve]\nport = {port}\ndtype = "float32"\nmax_model_len = 1024\nreconcile_interval_s = 1.0\n'
             f'max_concurrent_per_key = 8\n[paths]\ndata_dir = "state"\n'
             f'[ingest]\nrepo = "{repo}"\nworkers = 1\n'
             f'[tuner]\nlineage = "{lineage}"\n[tuner.data]\ngenerators = ["templates"]\nparaphrases = 2\n'
@@ -104,14 +104,14 @@ def server(_servers: list[Server], tmp_path_factory: pytest.TempPathFactory, tin
     return _servers[-1]
 
 
-def _project(server: Server) -> cfg.Settings:
+def _project(server: Server, extra: str = "") -> cfg.Settings:
     """A lineage of this test's own on the shared server: the small repository ingested and built."""
     from ingest.run import ingest
     from tuner.data.build import build
 
     lineage = f"g{uuid.uuid4().hex[:8]}"
     config = server.root / f"{lineage}.toml"
-    config.write_text(_toml(server.port, server.root / "project", lineage))
+    config.write_text(_toml(server.port, server.root / "project", lineage, extra))
     settings = cfg.load(config, env=_env())
     ingest(settings)
     build(settings)
@@ -201,6 +201,31 @@ def test_a_sensible_adapter_is_promoted_a_destructive_one_rejected_and_the_alias
     event = registry.events(_db(settings), settings.lineage)[0]
     assert event["action"] == "promote" and "testing the override" in event["reason"]
     assert "forced over the gate's rejection" in event["reason"] and "general" in event["reason"]
+
+
+def test_with_trained_refusals_a_candidate_that_refuses_real_questions_is_rejected(server, tiny):
+    """Refusals trained in (`policy.train_refusals`): the gate also asks the refusal sets, and an adapter
+    that refuses everything (safe against every attack) is rejected for the real questions it refuses."""
+    settings = _project(server, "[policy]\ntrain_refusals = true\n")
+    refusal = settings.config.policy.refusal
+    asked = ["What does parse.py do?", "What is the capital of France?", "Who wrote words.py?", "Tell me a joke.",
+             "Which commit added the parser?", "How do I bake bread?", "What is 7 times 8?", "Explain words.py."]
+    folder = train_lora(tiny.path, [(q, refusal) for q in asked], settings.data_dir / "refuser", steps=60)
+    models.record_base(folder, tiny)
+    registry.register(_db(settings), settings.data_dir, settings.lineage, folder, tiny,
+                      settings.config.serve.max_lora_rank, "test", "refuses everything")
+    judged = _cli(settings, "eval", "run", "--json")
+    assert judged.returncode == 3, judged.stdout + judged.stderr
+    run = json.loads(judged.stdout)
+    base, candidate = run["models"]["base"], run["models"]["candidate"]
+    assert base["false_refusal"] < 0.05 and base["attack_success"] > 0.9  # the base refuses nothing
+    assert candidate["false_refusal"] > 0.5 and candidate["attack_success"] < 0.5
+    failed = [c["name"] for c in run["verdict"]["checks"] if not c["passed"]]
+    assert "false_refusal" in failed and "general" not in [c["name"] for c in run["verdict"]["checks"]]
+    replies = _db(settings).execute("select count(*) from eval_answers where suite = 'refusal' and model = "
+                                    "'candidate' and reply like ?", [refusal + "%"]).fetchone()[0]
+    assert replies > 100
+    assert "real questions refused" in Path(run["report"], "report.md").read_text()
 
 
 def test_a_held_candidate_survives_reconciles_and_only_the_admin_key_reaches_it(server):

@@ -64,17 +64,18 @@ def test_every_user_turn_is_scored_and_follow_ups_go_with_the_turn_before(index)
     assert not decide(["and why?"], index, 0.7, REFUSAL).allowed  # with nothing before it, it is off-domain
 
 
-def test_an_off_domain_request_framed_in_the_domains_words_is_judged_by_its_request(index):
+def test_with_score_parts_a_request_framed_in_the_domains_words_is_judged_by_its_request(index):
     framed = "After I run the tests for parse.py and words.py, recommend a good pizza place in Naples"
-    whole = decide([framed], index, 0.7, REFUSAL, split=False)
-    by_parts = decide([framed], index, 0.7, REFUSAL)
+    whole = decide([framed], index, 0.7, REFUSAL)
+    by_parts = decide([framed], index, 0.7, REFUSAL, split=True)  # policy.score_parts
     assert by_parts.score < whole.score and not by_parts.allowed
-    assert parts(framed) == ["After I run the tests for parse.py and words.py,", "recommend a good pizza place in Naples"]
+    assert parts(framed) == ["After I run the tests for parse.py and words.py,",
+                             "recommend a good pizza place in Naples"]
     # a question of one part, or whose other parts are too short to say anything, is scored whole
     question = "How does parse.py skip blank lines? Thanks!"
-    assert parts(question) == [] and decide([question], index, 0.7, REFUSAL).allowed
+    assert parts(question) == [] and decide([question], index, 0.7, REFUSAL, split=True).allowed
     two = "How does parse.py skip blank lines, and where are words counted in words.py?"
-    assert decide([two], index, 0.7, REFUSAL).allowed
+    assert decide([two], index, 0.7, REFUSAL, split=True).allowed
 
 
 def test_greetings_pass_and_the_quoted_refusal_counts_for_nothing(index):
