@@ -173,6 +173,9 @@ def _first_cycle(cli: list[str], config: Path, env: dict[str, str], server_pid: 
     wall = time.monotonic() - t0
     done.set()
     sampler.join()
+    if not stdout.strip():  # killed (the kernel's OOM killer, a signal) before it could say anything
+        raise SystemExit(f"the first cycle's process ended with {proc.returncode} and no outcome "
+                         f"(peak memory of the server and the cycle: {peak[0] / 2**20:.0f} MB)")
     outcome = json.loads(stdout)
     outcome["wall_s"] = round(wall, 1)
     return outcome, round(peak[0] / 2**20)
