@@ -52,3 +52,19 @@ def test_passes_count_steps_when_they_are_fixed() -> None:
 def test_a_file_is_one_fact_whatever_its_path_holds() -> None:
     assert budget.fact({"sources": {"path": "docs/a@b.md@1111"}}) == "path:docs/a@b.md"
     assert budget.fact({"sources": {"pr": 7}}) == "pr:7" and budget.fact({"sources": {}}) is None
+
+
+def test_the_speed_a_budget_is_planned_at_is_the_median_of_the_last_three_runs() -> None:
+    """One run made while a server kept the cores busy (a few tokens a second) does not cut the next plan."""
+    from types import SimpleNamespace
+
+    from tuner.train.run import recent_speed
+
+    def run(speed: float, backend: str = "trl", fingerprint: str = "abc") -> SimpleNamespace:
+        training = SimpleNamespace(tokens_per_s=speed, backend=backend)
+        return SimpleNamespace(manifest=SimpleNamespace(training=training), base_fingerprint=fingerprint)
+
+    versions = [run(1.0), run(90.0), run(80.0, "unsloth"), run(85.0, fingerprint="other"), run(86.0), run(4.0)]
+    assert recent_speed(versions, "trl", "abc") == 86.0  # 4, 86 and 90: the newest three of this base and backend
+    assert recent_speed(versions[:2], "trl", "abc") == 45.5
+    assert recent_speed([], "trl", "abc") == 0.0 and recent_speed(versions, "trl", "new") == 0.0

@@ -1,7 +1,7 @@
 """Under a budget, the newest facts first: what part of the history a run can learn.
 
 A budget (`train.budget_tokens`, or `train.budget_minutes` turned into tokens at the
-speed of the lineage's last run on the same base and backend) that cannot hold every
+median speed of the lineage's last runs on the same base and backend) that cannot hold every
 pass over every example would otherwise stop a run partway, every fact half-learned. So
 the run is planned to fit: the facts (all examples made from one commit, pull request or
 file) are taken newest first, by the date their source last changed, until their share of

@@ -136,14 +136,12 @@ def _examples(settings: Settings, db: Any, strategy: str, base: models.Base, fol
 def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows: list[dict[str, Any]],
           notes: list[str]) -> budget.Plan:
     """The examples that fit the budget, newest facts first (`tuner.train.budget`); what was left out goes
-    into `notes`. A budget in minutes is turned into tokens at the speed of the lineage's last run on
-    this base and backend, or, with no such run, at a speed measured here first (`tuner.train.speed`)."""
+    into `notes`. A budget in minutes is turned into tokens at the median speed of the lineage's last
+    runs on this base and backend, or, with none, at a speed measured here first (`tuner.train.speed`)."""
     cfg = settings.config.train
     tokens = cfg.budget_tokens
     if cfg.budget_minutes:
-        rate = next((a.manifest.training.tokens_per_s for a in reversed(registry.versions(db, settings.lineage))
-                     if a.manifest.training and a.manifest.training.backend == backend.name
-                     and a.base_fingerprint == base.fingerprint and a.manifest.training.tokens_per_s > 0), 0.0)
+        rate = recent_speed(registry.versions(db, settings.lineage), backend.name, base.fingerprint)
         if not rate:
             name = speed.key(backend.name, base.fingerprint, cfg)
             rate = speed.known(settings.data_dir, name)
@@ -175,6 +173,18 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
         notes.append(f"budget: {tokens:,} tokens hold the newest {c.facts:,} of {c.of:,} facts "
                      f"({c.since or '?'} to {c.until or '?'}), {len(planned.rows):,} of {len(rows):,} examples")
     return planned
+
+
+def recent_speed(versions: list[registry.Adapter], backend: str, fingerprint: str, last: int = 3) -> float:
+    """The median speed of the lineage's last `last` runs on this base and backend (0.0: none): one run
+    made while a server was kept busy (a few tokens a second) does not make the next plan a tenth of
+    what fits."""
+    import statistics
+
+    speeds = [a.manifest.training.tokens_per_s for a in reversed(versions)
+              if a.manifest.training and a.manifest.training.backend == backend
+              and a.base_fingerprint == fingerprint and a.manifest.training.tokens_per_s > 0][:last]
+    return float(statistics.median(speeds)) if speeds else 0.0
 
 
 def _base(settings: Settings) -> models.Base:
