@@ -60,6 +60,31 @@ class Server:
                 self.proc.kill()
 
 
+def policy_server(root: Path, policy_toml: str, repo: Path | None = None) -> Iterator[Server]:
+    """A server of its own for a policy test module, its `[policy]` section given (and `repo` ingested
+    first when given, so the domain index exists); stopped when the generator closes."""
+    port = free_port()
+    config = root / "config.toml"
+    ingest = f'[ingest]\nrepo = "{repo}"\nworkers = 1\n' if repo else ""
+    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
+                      f'{ingest}[policy]\n{policy_toml}')
+    env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
+    env.pop("REPOTUNE_CONFIG", None)
+    cli = [sys.executable, "-m", "repotune.cli"]
+    if repo:
+        done = subprocess.run([*cli, "ingest", "--config", str(config)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and "server: none running" in done.stdout, done.stderr
+    (root / "state" / "logs").mkdir(parents=True, exist_ok=True)
+    log = (root / "state" / "serve.log").open("wb")
+    proc = subprocess.Popen([*cli, "serve", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    s = Server(f"http://127.0.0.1:{port}", config, root / "state", proc, {}, env)
+    s.wait_healthy()
+    yield s
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+
+
 @pytest.fixture(scope="session")
 def adapters(tiny: models.Base, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")

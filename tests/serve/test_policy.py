@@ -4,19 +4,14 @@ tests), on builtin:tiny."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from serve.engine import free_port
 from tests import training
-from tests.serve.conftest import ADMIN_KEY, API_KEY, SERVE_TOML, Server
+from tests.serve.conftest import ADMIN_KEY, API_KEY, Server, policy_server
 from tests.serve.test_gateway import eventually, metrics, value
 
 pytestmark = pytest.mark.vllm
@@ -30,25 +25,9 @@ OFF = "What is a good recipe for banana bread?"
 def server(tmp_path_factory: pytest.TempPathFactory, tiny) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("policy")
     repo = training.small_repo(root / "project")
-    port = free_port()
-    config = root / "config.toml"
-    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
-                      f'[ingest]\nrepo = "{repo.path}"\nworkers = 1\n[policy]\nrefusal = "{REFUSAL}"\n')
-    env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
-    env.pop("REPOTUNE_CONFIG", None)
-    cli = [sys.executable, "-m", "repotune.cli"]
-    done = subprocess.run([*cli, "ingest", "--config", str(config)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and "server: none running" in done.stdout, done.stderr
-    (root / "state" / "logs").mkdir(parents=True, exist_ok=True)
-    log = (root / "state" / "serve.log").open("wb")
-    proc = subprocess.Popen([*cli, "serve", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    s = Server(f"http://127.0.0.1:{port}", config, root / "state", proc, {}, env)
-    s.repo = repo  # type: ignore[attr-defined]
-    s.wait_healthy()
-    yield s
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(60)
+    for s in policy_server(root, f'refusal = "{REFUSAL}"\n', repo.path):
+        s.repo = repo  # type: ignore[attr-defined]
+        yield s
 
 
 def client(server: Server, key: str = API_KEY) -> openai.OpenAI:

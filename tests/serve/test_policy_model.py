@@ -10,17 +10,12 @@ that begins with the refusal and goes on, which must come back as the refusal al
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import openai
 import pytest
 
-from serve.engine import free_port
-from tests.serve.conftest import ADMIN_KEY, API_KEY, SERVE_TOML, Server
+from tests.serve.conftest import ADMIN_KEY, API_KEY, Server, policy_server
 from tests.serve.test_gateway import metrics, value
 
 pytestmark = pytest.mark.vllm
@@ -32,22 +27,7 @@ ANSWERED = "What is 7 times 8?"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("policy-model")
-    port = free_port()
-    config = root / "config.toml"
-    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
-                      f'[policy]\nmode = "model"\nrefusal = "{REFUSAL}"\n')
-    env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
-    env.pop("REPOTUNE_CONFIG", None)
-    (root / "state").mkdir()
-    log = (root / "state" / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    s = Server(f"http://127.0.0.1:{port}", config, root / "state", proc, {}, env)
-    s.wait_healthy()
-    yield s
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(60)
+    yield from policy_server(tmp_path_factory.mktemp("policy-model"), f'mode = "model"\nrefusal = "{REFUSAL}"\n')
 
 
 def ask(server: Server, question: str, key: str = API_KEY, **kw):
