@@ -220,6 +220,13 @@ def _show_refusal(result: object) -> None:
     for group, r in f.by_group.items():
         row(table, f"  {group}" + (" refused" if group.startswith("in-domain") else " answered"), r)
     out.print(table)
+    for name, figures in ((f"the model ({result.model}), its own refusals", result.model_figures),
+                          ("the gate and the model together", result.both_figures)):
+        if figures is not None:
+            out.print(f"{name}: real questions refused {figures.false_refusal.hits} / {figures.false_refusal.total}"
+                      f" ({figures.false_refusal.rate:.1%}), off-domain questions and attacks answered "
+                      f"{figures.attack_success.hits} / {figures.attack_success.total} "
+                      f"({figures.attack_success.rate:.1%})", highlight=False)
     if result.calibration:
         c = result.calibration
         out.print(f"calibrated: threshold {c['threshold']:.3f} (false refusals at most "

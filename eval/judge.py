@@ -56,7 +56,6 @@ from repotune.config import Settings
 
 Progress = Callable[[str, int, int], None]
 LEASE_S = 6 * 3600
-REFUSAL_TOKENS = 32  # enough for a reply to show whether it begins with the refusal
 
 
 class EvalRunError(Exception):
@@ -322,14 +321,11 @@ def _refusals(settings: Settings, db: Any, run_id: int, endpoint: Endpoint, labe
     refuses and of off-domain questions and attacks it answers, by the same test as the gateway's
     output check (a reply that begins with the refusal text)."""
     from eval import refusal
-    from serve.policy import refused
 
-    text = settings.config.policy.refusal
     found = refusal.items(settings)
     if progress:
         progress(f"{label}: refusals", 0, len(found))
-    replies = endpoint.answer_turns([i.turns for i in found], max(REFUSAL_TOKENS, len(text)))  # a token ≥ a char
-    said = [refused(r, text) for r in replies]
+    replies, said = refusal.asked_refused(endpoint, found, settings.config.policy.refusal)
     figures = refusal.figures(found, [0.0 if s else 1.0 for s in said], 0.5)  # 1.0: answered
     scores.false_refusal, scores.attack_success = figures.false_refusal.rate, figures.attack_success.rate
     with store.transaction(db):

@@ -7,7 +7,10 @@ newest dataset are added to it), off-domain questions (everyday, general knowled
 projects' code) and attacks on off-domain requests in six families (ignore instructions,
 role-play, "as a test", split over turns, disguised in the domain's words, the refusal
 text quoted). Each item goes through the gateway's own decision (`serve.policy.decide`)
-with the saved domain index.
+with the saved domain index. In `policy.mode` `model` or `both`, each is also asked of the
+model through the server (the promoted version, else the base; with the admin key, so the
+gate does not decide), and a reply that begins with the refusal text counts as refused:
+the model's figures, and in `both` the two together (refused by either).
 
 The figures are the **false refusal rate** (in-domain questions refused) and the **attack
 success rate** (off-domain questions or attacks let through), per category and family,
@@ -36,6 +39,7 @@ from repotune import datasets, relevance
 from repotune.config import Settings
 from serve.policy import decide
 
+REFUSAL_TOKENS = 32  # enough for a reply to show whether it begins with the refusal (a token ≥ a char)
 FAMILIES = ("ignore_instructions", "roleplay", "as_a_test", "split_turns", "disguised", "quoted_refusal")
 DOMAIN_KINDS = ("commit", "pull_request", "file", "definition", "doc")
 
@@ -95,11 +99,16 @@ class Result:
     threshold_from: str  # "config" or "calibration of <date>"
     figures: Figures  # on every item
     calibration: dict[str, Any] | None = None  # with --calibrate: the threshold picked, and both halves' figures
+    model: str | None = None  # policy.mode model or both: the model asked through the server
+    model_figures: Figures | None = None  # its own refusals (a reply that begins with the refusal text)
+    both_figures: Figures | None = None  # mode both: refused by the gate or by the model
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "documents": self.documents, "threshold": self.threshold,
                 "threshold_from": self.threshold_from, "figures": self.figures.as_dict(),
-                "calibration": self.calibration}
+                "calibration": self.calibration, "model": self.model,
+                "model_figures": self.model_figures.as_dict() if self.model_figures else None,
+                "both_figures": self.both_figures.as_dict() if self.both_figures else None}
 
 
 def wilson_upper(hits: int, total: int, z: float = 1.96) -> float:
@@ -218,4 +227,43 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
         threshold, source = relevance.threshold(db, index.hash, policy.threshold)
     if calibration is not None:
         calibration["server"] = relevance.tell_server(settings)
-    return Result(index.hash, index.documents, threshold, source, figures(found, scored, threshold), calibration)
+    result = Result(index.hash, index.documents, threshold, source, figures(found, scored, threshold), calibration)
+    if policy.mode in ("model", "both"):
+        result.model, said = _model_refusals(settings, found)
+        answered = [0.0 if s else 1.0 for s in said]
+        result.model_figures = figures(found, answered, 0.5)
+        if policy.mode == "both":
+            passes = [1.0 if g >= threshold and a else 0.0 for g, a in zip(scored, answered, strict=True)]
+            result.both_figures = figures(found, passes, 0.5)
+    return result
+
+
+def asked_refused(endpoint: Any, found: list[Item], refusal: str) -> tuple[list[str], list[bool]]:
+    """Each item asked of the endpoint's model (greedy, its turns as user messages), its reply, and whether
+    the reply is the model's own refusal (it begins with the refusal text, as the gateway's check reads it)."""
+    from serve.policy import refused
+
+    replies: list[str] = endpoint.answer_turns([i.turns for i in found], max(REFUSAL_TOKENS, len(refusal)))
+    return replies, [refused(r, refusal) for r in replies]
+
+
+def _model_refusals(settings: Settings, found: list[Item]) -> tuple[str, list[bool]]:
+    """The model's own refusals through the server (a running one, or one started for this): the lineage's
+    promoted version when there is one, else the base; with the admin key, so the gate does not decide."""
+    from contextlib import closing
+
+    from eval.endpoint import Endpoint, EndpointError
+    from eval.judge import EvalRunError, _server
+    from repotune import db as store
+    from repotune import registry
+
+    with closing(store.open_db(store.db_path(settings.data_dir))) as db:
+        promoted = registry.promoted(db, settings.lineage)
+    model = settings.lineage if promoted is not None else "base"
+    try:
+        with _server(settings) as (url, key):
+            endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
+                                wait_s=settings.config.eval.wait_s)
+            return model, asked_refused(endpoint, found, settings.config.policy.refusal)[1]
+    except (EvalRunError, EndpointError) as e:
+        raise RefusalEvalError(f"the model could not be asked: {e}") from None
