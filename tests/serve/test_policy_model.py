@@ -20,7 +20,7 @@ import pytest
 
 from tests import training
 from tests.serve.conftest import ADMIN_KEY, API_KEY, Server, policy_server
-from tests.serve.test_gateway import metrics, value
+from tests.serve.test_gateway import eventually, metrics, value
 
 pytestmark = pytest.mark.vllm
 
@@ -56,9 +56,9 @@ def test_a_reply_that_begins_with_the_refusal_is_cut_to_exactly_it(server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REFUSAL
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
-    after = metrics(server.url)
     name, labels = "repotune_policy_requests_total", {"decision": "refused", "reason": "model_refused"}
-    assert value(after, name, **labels) - value(before, name, **labels) == 2
+    # a stream is counted once it has ended, just after its last bytes went out
+    assert eventually(lambda: value(metrics(server.url), name, **labels) - value(before, name, **labels) == 2)
 
 
 def test_other_replies_pass_as_the_engine_gave_them(server):
