@@ -119,7 +119,7 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
         current = None  # the base model changed: judged as a lineage's first version on this base
     run_id = _start_run(db, lineage, candidate.version, current.version if current else None, folder.name)
     try:
-        with _server(settings) as (url, key):
+        with serving(settings) as (url, key):
             scores = _ask_all(settings, db, run_id, url, key, base, candidate, current, rows, progress)
             noise = _noise(scores["base"], scores["base#2"])
             rules = Rules(**settings.config.eval.gate.model_dump(), mc_only=settings.config.policy.train_refusals,
@@ -221,7 +221,7 @@ def _finish_run(db: Any, run_id: int, status: str, error: str | None = None,
 
 
 @contextlib.contextmanager
-def _server(settings: Settings) -> Iterator[tuple[str, str]]:
+def serving(settings: Settings) -> Iterator[tuple[str, str]]:
     """The running server and the admin key, or a temporary server started for this run."""
     url = promotion.server_url(settings)
     try:
@@ -301,6 +301,10 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
     try:
         out: dict[str, ModelScores] = {}
         adapters = {"current": current.path if current else None, "candidate": candidate.path}
+        if settings.config.policy.train_refusals:
+            from eval import refusal
+
+            sets = refusal.items(settings)  # the same questions for every model
         for label, model, identity in asked:
             restore = (lambda: promotion.admin(url, key, "hold", hold)) if label == "candidate" else None
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
@@ -308,7 +312,7 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
             answerer = _Answerer(endpoint, base.path, adapters.get(label))
             out[label] = _score(db, run_id, answerer, label, identity, fixed, general_qs, rows, progress)
             if settings.config.policy.train_refusals and label != "base#2":
-                _refusals(settings, db, run_id, endpoint, label, out[label], progress)
+                _refusals(settings, db, run_id, endpoint, label, out[label], sets, progress)
         return out
     finally:
         with contextlib.suppress(httpx.HTTPError, registry.RegistryError):
@@ -316,13 +320,12 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
 
 
 def _refusals(settings: Settings, db: Any, run_id: int, endpoint: Endpoint, label: str, scores: ModelScores,
-              progress: Progress | None) -> None:
+              found: list[Any], progress: Progress | None) -> None:
     """The refusal sets asked of one model (refusals are trained in): the share of real questions it
     refuses and of off-domain questions and attacks it answers, by the same test as the gateway's
     output check (a reply that begins with the refusal text)."""
     from eval import refusal
 
-    found = refusal.items(settings)
     if progress:
         progress(f"{label}: refusals", 0, len(found))
     replies, said = refusal.asked_refused(endpoint, found, settings.config.policy.refusal)

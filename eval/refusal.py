@@ -33,11 +33,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repotune import datasets, relevance
 from repotune.config import Settings
 from serve.policy import decide
+
+if TYPE_CHECKING:
+    from eval.endpoint import Endpoint
 
 REFUSAL_TOKENS = 32  # enough for a reply to show whether it begins with the refusal (a token ≥ a char)
 FAMILIES = ("ignore_instructions", "roleplay", "as_a_test", "split_turns", "disguised", "quoted_refusal")
@@ -238,7 +241,7 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
     return result
 
 
-def asked_refused(endpoint: Any, found: list[Item], refusal: str) -> tuple[list[str], list[bool]]:
+def asked_refused(endpoint: Endpoint, found: list[Item], refusal: str) -> tuple[list[str], list[bool]]:
     """Each item asked of the endpoint's model (greedy, its turns as user messages), its reply, and whether
     the reply is the model's own refusal (it begins with the refusal text, as the gateway's check reads it)."""
     from serve.policy import refused
@@ -252,8 +255,8 @@ def _model_refusals(settings: Settings, found: list[Item]) -> tuple[str, list[bo
     promoted version when there is one, else the base; with the admin key, so the gate does not decide."""
     from contextlib import closing
 
-    from eval.endpoint import Endpoint, EndpointError
-    from eval.judge import EvalRunError, _server
+    from eval.endpoint import EndpointError
+    from eval.judge import EvalRunError, serving
     from repotune import db as store
     from repotune import registry
 
@@ -261,7 +264,7 @@ def _model_refusals(settings: Settings, found: list[Item]) -> tuple[str, list[bo
         promoted = registry.promoted(db, settings.lineage)
     model = settings.lineage if promoted is not None else "base"
     try:
-        with _server(settings) as (url, key):
+        with serving(settings) as (url, key):
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,
                                 wait_s=settings.config.eval.wait_s)
             return model, asked_refused(endpoint, found, settings.config.policy.refusal)[1]

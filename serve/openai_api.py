@@ -106,9 +106,14 @@ async def _complete(state: GatewayState, request: Request, key: str, path: str) 
     cut = check and isinstance(data, dict) and policy.cut_reply(data, state.policy.refusal,
                                                                 path.endswith("chat/completions"))
     if check:
-        state.metrics.policy.labels("refused" if cut else "allowed", "model_refused" if cut else "model_answered").inc()
+        _count_reply(state, bool(cut))
     return Response(json.dumps(_drop_nulls(data), separators=(",", ":")).encode(), media_type="application/json",
                     headers=REFUSED if cut else None)
+
+
+def _count_reply(state: GatewayState, cut: bool) -> None:
+    """One reply through the output check (policy modes model and both), in /metrics."""
+    state.metrics.policy.labels("refused" if cut else "allowed", "model_refused" if cut else "model_answered").inc()
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -255,9 +260,7 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done,
             if replies is not None:
                 if rest := replies.close():
                     yield rest
-                cut = replies.cut > 0
-                state.metrics.policy.labels("refused" if cut else "allowed",
-                                            "model_refused" if cut else "model_answered").inc()
+                _count_reply(state, replies.cut > 0)
             upstream.release()  # finished: the connection goes back to the pool
         except BaseException:
             status = 499  # the client went away (or the engine did) mid-stream

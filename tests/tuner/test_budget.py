@@ -58,13 +58,29 @@ def test_the_speed_a_budget_is_planned_at_is_the_median_of_the_last_three_runs()
     """One run made while a server kept the cores busy (a few tokens a second) does not cut the next plan."""
     from types import SimpleNamespace
 
-    from tuner.train.run import recent_speed
+    from tuner.train.speed import recent
 
     def run(speed: float, backend: str = "trl", fingerprint: str = "abc") -> SimpleNamespace:
         training = SimpleNamespace(tokens_per_s=speed, backend=backend)
         return SimpleNamespace(manifest=SimpleNamespace(training=training), base_fingerprint=fingerprint)
 
     versions = [run(1.0), run(90.0), run(80.0, "unsloth"), run(85.0, fingerprint="other"), run(86.0), run(4.0)]
-    assert recent_speed(versions, "trl", "abc") == 86.0  # 4, 86 and 90: the newest three of this base and backend
-    assert recent_speed(versions[:2], "trl", "abc") == 45.5
-    assert recent_speed([], "trl", "abc") == 0.0 and recent_speed(versions, "trl", "new") == 0.0
+    assert recent(versions, "trl", "abc") == 86.0  # 4, 86 and 90: the newest three of this base and backend
+    assert recent(versions[:2], "trl", "abc") == 45.5
+    assert recent([], "trl", "abc") == 0.0 and recent(versions, "trl", "new") == 0.0
+
+
+def test_a_kept_trial_speed_is_read_back_and_a_file_that_does_not_read_counts_as_none(tmp_path) -> None:
+    """A trial is remembered for a run taken up again; a cut or hand-edited file means measuring again."""
+    from tuner.train import speed
+
+    assert speed.known(tmp_path, "trl:abc") == 0.0  # nothing kept yet
+    speed.remember(tmp_path, "trl:abc", 82.94)
+    speed.remember(tmp_path, "trl:def", 5.0)
+    assert speed.known(tmp_path, "trl:abc") == 82.9 and speed.known(tmp_path, "trl:def") == 5.0
+    (tmp_path / speed.FILE).write_text('{"trl:abc": 82.9')  # cut off mid-write by hand
+    assert speed.known(tmp_path, "trl:abc") == 0.0
+    (tmp_path / speed.FILE).write_text('["not", "a", "mapping"]')
+    assert speed.known(tmp_path, "trl:abc") == 0.0
+    speed.remember(tmp_path, "trl:abc", 80.0)  # a new trial writes a good file over it
+    assert speed.known(tmp_path, "trl:abc") == 80.0

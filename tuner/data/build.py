@@ -179,7 +179,6 @@ def _val(train: list[Example], candidates: list[Example], share: float, seed: in
     return sorted(fresh, key=lambda e: fraction(seed, "val", e.id))[:want]
 
 
-
 def _eval_sample(held_out: list[Example], most: int, seed: int) -> list[Example]:
     """At most `most` held-out questions: half of them about the newest facts (by their source's date: what a
     budgeted run trains first, and what users ask about most), the other half drawn at random from the rest
@@ -191,6 +190,7 @@ def _eval_sample(held_out: list[Example], most: int, seed: int) -> list[Example]
     taken = {e.id for e in newest}
     rest = sorted((e for e in held_out if e.id not in taken), key=lambda e: fraction(seed, "eval", e.id))
     return sorted(newest + rest[: most - len(newest)], key=lambda e: fraction(seed, "eval", e.id))
+
 
 def _unique(examples: list[Example]) -> list[Example]:
     """One of each id (two items can give the same question and answer), in order."""

@@ -141,16 +141,12 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
     cfg = settings.config.train
     tokens = cfg.budget_tokens
     if cfg.budget_minutes:
-        rate = recent_speed(registry.versions(db, settings.lineage), backend.name, base.fingerprint)
-        if not rate:
-            name = speed.key(backend.name, base.fingerprint, cfg)
-            rate = speed.known(settings.data_dir, name)
-            if not rate:
-                try:
-                    rate = speed.measure(backend, base.path, rows, cfg, settings.data_dir / "work" / "speed-trial")
-                except BackendError as e:
-                    raise TrainError(str(e)) from None
-                speed.remember(settings.data_dir, name, rate)
+        try:
+            rate, trial = speed.for_budget(registry.versions(db, settings.lineage), backend, base, rows, cfg,
+                                           settings.data_dir)
+        except BackendError as e:
+            raise TrainError(str(e)) from None
+        if trial:
             notes.append(f"budget: no earlier {backend.name} run of {settings.lineage} on this base; "
                          f"{speed.STEPS} trial steps here ran at {rate:,.0f} tokens/s")
         by_time = int(cfg.budget_minutes * 60 * rate)
@@ -173,18 +169,6 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
         notes.append(f"budget: {tokens:,} tokens hold the newest {c.facts:,} of {c.of:,} facts "
                      f"({c.since or '?'} to {c.until or '?'}), {len(planned.rows):,} of {len(rows):,} examples")
     return planned
-
-
-def recent_speed(versions: list[registry.Adapter], backend: str, fingerprint: str, last: int = 3) -> float:
-    """The median speed of the lineage's last `last` runs on this base and backend (0.0: none): one run
-    made while a server was kept busy (a few tokens a second) does not make the next plan a tenth of
-    what fits."""
-    import statistics
-
-    speeds = [a.manifest.training.tokens_per_s for a in reversed(versions)
-              if a.manifest.training and a.manifest.training.backend == backend
-              and a.base_fingerprint == fingerprint and a.manifest.training.tokens_per_s > 0][:last]
-    return float(statistics.median(speeds)) if speeds else 0.0
 
 
 def _base(settings: Settings) -> models.Base:

@@ -16,16 +16,43 @@ import json
 import os
 import random
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from repotune import models, registry
 from repotune.config import TrainSection
 from tuner.train.backends import Backend
 from tuner.train.sft import Job
 
 STEPS = 5  # optimizer steps run; the first (warm-up: allocations, first kernels) is not timed
 FILE = "train-speed.json"
+
+
+def for_budget(versions: list[registry.Adapter], backend: Backend, base: models.Base, rows: list[dict[str, Any]],
+               cfg: TrainSection, data_dir: Path) -> tuple[float, bool]:
+    """Tokens a second to plan a budget in minutes with, and whether they come from a trial here (no
+    earlier run): the lineage's recent runs first, then a trial measured before, then a new trial."""
+    rate = recent(versions, backend.name, base.fingerprint)
+    if rate:
+        return rate, False
+    name = key(backend.name, base.fingerprint, cfg)
+    rate = known(data_dir, name)
+    if not rate:
+        rate = measure(backend, base.path, rows, cfg, data_dir / "work" / "speed-trial")
+        remember(data_dir, name, rate)
+    return rate, True
+
+
+def recent(versions: list[registry.Adapter], backend: str, fingerprint: str, last: int = 3) -> float:
+    """The median speed of the lineage's last `last` runs on this base and backend (0.0: none): one run
+    made while a server was kept busy (a few tokens a second) does not make the next plan a tenth of
+    what fits."""
+    speeds = [a.manifest.training.tokens_per_s for a in reversed(versions)
+              if a.manifest.training and a.manifest.training.backend == backend
+              and a.base_fingerprint == fingerprint and a.manifest.training.tokens_per_s > 0][:last]
+    return float(statistics.median(speeds)) if speeds else 0.0
 
 
 def key(backend: str, fingerprint: str, cfg: TrainSection) -> str:
