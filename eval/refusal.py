@@ -255,7 +255,7 @@ def _model_refusals(settings: Settings, found: list[Item]) -> tuple[str, list[bo
     promoted version when there is one, else the base; with the admin key, so the gate does not decide."""
     from contextlib import closing
 
-    from eval.endpoint import EndpointError
+    from eval.endpoint import Endpoint, EndpointError
     from eval.judge import EvalRunError, serving
     from repotune import db as store
     from repotune import registry
