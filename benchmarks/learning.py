@@ -120,8 +120,11 @@ def main() -> None:
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: pin the base's distribution on "
                     "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
+    ap.add_argument("--score-epochs", default="", metavar="E,E,…",
+                    help="score only these epochs' checkpoints (the last always; default: every epoch)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
+    scored = {int(e) for e in a.score_epochs.split(",") if e.strip()}
 
     import tomli_w
 
@@ -187,6 +190,8 @@ def main() -> None:
     for i, ckpt in enumerate(checkpoints, start=1):
         state = json.loads((ckpt / "trainer_state.json").read_text())
         last = i == len(checkpoints)
+        if scored and i not in scored and not last:
+            continue
         points.append({"epoch": i, "tokens": state.get("num_input_tokens_seen", 0),
                        **_scores(base, ckpt, evals, general_mc=last, store=store if last else None)})
         print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
