@@ -84,3 +84,19 @@ def test_a_kept_trial_speed_is_read_back_and_a_file_that_does_not_read_counts_as
     assert speed.known(tmp_path, "trl:abc") == 0.0
     speed.remember(tmp_path, "trl:abc", 80.0)  # a new trial writes a good file over it
     assert speed.known(tmp_path, "trl:abc") == 80.0
+
+
+def test_a_trial_that_timed_nothing_is_not_kept_as_the_speed(tmp_path, monkeypatch) -> None:
+    """A trial that measured 0 tokens a second says so to the run and leaves nothing that the next run
+    would read back as a speed (it measures again)."""
+    from types import SimpleNamespace
+
+    from repotune.config import TrainSection
+    from tuner.train import speed
+
+    trials: list[float] = []
+    monkeypatch.setattr(speed, "measure", lambda *a: trials.append(0.0) or 0.0)
+    backend, base = SimpleNamespace(name="trl"), SimpleNamespace(fingerprint="abc", path=tmp_path)
+    for _ in range(2):
+        assert speed.for_budget([], backend, base, [], TrainSection(), tmp_path) == (0.0, True)
+    assert len(trials) == 2 and not (tmp_path / speed.FILE).exists()

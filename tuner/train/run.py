@@ -146,11 +146,16 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
                                            settings.data_dir)
         except BackendError as e:
             raise TrainError(str(e)) from None
-        if trial:
+        if trial and rate > 0:
             notes.append(f"budget: no earlier {backend.name} run of {settings.lineage} on this base; "
                          f"{speed.STEPS} trial steps here ran at {rate:,.0f} tokens/s")
-        by_time = int(cfg.budget_minutes * 60 * rate)
-        tokens = min(tokens, by_time) if tokens else by_time
+        if rate > 0:
+            by_time = int(cfg.budget_minutes * 60 * rate)
+            tokens = min(tokens, by_time) if tokens else by_time
+        else:
+            notes.append(f"budget: {speed.STEPS} trial steps here measured no speed, so {cfg.budget_minutes:g} "
+                         "minutes could not be turned into the newest facts that fit; the run is not planned: "
+                         "it trains on every example and stops when the time is up")
     if not tokens:
         return budget.Plan(rows, None)
     from transformers import AutoTokenizer

@@ -41,7 +41,8 @@ def for_budget(versions: list[registry.Adapter], backend: Backend, base: models.
     rate = known(data_dir, name)
     if not rate:
         rate = measure(backend, base.path, rows, cfg, data_dir / "work" / "speed-trial")
-        remember(data_dir, name, rate)
+        if rate > 0:  # a trial that timed nothing is no speed to plan the next run with either
+            remember(data_dir, name, rate)
     return rate, True
 
 
