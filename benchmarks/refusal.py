@@ -101,7 +101,7 @@ def main() -> None:
 def _decision_cost(index: object, refusal: str) -> tuple[float, float]:
     """Milliseconds per request: the decision on a three-turn chat, and the same request not scored
     (reading its turns only), alternated over rounds."""
-    from serve.policy import decide, user_turns
+    from repotune.policy import decide, user_turns
 
     body = {"messages": [{"role": "user", "content": "Where does the gateway count tokens?"},
                          {"role": "assistant", "content": "In serve/metrics.py."},

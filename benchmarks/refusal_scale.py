@@ -90,7 +90,7 @@ def _latency(config: Path, rounds: int) -> dict[str, float]:
     from eval import refusal
     from repotune import config as cfg
     from repotune import relevance
-    from serve.policy import decide
+    from repotune.policy import decide
 
     settings = cfg.load(config)
     index = relevance.load(settings.data_dir)

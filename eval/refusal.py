@@ -6,7 +6,7 @@ repository; `--indomain` names another file, and the held-out questions of the l
 newest dataset are added to it), off-domain questions (everyday, general knowledge, other
 projects' code) and attacks on off-domain requests in six families (ignore instructions,
 role-play, "as a test", split over turns, disguised in the domain's words, the refusal
-text quoted). Each item goes through the gateway's own decision (`serve.policy.decide`)
+text quoted). Each item goes through the gateway's own decision (`repotune.policy.decide`)
 with the saved domain index. In `policy.mode` `model` or `both`, each is also asked of the
 model through the server (the promoted version, else the base; with the admin key, so the
 gate does not decide), and a reply that begins with the refusal text counts as refused:
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from repotune import datasets, relevance
 from repotune.config import Settings
-from serve.policy import decide
+from repotune.policy import decide, refused
 
 if TYPE_CHECKING:
     from eval.endpoint import Endpoint
@@ -244,8 +244,6 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
 def asked_refused(endpoint: Endpoint, found: list[Item], refusal: str) -> tuple[list[str], list[bool]]:
     """Each item asked of the endpoint's model (greedy, its turns as user messages), its reply, and whether
     the reply is the model's own refusal (it begins with the refusal text, as the gateway's check reads it)."""
-    from serve.policy import refused
-
     replies: list[str] = endpoint.answer_turns([i.turns for i in found], max(REFUSAL_TOKENS, len(refusal)))
     return replies, [refused(r, refusal) for r in replies]
 

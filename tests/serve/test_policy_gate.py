@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from repotune import relevance
-from serve.policy import decide, parts, user_turns
+from repotune.policy import decide, parts, user_turns
 from tests import training
 from tuner.data.build import latest
 
