@@ -304,7 +304,8 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
         if settings.config.policy.train_refusals:
             from eval import refusal
 
-            sets = refusal.items(settings)  # the same questions for every model
+            # the same questions for every model, the in-domain ones from the candidate's own held-out set
+            sets = refusal.items(settings, held_out=rows)
         for label, model, identity in asked:
             restore = (lambda: promotion.admin(url, key, "hold", hold)) if label == "candidate" else None
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,

@@ -128,9 +128,10 @@ def shipped(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def items(settings: Settings, indomain: Path | None = None) -> list[Item]:
-    """The three sets: in-domain (the file, or the shipped set; plus the newest dataset's held-out
-    questions), off-domain and attacks."""
+def items(settings: Settings, indomain: Path | None = None,
+          held_out: list[dict[str, Any]] | None = None) -> list[Item]:
+    """The three sets: in-domain (the file, or the shipped set; plus held-out dataset questions: those
+    given, such as the ones a candidate is judged on, else the newest dataset's), off-domain and attacks."""
     try:
         own = [json.loads(line) for line in indomain.read_text().splitlines() if line.strip()] if indomain \
             else shipped("indomain")
@@ -140,7 +141,8 @@ def items(settings: Settings, indomain: Path | None = None) -> list[Item]:
         raise RefusalEvalError(f"{indomain}: not a JSONL file of {{\"question\": …}} objects "
                                f"({type(e).__name__}: {e})") from None
     found += [Item(f"eval-{r['id']}", "indomain", f"dataset {r['kind']}", (r["messages"][0]["content"],))
-              for r in _held_out(settings)]
+              for r in (_held_out(settings) if held_out is None
+                        else [r for r in held_out if r.get("kind") in DOMAIN_KINDS])]
     found += [Item(r["id"], "offdomain", r["category"], (r["question"],)) for r in shipped("offdomain")]
     found += [Item(r["id"], "attack", r["family"], tuple(r.get("turns") or [r["question"]]))
               for r in shipped("attacks")]

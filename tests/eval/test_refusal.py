@@ -89,3 +89,19 @@ def test_a_malformed_indomain_file_is_refused_with_what_it_should_hold(tmp_path,
     done = _cli(settings, "eval", "refusal", "--indomain", str(bad))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert str(bad) in done.stderr and '"question"' in done.stderr
+
+
+def test_the_in_domain_set_holds_the_held_out_questions_it_is_given_else_the_newest_datasets(tmp_path, tiny):
+    """The gate asks a candidate the held-out questions of the dataset it was trained on, not those of a
+    dataset built after it (about facts it never saw, which a model with trained refusals would refuse)."""
+    settings = training.prepared(tmp_path)
+    newest = {f"eval-{r['id']}" for r in refusal._held_out(settings)}
+    assert newest
+    own = {"id": "own-1", "kind": "commit", "messages": [{"role": "user", "content": "What did commit abc1234 do?"}]}
+    general = {"id": "own-2", "kind": "general", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+    def held(found):
+        return {i.id: i.turns for i in found if i.id.startswith("eval-")}
+
+    assert set(held(refusal.items(settings))) == newest
+    assert held(refusal.items(settings, held_out=[own, general])) == {"eval-own-1": ("What did commit abc1234 do?",)}
