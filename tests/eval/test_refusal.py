@@ -36,6 +36,16 @@ def test_the_shipped_sets_are_large_enough_and_apart_from_the_training_refusals(
     assert not [q for q in asked if q.lower().strip() in trained]
     openings = {t.split("{q}")[0].strip() for t in INJECTIONS}
     assert not [q for q in asked if any(o and o in q for o in openings)]
+    # nor reworded: no training question is a near copy of one asked (TF-IDF cosine; the closest
+    # pairs of different questions on the same topic sit near 0.45, a reworded copy above 0.8)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    targets = asked + [a["target"] for a in attacks if a.get("target")]
+    trained_list = off_domain_questions()
+    vectors = TfidfVectorizer(stop_words="english").fit(trained_list + targets)
+    closest = cosine_similarity(vectors.transform(trained_list), vectors.transform(targets)).max(axis=1)
+    assert not [(q, round(float(c), 2)) for q, c in zip(trained_list, closest, strict=True) if c >= 0.6]
     ids = [r["id"] for r in indomain + offdomain + attacks]
     assert len(ids) == len(set(ids))
 

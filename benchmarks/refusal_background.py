@@ -1,0 +1,103 @@
+"""The domain index's background at two revisions: what the policy refuses and lets through with each.
+
+The background is what the domain is told apart from (`repotune.relevance.background`: the
+general set's questions, `tuner/data/offdomain.txt`, and those inside the wrappers of
+`tuner/data/injections.txt`). This repository at HEAD is ingested and built into a dataset
+once (`repotune ingest`, `repotune data build`); the same domain documents are then
+indexed against the background as it was at `--against` and as it is in the working tree,
+and the shipped sets are scored with each, whole turns and by parts
+(`policy.score_parts`), each calibrated the same way (`repotune eval refusal
+--calibrate`'s rule: false refusals at most `policy.max_false_refusal` of the calibration
+half) and reported on both halves.
+
+    python -m benchmarks.refusal_background --against 9e22cdb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(config: Path, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "repotune.cli", *args, "--config", str(config)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+
+
+def _at(rev: str) -> Any:
+    def read(name: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{name}"], capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else None
+    return read
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--against", required=True, help="the revision whose background is the reference")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-background.json"))
+    a = ap.parse_args()
+
+    import tomli_w
+
+    from eval import refusal as suite
+    from repotune import config as cfg
+    from repotune import db as store
+    from repotune import relevance
+
+    folder = Path(tempfile.mkdtemp(prefix="refusal-background-"))
+    config = folder / "config.toml"
+    config.write_text(tomli_w.dumps({"ingest": {"repo": str(ROOT), "workers": 1},
+                                     "paths": {"data_dir": str(folder / "state")},
+                                     "tuner": {"lineage": "repotune", "data": {"generators": ["templates"]}}}))
+    _cli(config, "ingest")
+    _cli(config, "data", "build")
+    settings = cfg.load(config)
+    policy = settings.config.policy
+    db = store.open_db(store.db_path(settings.data_dir))
+    docs = relevance.documents(db, settings.data_dir, settings.lineage, policy.index_skip)
+    found = suite.items(settings)
+    typed = [i for i in found if i.set == "indomain" and not i.group.startswith("dataset")]
+    result: dict[str, Any] = {"against": a.against, "documents": len(docs), "items": len(found), "runs": {}}
+    for name, read in ((a.against, _at(a.against)), ("working tree", None)):
+        others = relevance.background(read)
+        index = relevance.build(docs, others)
+        assert index is not None
+        for split in (False, True):
+            scored = suite.scores(found, index, policy.refusal, split)
+            calibration = suite.calibrate(found, scored, policy.max_false_refusal)
+            at = suite.figures(found, scored, calibration["threshold"]).as_dict()
+            refused_typed = sum(1 for i, s in zip(found, scored, strict=True)
+                                if i in typed and s < calibration["threshold"])
+            configured = suite.figures(found, scored, policy.threshold).as_dict()
+            run = {"background": len(others), "threshold": calibration["threshold"], "figures": at,
+                   "configured": configured,
+                   "user_typed_refused": [refused_typed, len(typed)],
+                   "check": calibration["check"]}
+            label = f"{name}, {'parts' if split else 'whole turns'}"
+            result["runs"][label] = run
+            families = {k: f"{v['hits']}/{v['total']}" for k, v in at["by_group"].items()
+                        if not k.startswith("in-domain")}
+            print(f"{label}: background {len(others)}, threshold {calibration['threshold']:.3f}, "
+                  f"user-typed refused {refused_typed}/{len(typed)}, all in-domain refused "
+                  f"{at['false_refusal']['hits']}/{at['false_refusal']['total']}, answered: off-domain "
+                  f"{at['offdomain']['hits']}/{at['offdomain']['total']}, attacks "
+                  f"{at['attacks']['hits']}/{at['attacks']['total']}; check half: refused "
+                  f"{calibration['check']['false_refusal']['hits']}/{calibration['check']['false_refusal']['total']}"
+                  f", answered {calibration['check']['attack_success']['hits']}/"
+                  f"{calibration['check']['attack_success']['total']}; {families}; at the configured "
+                  f"{policy.threshold}: refused {configured['false_refusal']['hits']}, answered "
+                  f"{configured['attack_success']['hits']}", flush=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
