@@ -33,38 +33,54 @@ class Pair:
 
 
 @contextmanager
-def engine_and_gateway(work: Path, dtype: str = "float32", engine_args: tuple[str, ...] = ()) -> Iterator[Pair]:
+def engine_and_gateway(work: Path, dtype: str = "float32", engine_args: tuple[str, ...] = (),
+                       settings: str = "") -> Iterator[Pair]:
+    """The engine, and `repotune serve` in front of it; `settings`: more of the gateway's TOML."""
     work.mkdir(parents=True, exist_ok=True)
     base = models.resolve("builtin:tiny")
     serve = cfg.ServeSection(dtype=dtype, max_model_len=1024, engine_args=list(engine_args))
-    engine_port, gateway_port = free_port(), free_port()
+    engine_port = free_port()
     engine = subprocess.Popen(
         [sys.executable, "-m", "serve.guard", "--", *engine_command(serve, base.path, engine_port)],
         env=engine_env(serve), stdout=(work / "engine.log").open("wb"), stderr=subprocess.STDOUT,
     )
     direct = f"http://127.0.0.1:{engine_port}"
-    config = work / "config.toml"
+    try:
+        wait_healthy(direct, engine)
+        with gateway(work, direct, settings) as pair:
+            yield pair
+    finally:
+        _stop(engine)
+
+
+@contextmanager
+def gateway(work: Path, direct: str, settings: str = "", name: str = "gateway") -> Iterator[Pair]:
+    """`repotune serve` in front of the engine at `direct`, its config and log named `name` in `work`."""
+    port = free_port()
+    config = work / f"{name}.toml"
+    state = "state" if name == "gateway" else f"state-{name}"  # each gateway its own store
     config.write_text(
-        f'[serve]\nport = {gateway_port}\nupstreams = ["{direct}"]\nmax_concurrent_per_key = 256\n'
+        f'[serve]\nport = {port}\nupstreams = ["{direct}"]\nmax_concurrent_per_key = 256\n'
         f'max_queued_per_key = 1024\nreconcile_interval_s = 1.0\n[tuner]\nlineage = "bench"\n'
-        f'[paths]\ndata_dir = "state"\n'
+        f'[paths]\ndata_dir = "{state}"\n{settings}'
     )
     env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
-    gateway = None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
+        env=env, stdout=(work / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+    )
     try:
-        wait_healthy(direct, engine)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "repotune.cli", "serve", "--config", str(config)],
-            env=env, stdout=(work / "gateway.log").open("wb"), stderr=subprocess.STDOUT,
-        )
-        wait_healthy(f"http://127.0.0.1:{gateway_port}", gateway)
-        yield Pair(direct, f"http://127.0.0.1:{gateway_port}", config, env, gateway.pid)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield Pair(direct, f"http://127.0.0.1:{port}", config, env, proc.pid)
     finally:
-        for proc in (gateway, engine):
-            if proc and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
