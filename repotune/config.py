@@ -290,6 +290,12 @@ class TrainSection(Section):
     batch_size: int = Field(8, ge=1, description="Examples per device per step.")
     grad_accum: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
     max_seq_len: int = Field(1024, ge=16, description="Longer examples are cut.")
+    max_batch_tokens: int = Field(
+        0, ge=0, description="At most this many tokens (rows × max_seq_len) go through the model at once: a "
+        "larger batch is split into parts whose gradients are accumulated, the same optimizer step in less memory "
+        "(a part's activations and its logits over the whole vocabulary are what a step's memory grows with); "
+        "0: no limit."
+    )
     packing: bool = Field(False, description="Pack several examples into each sequence of max_seq_len.")
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (less padding), in a random order of batches."

@@ -38,7 +38,7 @@ from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
 from tuner.data import build as dataset_build
 from tuner.train import budget, speed
 from tuner.train.backends import Backend, BackendError, pick
-from tuner.train.sft import Job, Progress, Trained
+from tuner.train.sft import Job, Progress, Trained, part_size
 
 TRAINED = "trained.json"  # the run's figures, beside the adapter until it is registered
 _UNKEYED = {"backend", "niceness", "resume", "keep_checkpoints"}  # settings that do not change what is trained
@@ -78,6 +78,11 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
             raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
         planned = _plan(settings, db, base, chosen, rows, notes)
         rows = planned.rows
+        part = part_size(cfg.batch_size, cfg.max_seq_len, cfg.max_batch_tokens)
+        if part < cfg.batch_size:
+            notes.append(f"batches of {cfg.batch_size} go through the model {part} rows at a time "
+                         f"(train.max_batch_tokens {cfg.max_batch_tokens:,} at max_seq_len {cfg.max_seq_len:,}), "
+                         "their gradients accumulated into one step")
         started_from = f"{start.lineage}@v{start.version}" if start else None
         key = _key(settings, data, base, strategy, started_from, chosen.name)
         with _lineage_lock(settings):

@@ -69,6 +69,15 @@ class Trained:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+def part_size(batch_size: int, max_seq_len: int, max_batch_tokens: int) -> int:
+    """The rows of a batch that go through the model at once: the largest divisor of `batch_size` whose
+    rows of `max_seq_len` tokens hold at most `max_batch_tokens` (at least 1; 0: no limit)."""
+    if not max_batch_tokens:
+        return batch_size
+    fits = [d for d in range(1, batch_size + 1) if batch_size % d == 0 and d * max_seq_len <= max_batch_tokens]
+    return max(fits, default=1)
+
+
 def has_generation_markers(tokenizer: Any) -> bool:
     template = tokenizer.chat_template or ""
     return "{% generation %}" in template or "{%- generation %}" in template
@@ -114,10 +123,12 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     supervised, replay = pinned.split(job.train) if cfg.replay_kl else (job.train, [])
+    rows = part_size(cfg.batch_size, cfg.max_seq_len, cfg.max_batch_tokens)
+    accumulated = cfg.grad_accum * (cfg.batch_size // rows)  # the same examples per optimizer step
     trainer_class: Any = SFTTrainer
     if replay:
         trainer_class = pinned.trainer_class(cfg.replay_kl, pinned.encode(replay, tokenizer, cfg.max_seq_len),
-                                             cfg.batch_size, cfg.seed, tokenizer.pad_token_id)
+                                             rows, cfg.seed, tokenizer.pad_token_id)
     train = datasets.Dataset.from_list(as_dataset_rows(supervised, markers))
     val = datasets.Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
     checkpoints = job.work / CHECKPOINTS
@@ -125,9 +136,9 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     interval = "steps" if cfg.eval_steps else "epoch"
     args = SFTConfig(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=rows,
+        per_device_eval_batch_size=rows,
+        gradient_accumulation_steps=accumulated,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
