@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
     ap.add_argument("--score-epochs", default="", metavar="E,E,…",
                     help="score only these epochs' checkpoints (the last always; default: every epoch)")
+    ap.add_argument("--score-only", default="", metavar="FOLDER",
+                    help="score the checkpoints of a run stopped partway (its folder, printed at the start), "
+                         "without training; the other options must be the run's own")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
     scored = {int(e) for e in a.score_epochs.split(",") if e.strip()}
@@ -133,13 +137,15 @@ def main() -> None:
     from tuner.train.backends import BACKENDS
     from tuner.train.sft import Job
 
-    folder = Path(tempfile.mkdtemp(prefix="learning-"))
+    folder = Path(a.score_only) if a.score_only else Path(tempfile.mkdtemp(prefix="learning-"))
+    print(f"run folder: {folder}", flush=True)
     repo = ROOT
     if a.typescript:
         from benchmarks.ts_repo import generate
 
         repo = folder / "typescript"
-        generate(repo, a.typescript)
+        if not a.score_only:
+            generate(repo, a.typescript)
         kinds: tuple[str, ...] = ("commit", "commit_reverse", "pull_request", "pull_request_reverse", "definition")
 
         def keep(r: dict[str, Any]) -> bool:
@@ -162,8 +168,9 @@ def main() -> None:
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
                                                 "replay_general": 1.0, "eval_max": 100000,
                                                 "replay_answers": a.replay_answers}}}))
-    _cli(config, "ingest")
-    _build(config, folder / "state", a.base)
+    if not a.score_only:
+        _cli(config, "ingest")
+        _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
     train = _pick(datasets.read(data, "train"), keep, a.replay)
     val = _pick(datasets.read(data, "val"), keep, 0)
@@ -179,8 +186,15 @@ def main() -> None:
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
     started = time.monotonic()
-    trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
-    minutes = (time.monotonic() - started) / 60
+    if a.score_only:  # stopped partway: the time to the last checkpoint, from when training began
+        newest = max((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+        seen = json.loads((newest / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        seconds = newest.stat().st_mtime - (folder / "work").stat().st_mtime
+        trained: Any = SimpleNamespace(tokens=seen, tokens_per_s=seen / seconds)
+        minutes = seconds / 60
+    else:
+        trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
+        minutes = (time.monotonic() - started) / 60
     from repotune import db as store_db
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
@@ -200,6 +214,7 @@ def main() -> None:
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "all_kinds": a.all_kinds,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
+              "epochs_trained": len(checkpoints),
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}" + ("-typescript" if a.typescript else "")
