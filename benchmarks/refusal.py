@@ -35,26 +35,32 @@ def _cli(config: Path, *args: str) -> str:
     return done.stdout
 
 
+def domain(prefix: str, data: bool) -> Path:
+    """This repository ingested into a new store (with `data`, built into a dataset too): its config."""
+    import tomli_w
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    config = folder / "config.toml"
+    config.write_text(tomli_w.dumps({"ingest": {"repo": str(ROOT), "workers": 1},
+                                     "paths": {"data_dir": str(folder / "state")},
+                                     "tuner": {"lineage": "repotune", "data": {"generators": ["templates"]}}}))
+    _cli(config, "ingest")
+    if data:
+        _cli(config, "data", "build")
+    return config
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", action="store_true", help="also build a dataset (its training questions join the index)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal.json"))
     a = ap.parse_args()
 
-    import tomli_w
-
     from repotune import config as cfg
     from repotune import db as store
     from repotune import relevance
 
-    folder = Path(tempfile.mkdtemp(prefix="refusal-"))
-    config = folder / "config.toml"
-    config.write_text(tomli_w.dumps({"ingest": {"repo": str(ROOT), "workers": 1},
-                                     "paths": {"data_dir": str(folder / "state")},
-                                     "tuner": {"lineage": "repotune", "data": {"generators": ["templates"]}}}))
-    _cli(config, "ingest")
-    if a.data:
-        _cli(config, "data", "build")
+    config = domain("refusal-", a.data)
     settings = cfg.load(config)
     db = store.open_db(store.db_path(settings.data_dir))
     started = time.perf_counter()

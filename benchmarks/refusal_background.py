@@ -18,19 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(config: Path, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "repotune.cli", *args, "--config", str(config)],
-                          capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr)
 
 
 def _at(rev: str) -> Any:
@@ -46,21 +37,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-background.json"))
     a = ap.parse_args()
 
-    import tomli_w
-
+    from benchmarks.refusal import domain
     from eval import refusal as suite
     from repotune import config as cfg
     from repotune import db as store
     from repotune import relevance
 
-    folder = Path(tempfile.mkdtemp(prefix="refusal-background-"))
-    config = folder / "config.toml"
-    config.write_text(tomli_w.dumps({"ingest": {"repo": str(ROOT), "workers": 1},
-                                     "paths": {"data_dir": str(folder / "state")},
-                                     "tuner": {"lineage": "repotune", "data": {"generators": ["templates"]}}}))
-    _cli(config, "ingest")
-    _cli(config, "data", "build")
-    settings = cfg.load(config)
+    settings = cfg.load(domain("refusal-background-", data=True))
     policy = settings.config.policy
     db = store.open_db(store.db_path(settings.data_dir))
     docs = relevance.documents(db, settings.data_dir, settings.lineage, policy.index_skip)
