@@ -59,9 +59,9 @@ def _build(config: Path, state: Path, base: str) -> None:
         shutil.copyfile(here, kept)
 
 
-def _slice(n: int) -> list[str]:
-    """The newest `n` commits on the first parent, merges left out, newest first."""
-    out = subprocess.run(["git", "-C", str(ROOT), "log", "--first-parent", "--no-merges", f"-n{n}", "--format=%H"],
+def _slice(n: int, at: str = "HEAD") -> list[str]:
+    """The newest `n` commits on the first parent at `at`, merges left out, newest first."""
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "--first-parent", "--no-merges", f"-n{n}", "--format=%H", at],
                          capture_output=True, text=True, check=True).stdout
     return out.split()
 
@@ -126,8 +126,12 @@ def main() -> None:
     ap.add_argument("--score-only", default="", metavar="FOLDER",
                     help="score the checkpoints of a run stopped partway (its folder, printed at the start), "
                          "without training; the other options must be the run's own")
+    ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision (with "
+                    "--score-only: the revision the run started at, printed then)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
+    a.at = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at], capture_output=True, text=True,
+                          check=True).stdout.strip()
     scored = {int(e) for e in a.score_epochs.split(",") if e.strip()}
 
     import tomli_w
@@ -138,7 +142,7 @@ def main() -> None:
     from tuner.train.sft import Job
 
     folder = Path(a.score_only) if a.score_only else Path(tempfile.mkdtemp(prefix="learning-"))
-    print(f"run folder: {folder}", flush=True)
+    print(f"run folder: {folder}; the slice at {a.at}", flush=True)
     repo = ROOT
     if a.typescript:
         from benchmarks.ts_repo import generate
@@ -152,7 +156,7 @@ def main() -> None:
             return r["kind"] in kinds
     else:
         kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
-        shas = set(_slice(a.commits))
+        shas = set(_slice(a.commits, a.at))
         touched = _touched(shas) if a.all_kinds else set()
 
         def keep(r: dict[str, Any]) -> bool:
@@ -210,6 +214,7 @@ def main() -> None:
                        **_scores(base, ckpt, evals, general_mc=last, store=store if last else None)})
         print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
+              "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "all_kinds": a.all_kinds,
