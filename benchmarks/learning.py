@@ -237,7 +237,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
     pts = result["points"]
     x = [p["tokens"] / 1000 for p in pts]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     what = result["kinds"][0] if len(result["kinds"]) <= 2 else "domain"
     other = "item" if what == "domain" else what
     lines = [("forward", f"held-out {what} questions"), ("reverse", "reverse (subject → sha or number)"),
@@ -245,6 +245,15 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for key, label in lines:
         if any(p.get(key) is not None for p in pts):
             ax.plot(x, [p.get(key) or 0 for p in pts], marker="o", label=label)
+    kinds = sorted({k for p in pts for k in p.get("by_kind", {})})
+    if len(kinds) > 2:  # several kinds: each on its own, thin
+        for kind in kinds:
+            ax.plot(x, [p.get("by_kind", {}).get(kind, 0.0) for p in pts], linestyle="--", linewidth=1,
+                    marker=".", label=f"  {kind}")
+    mc = [p for p in pts if p.get("general_mc") is not None]
+    if mc:
+        ax.scatter([p["tokens"] / 1000 for p in mc], [p["general_mc"] for p in mc], marker="s", s=40,
+                   color="tab:green", zorder=3, label="general knowledge, multiple choice")
     starred = [p for p in (pts[0], pts[-1]) if p.get("forward_retrieval") is not None]
     for p in starred:
         ax.scatter([p["tokens"] / 1000], [p["forward_retrieval"]], marker="*", s=140, color="black", zorder=3)
@@ -253,11 +262,15 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("tokens trained on (thousands)")
     ax.set_ylabel("share right")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{result['base']}: {result['source']}, {result['paraphrases']} phrasings, lr {result['lr']} "
-                 f"{result.get('scheduler', '')}, rank {result['rank']}\ngeneral replay: "
-                 f"{'the base' if result.get('replay_answers') == 'base' else 'gold'} answers", fontsize=10)
+    answers = {"base": "the base's own", "gold": "gold", "both": "the base's own and gold"}
+    replay = f"general replay: {answers.get(result.get('replay_answers', 'gold'), 'gold')} answers"
+    if result.get("replay_kl"):
+        replay += f", pinned by KL (weight {result['replay_kl']:g})"
+    source = result["source"] + (", all kinds" if result.get("all_kinds") else "")
+    ax.set_title(f"{result['base']}: {source}, {result['paraphrases']} phrasings, lr {result['lr']} "
+                 f"{result.get('scheduler', '')}, rank {result['rank']}\n{replay}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
