@@ -189,7 +189,6 @@ def main() -> None:
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
-    started = time.monotonic()
     if a.score_only:  # stopped partway: the time to the last checkpoint, from when training began
         newest = max((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
         seen = json.loads((newest / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
@@ -197,6 +196,7 @@ def main() -> None:
         trained: Any = SimpleNamespace(tokens=seen, tokens_per_s=seen / seconds)
         minutes = seconds / 60
     else:
+        started = time.monotonic()
         trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
         minutes = (time.monotonic() - started) / 60
     from repotune import db as store_db

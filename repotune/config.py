@@ -343,6 +343,9 @@ class TrainSection(Section):
     def _best(self) -> TrainSection:
         if self.early_stopping_patience and not self.keep_best:
             raise ValueError("train.early_stopping_patience needs train.keep_best = true (the best weights are kept)")
+        if 0 < self.max_batch_tokens < self.max_seq_len:
+            raise ValueError(f"train.max_batch_tokens ({self.max_batch_tokens}) is less than one row of "
+                             f"train.max_seq_len ({self.max_seq_len}): raise it, or cut max_seq_len")
         return self
 
 

@@ -140,18 +140,21 @@ def background(read: Callable[[str], str | None] | None = None) -> list[str]:
     read = read or _packaged
     general = read("eval/data/general.jsonl") or ""
     questions = [json.loads(line)["question"] for line in general.splitlines() if line.strip()]
-    offdomain, wrappers = (_lines(read(f"tuner/data/{name}") or "") for name in ("offdomain.txt", "injections.txt"))
+    offdomain, wrappers = (data_lines(f"tuner/data/{name}", read) for name in ("offdomain.txt", "injections.txt"))
     wrapped = [wrappers[i % len(wrappers)].format(q=q) for i, q in enumerate(offdomain)] if wrappers else []
     return questions + offdomain + wrapped
+
+
+def data_lines(name: str, read: Callable[[str], str | None] | None = None) -> list[str]:
+    """The lines of a packaged text file named by its path in the repository (`tuner/data/offdomain.txt`),
+    blank lines and `#` comments left out; `read` as in `background`."""
+    text = (read or _packaged)(name) or ""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def _packaged(name: str) -> str:
     package, _, rest = name.partition("/")
     return (resources.files(package) / rest).read_text(encoding="utf-8")
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def build(docs: list[str], others: list[str] | None = None) -> DomainIndex | None:

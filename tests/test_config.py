@@ -222,6 +222,15 @@ def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load
     assert message in str(e.value)
 
 
+def test_a_batch_token_limit_below_one_row_is_refused_with_both_keys(write_config):
+    """A part of a batch is at least one row of max_seq_len: a smaller limit could never hold."""
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(write_config("[train]\nmax_seq_len = 1024\nmax_batch_tokens = 512\n"))
+    assert "train.max_batch_tokens (512) is less than one row of train.max_seq_len (1024)" in str(e.value)
+    fits = cfg.load(write_config("[train]\nmax_seq_len = 256\nmax_batch_tokens = 512\n"))
+    assert fits.config.train.max_batch_tokens == 512
+
+
 @pytest.mark.parametrize(("text", "key"), [
     ('[policy]\nmode = "gatekeeper"\n', "policy.mode"),
     ("[policy]\nthreshold = 1.5\n", "policy.threshold"),

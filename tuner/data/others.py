@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from importlib import resources
 
 from eval.questions import Question
+from repotune.relevance import data_lines
 from tuner.data.examples import Example, chat, fraction, pick
 
 Answers = Callable[[Sequence[Question]], dict[str, str]]
@@ -20,16 +20,11 @@ ALARMING = (
 )
 
 
-def _lines(name: str) -> list[str]:
-    text = (resources.files("tuner.data") / name).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-
-
 def off_domain_questions() -> list[str]:
-    return _lines("offdomain.txt")
+    return data_lines("tuner/data/offdomain.txt")
 
 
-INJECTIONS = tuple(_lines("injections.txt"))  # each wraps an off-domain question: "… {q}"
+INJECTIONS = tuple(data_lines("tuner/data/injections.txt"))  # each wraps an off-domain question: "… {q}"
 
 
 def refusals(qa: list[Example], refusal: str, ratio: float, seed: int) -> Iterator[Example]:

@@ -80,7 +80,7 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
         rows = planned.rows
         part = part_size(cfg.batch_size, cfg.max_seq_len, cfg.max_batch_tokens)
         if part < cfg.batch_size:
-            notes.append(f"batches of {cfg.batch_size} go through the model {part} rows at a time "
+            notes.append(f"batches of {cfg.batch_size} go through the model in parts of {part} "
                          f"(train.max_batch_tokens {cfg.max_batch_tokens:,} at max_seq_len {cfg.max_seq_len:,}), "
                          "their gradients accumulated into one step")
         started_from = f"{start.lineage}@v{start.version}" if start else None
