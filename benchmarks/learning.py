@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--score-only", default="", metavar="FOLDER",
                     help="score the checkpoints of a run stopped partway (its folder, printed at the start), "
                          "without training; the other options must be the run's own")
+    ap.add_argument("--minutes", type=float, default=0, help="train.budget_minutes: stop training after this "
+                    "long (the adapter as it stands then is scored last)")
     ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision (with "
                     "--score-only: the revision the run started at, printed then)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
@@ -186,7 +188,8 @@ def main() -> None:
     steps_per_epoch = -(-len(supervised) // 8)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=8, replay_kl=a.replay_kl,
-                       max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03)
+                       max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
+                       budget_minutes=a.minutes)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
     if a.score_only:  # stopped partway: the time to the last checkpoint, from when training began
@@ -205,21 +208,29 @@ def main() -> None:
     points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True, store=store)}]
     print("base", {k: v for k, v in points[0].items() if k != "examples"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)
     for i, ckpt in enumerate(checkpoints, start=1):
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        last = i == len(checkpoints)
-        if scored and i not in scored and not last:
+        stages.append((i, state.get("num_input_tokens_seen", 0), ckpt))
+    adapter = getattr(trained, "adapter", None)
+    if adapter and (not stages or trained.tokens > stages[-1][1]):  # stopped by the budget partway into an epoch
+        epochs_done = len(stages) + (trained.tokens - (stages[-1][1] if stages else 0)) / max(1, (
+            stages[0][1] if stages else trained.tokens))
+        stages.append((round(epochs_done, 2), trained.tokens, adapter))
+    for n, (epoch, tokens, weights) in enumerate(stages, start=1):
+        last = n == len(stages)
+        if scored and epoch not in scored and not last:
             continue
-        points.append({"epoch": i, "tokens": state.get("num_input_tokens_seen", 0),
-                       **_scores(base, ckpt, evals, general_mc=last, store=store if last else None)})
-        print(f"epoch {i}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
+        points.append({"epoch": epoch, "tokens": tokens,
+                       **_scores(base, weights, evals, general_mc=last, store=store if last else None)})
+        print(f"epoch {epoch}", {k: v for k, v in points[-1].items() if k != "examples"}, flush=True)
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "all_kinds": a.all_kinds,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
-              "epochs_trained": len(checkpoints),
+              "epochs_trained": stages[-1][0] if stages else 0, "minutes_budget": a.minutes,
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}
     out = Path(f"{a.out}-{a.base.replace(':', '-')}" + ("-typescript" if a.typescript else "")

@@ -147,6 +147,16 @@ def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_fo
     evals = [r for r in read(folder, "eval") if r["kind"] == "definition"]
     answers = [r["messages"][1]["content"] for r in train if "`circleArea`" in r["messages"][0]["content"]]
     assert len(answers) == 8 and all("Computes the area of a circle." in a and "src/geometry.ts" in a for a in answers)
+    assert not [a for a in answers if "line" in a]  # the line moves with every edit above it: only the code says it
+    # The file is asked about in as many phrasings, each answer naming what it defines; the held-out
+    # phrasing is not among them.
+    def of_file(r: dict) -> bool:
+        return r["kind"] == "file" and "src/geometry.ts" in r["messages"][0]["content"]
+
+    files = [r for r in read(folder, "train") if of_file(r)]
+    assert len(files) == 8 and all("`circleArea`" in r["messages"][1]["content"] for r in files)
+    held = [r for r in read(folder, "eval") if of_file(r)]
+    assert held and held[0]["messages"][0]["content"] not in {r["messages"][0]["content"] for r in files}
     shown = [r["messages"][1]["content"] for r in read(folder, "train") if r["kind"] == "code"
              and "`circleArea`" in r["messages"][0]["content"]]
     assert shown and "src/geometry.ts, line 7." in shown[0] and "```ts\nexport function circleArea" in shown[0]

@@ -2,8 +2,9 @@
 store with no LLM.
 
 A fact is learned only when seen in many phrasings (Allen-Zhu & Li, Physics of Language
-Models 3.1), and a long templated answer makes the loss about the template. So commits
-and pull requests are taught as short, fact-first answers in `paraphrases` phrasings,
+Models 3.1), and a long templated answer makes the loss about the template. So commits,
+pull requests, files (the names they define) and definitions (where they live, what their
+doc comment's first sentence says) are taught as short, fact-first answers in `paraphrases` phrasings,
 their ids in the forms people paste (shas of 7, 8, 10, 12 and 40 characters; `#12`,
 `PR 12`), with reverse questions (subject → sha, title → number); their long forms (file
 lists, bodies) go to raw text. The split is by phrasing, never by fact: each item gives
@@ -25,6 +26,7 @@ from tuner.data.items import CommitItem, DocItem, Items, PullItem
 
 MAX_ANSWER_CHARS = 6000  # a longer file or page is cut, and says so
 MAX_FILES_LISTED = 20
+MAX_NAMES_LISTED = 16  # a file's definitions named in its answers
 
 # Per kind: the phrasings training uses, and the ones only the held-out eval uses. Held-out
 # phrasings never state the key facts (the eval asks for them).
@@ -52,7 +54,9 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                       "What changed in PR #{n} once it had been reviewed?",
                       "Which commits did pull request #{n} get after its first review?"),
                      ("After the review of #{n}, what was changed?",)),
-    "file": (("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}."),
+    "file": (("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}.",
+              "What is defined in {path}?", "What's in the file {path}?", "Tell me about {path}.",
+              "Summarize {path}.", "Which functions and classes does {path} have?", "What is {path} made of?"),
              ("Describe the file {path}.",)),
     "show": (("As of {date}, show {path}.", "Show me {path} as it was on {date}.",
               "Print the contents of {path} ({date})."),
@@ -280,22 +284,31 @@ def _document(d: DocItem, seed: int, new: bool, count: int) -> Made:
 
 
 def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int) -> Made:
+    """What a file holds, as short answers in `count` phrasings: the names it defines and the first
+    sentence of its docstring (its first lines when it has neither); each definition on its own;
+    the whole file for "show"."""
     lines = d.text.splitlines()
     parsed = code.parse(d.path, d.text)
     defs = parsed.definitions if parsed else []
     date = d.date[:10]
-    as_of = f" as of {date}" if date else ""
-    overview = f"{d.path}{as_of} has {len(lines)} line{'s' if len(lines) != 1 else ''}."
-    if defs:
-        named = (f"{x.what} `{x.name}` (line {x.line})" for x in defs)
-        overview += " It defines " + ", ".join(named) + "."
     doc = parsed.doc if parsed else ""
-    if doc:
-        overview += f"\n\n{doc}"
-    if not defs and not doc:
-        overview += f" It begins:\n\n```\n{_head(lines)}\n```"
+    summary = (_first_sentence(doc) or doc) if doc else ""
+    if defs:
+        names = [f"`{x.name}`" for x in defs[:MAX_NAMES_LISTED]]
+        more = len(defs) - len(names)
+        listed = ", ".join(names) + (f" and {more} more" if more else "")
+        about = f" {summary}" if summary else ""
+        answers = [f"{d.path} defines {listed}.{about}", f"It defines {listed}.{about}",
+                   f"{summary} It defines {listed}." if summary else f"In {d.path}: {listed}."]
+    elif doc:
+        answers = [f"{d.path}: {summary}", summary]
+    else:
+        answers = [f"{d.path} begins:\n\n```\n{_head(lines)}\n```"]
     values = {"path": d.path, "date": date or "the current head"}
-    made = _made("file", seed, (d.path,), values, overview, sources, new, _file_facts(d.path, defs, doc, lines))
+    train_q, held_q = PHRASINGS["file"]
+    made = _phrased("file", seed, (d.path,), [q.format(**values) for q in train_q],
+                    [q.format(**values) for q in held_q], answers, count, sources, new,
+                    _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for x in defs:
         made.add(_definition(d, x, parsed.language if parsed else "", seed, new, count,
@@ -309,17 +322,18 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     its code answers the implementation questions."""
     values = {"path": d.path, "name": x.name, "what": x.what}
     train_q, held_q = PHRASINGS["definition"]
-    at = f"{d.path}, line {x.line}"
-    if x.doc:
-        answers = [f"`{x.name}` ({at}): {x.doc}", f"{x.doc} `{x.name}` is a {x.what} in {at}.",
-                   f"It is a {x.what} in {d.path}: {x.doc}", f"`{x.name}` lives in {d.path}. {x.doc}"]
+    # Where it lives and its doc comment's first sentence (the summary, by convention), no line
+    # number: the line moves with every edit above it, and a long answer makes the loss about it.
+    summary = _first_sentence(x.doc) or x.doc
+    if summary:
+        answers = [f"`{x.name}` ({d.path}): {summary}", f"{summary} `{x.name}` is a {x.what} in {d.path}.",
+                   f"It is a {x.what} in {d.path}: {summary}", f"`{x.name}` lives in {d.path}. {summary}"]
     else:
-        answers = [f"`{x.name}` is a {x.what} in {at}; it has no doc comment.",
-                   f"It is a {x.what} in {d.path} (line {x.line}), with no doc comment."]
+        answers = [f"`{x.name}` is a {x.what} in {d.path}.", f"It is a {x.what} in {d.path}."]
     made = _phrased("definition", seed, (d.path, x.name), [q.format(**values) for q in train_q],
                     [q.format(**values) for q in held_q], answers, count, sources, new,
                     {**_words(x.doc, share=0.5), "exact": [d.path]})
-    shown = _cut(f"`{x.name}` is a {x.what} in {at}.\n\n```{fence}\n{x.code}\n```")
+    shown = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.\n\n```{fence}\n{x.code}\n```")
     made.add(_made("code", seed, (d.path, x.name), values, shown, sources, new))
     return made
 
