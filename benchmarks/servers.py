@@ -8,7 +8,6 @@ send the same requests to both and compare.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repotune import config as cfg
-from repotune import models
+from repotune import models, processes
 from serve.engine import engine_command, engine_env, free_port, wait_healthy
 
 API_KEY, ADMIN_KEY = "bench-client-key", "bench-admin-key"
@@ -50,7 +49,7 @@ def engine_and_gateway(work: Path, dtype: str = "float32", engine_args: tuple[st
         with gateway(work, direct, settings) as pair:
             yield pair
     finally:
-        _stop(engine)
+        processes.stop(engine, 60)
 
 
 @contextmanager
@@ -74,13 +73,6 @@ def gateway(work: Path, direct: str, settings: str = "", name: str = "gateway") 
         wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield Pair(direct, f"http://127.0.0.1:{port}", config, env, proc.pid)
     finally:
-        _stop(proc)
+        processes.stop(proc, 60)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +49,7 @@ import httpx
 from eval import domain, general, questions
 from eval.endpoint import Endpoint, EndpointError
 from eval.gate import Rules, Scores, Verdict, decide
-from repotune import datasets, models, promotion, registry
+from repotune import datasets, models, processes, promotion, registry
 from repotune import db as store
 from repotune.config import Settings
 
@@ -255,13 +254,7 @@ def serving(settings: Settings) -> Iterator[tuple[str, str]]:
         _wait_healthy(url, proc, settings.config.serve.engine_start_timeout_s + 60, log_path)
         yield url, key
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.stop(proc, 60)  # the server stops its engine
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, timeout: float, log_path: Path) -> None:

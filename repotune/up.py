@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from repotune import promotion
+from repotune import processes, promotion
 from repotune.config import SECRET_ENV, Settings
 
 Say = Callable[[str], None]
@@ -126,7 +126,7 @@ def run(settings: Settings, say: Say, ready_timeout_s: float = 900.0) -> int:
         return 0
     finally:
         for p in children.values():
-            _stop(p)
+            processes.stop(p, STOP_GRACE_S, group=True)
 
 
 def _promoted(settings: Settings) -> bool:
@@ -146,15 +146,3 @@ def _healthy(settings: Settings) -> bool:
         return False
 
 
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the child's group (the server stops its engine), then SIGKILL after the grace."""
-    if p.poll() is not None:
-        return
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(10)
-    except ProcessLookupError:
-        pass

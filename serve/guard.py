@@ -9,7 +9,6 @@ exit code it then returns.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,18 +16,10 @@ import sys
 import time
 from types import FrameType
 
+from repotune import processes
+
 POLL_S = 0.5
 GRACE_S = 10.0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the engine, give it GRACE_S to finish, then SIGKILL its whole group."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # workers it left behind
 
 
 def main(argv: list[str]) -> int:
@@ -49,10 +40,10 @@ def main(argv: list[str]) -> int:
     while True:
         code = proc.poll()
         if code is not None:
-            _stop(proc)  # workers the engine left behind
+            processes.stop(proc, GRACE_S, sweep=True)  # workers the engine left behind
             return code
         if stopping or os.getppid() != parent:  # told to stop, or the gateway is gone
-            _stop(proc)
+            processes.stop(proc, GRACE_S, sweep=True)
             return 0
         time.sleep(POLL_S)
 
