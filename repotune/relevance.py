@@ -15,7 +15,9 @@ does not separate: a short question that shares one rare word with one passage (
 in a test file) looks as relevant as a real one; the background tells the model which
 words are everyday words. Words are split the way code names things (`AdapterManager` →
 adapter, manager; `serve/openai_api.py` → serve, openai, api, py), so a question that
-names an identifier matches the prose about it and the reverse.
+names an identifier matches the prose about it and the reverse; a sha (7 to 40 hex digits)
+also counts as one word shared by every sha, so that "what was 9e22cdb8?" weighs as a
+question about a commit, though no one sha is in more than a few documents.
 
 Chunks of data files (`policy.index_skip`, by path) are left out: a file of questions
 about anything would make anything look like the domain.
@@ -46,9 +48,11 @@ if TYPE_CHECKING:
 
 PASSAGE_WORDS = 60
 FILE = "index.pkl"
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*|[0-9]+")
+# A sha first, whole, though it may begin with a digit; then words and numbers.
+_WORD = re.compile(r"\b[0-9a-fA-F]{7,40}\b|[A-Za-z][A-Za-z0-9]*|[0-9]+")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _HEX = re.compile(r"[0-9a-f]{7,40}")
+SHA_WORD = "gitsha"
 
 
 def words(text: str) -> list[str]:
@@ -56,8 +60,11 @@ def words(text: str) -> list[str]:
     out: list[str] = []
     for token in _WORD.findall(text):
         low = token.lower()
-        if _HEX.fullmatch(low) and any(c.isdigit() for c in low):
-            out.append(low[:7])  # a sha: its short form, as people paste it
+        if _HEX.fullmatch(low) and any(c.isdigit() for c in low) and not low.isdigit():
+            # A sha: its short form, as people paste it, and the word that says "a sha is named here".
+            # Each sha is in too few documents for its own word to weigh; every commit's chunk and
+            # commit question names one, and the background none, so the class word carries it.
+            out += [low[:7], SHA_WORD]
             continue
         parts = [p.lower() for p in _CAMEL.findall(token)]
         out.extend(parts)

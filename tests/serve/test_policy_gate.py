@@ -124,3 +124,16 @@ def test_an_ingest_with_nothing_new_keeps_the_saved_index_and_a_new_commit_rebui
 
     GitRepo(Path(prepared.repo)).commit("Add a zebra renderer", {"zebra.py": "Z = 1\n"})
     assert ingest(prepared).index.hash != first.hash
+
+
+def test_a_sha_weighs_as_a_commit_whatever_it_begins_with_and_however_long_it_is_pasted(prepared, index):
+    from repotune import db as store
+
+    shas = [r[0] for r in store.open_db(store.db_path(prepared.data_dir)).execute("select sha from commits")]
+    without = index.score("Someone pointed me to it, what was that?")
+    for sha in [*shas, "0123abc4567", "9e22cdb8c5c1"]:  # and two that begin with a digit, whatever this repo's are
+        scores = {round(index.score(f"Someone pointed me to {sha[:n]}, what was that?"), 6) for n in (7, 8, 12, 40)}
+        assert len(scores) == 1  # the same word however long it is pasted
+        assert scores.pop() > without + 0.3, sha
+    # a number that happens to be all hex digits is no sha: a date, a count
+    assert relevance.words("on 20261205") == ["on", "20261205"]
