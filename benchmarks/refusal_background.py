@@ -1,14 +1,17 @@
-"""The domain index's background at two revisions: what the policy refuses and lets through with each.
+"""The domain index at two revisions (its code, `repotune/relevance.py`, and its background):
+what the policy refuses and lets through with each.
 
 The background is what the domain is told apart from (`repotune.relevance.background`: the
 general set's questions, `tuner/data/offdomain.txt`, and those inside the wrappers of
-`tuner/data/injections.txt`). This repository at HEAD is ingested and built into a dataset
-once (`repotune ingest`, `repotune data build`); the same domain documents are then
-indexed against the background as it was at `--against` and as it is in the working tree,
-and the shipped sets are scored with each, whole turns and by parts
-(`policy.score_parts`), each calibrated the same way (`repotune eval refusal
+`tuner/data/injections.txt`); the code is how texts are cut into words and fitted. This
+repository at HEAD is ingested and built into a dataset once (`repotune ingest`, `repotune
+data build`); the same domain documents are then indexed by `repotune/relevance.py` as it
+was at `--against` (loaded from git) against the background as it was then, and by the
+working tree's against its own, and the shipped sets are scored with each, whole turns and
+by parts (`policy.score_parts`), each calibrated the same way (`repotune eval refusal
 --calibrate`'s rule: false refusals at most `policy.max_false_refusal` of the calibration
-half) and reported on both halves.
+half) and reported on both halves. (Which parts of a turn are long enough to be scored on
+their own is counted with the working tree's words in both.)
 
     python -m benchmarks.refusal_background --against 9e22cdb
 """
@@ -31,6 +34,19 @@ def _at(rev: str) -> Any:
     return read
 
 
+def _relevance_at(rev: str) -> Any:
+    """`repotune/relevance.py` as it was at `rev`, as a module of its own."""
+    import sys
+    import types
+
+    source = _at(rev)("repotune/relevance.py")
+    assert source is not None, f"no repotune/relevance.py at {rev}"
+    module = types.ModuleType(f"relevance_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up by name
+    exec(compile(source, f"{rev}:repotune/relevance.py", "exec"), module.__dict__)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", required=True, help="the revision whose background is the reference")
@@ -50,9 +66,9 @@ def main() -> None:
     found = suite.items(settings)
     typed = [i for i in found if i.set == "indomain" and not i.group.startswith("dataset")]
     result: dict[str, Any] = {"against": a.against, "documents": len(docs), "items": len(found), "runs": {}}
-    for name, read in ((a.against, _at(a.against)), ("working tree", None)):
-        others = relevance.background(read)
-        index = relevance.build(docs, others)
+    for name, read, code in ((a.against, _at(a.against), _relevance_at(a.against)), ("working tree", None, relevance)):
+        others = code.background(read)
+        index = code.build(docs, others)
         assert index is not None
         for split in (False, True):
             scored = suite.scores(found, index, policy.refusal, split)
