@@ -303,7 +303,7 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: i
     elif doc:
         answers = [f"{d.path}: {summary}", summary]
     else:
-        answers = [f"{d.path} begins:\n\n```\n{_head(lines)}\n```"]
+        answers = [f"{d.path} begins:\n\n```\n{_head(lines, 8)}\n```"]  # short: asked in every phrasing
     values = {"path": d.path, "date": date or "the current head"}
     train_q, held_q = PHRASINGS["file"]
     made = _phrased("file", seed, (d.path,), [q.format(**values) for q in train_q],
