@@ -125,8 +125,8 @@ def main() -> None:
     ap.add_argument("--score-epochs", default="", metavar="E,E,…",
                     help="score only these epochs' checkpoints (the last always; default: every epoch)")
     ap.add_argument("--score-only", default="", metavar="FOLDER",
-                    help="score the checkpoints of a run stopped partway (its folder, printed at the start), "
-                         "without training; the other options must be the run's own")
+                    help="score the checkpoints of a run stopped partway, or a finished run again (its folder, "
+                         "printed at the start), without training; the other options must be the run's own")
     ap.add_argument("--minutes", type=float, default=0, help="train.budget_minutes: stop training after this "
                     "long (the adapter as it stands then is scored last)")
     ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision (with "
@@ -193,16 +193,24 @@ def main() -> None:
                        budget_minutes=a.minutes)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
-    if a.score_only:  # stopped partway: the time to the last checkpoint, from when training began
+    record = folder / "trained.json"  # a finished training's figures, for scoring it again (--score-only)
+    if a.score_only and record.is_file():
+        kept = json.loads(record.read_text())
+        trained: Any = SimpleNamespace(adapter=Path(kept["adapter"]), tokens=kept["tokens"],
+                                       tokens_per_s=kept["tokens_per_s"])
+        minutes = kept["minutes"]
+    elif a.score_only:  # stopped partway: the time to the last checkpoint, from when training began
         newest = max((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
         seen = json.loads((newest / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
         seconds = newest.stat().st_mtime - (folder / "work").stat().st_mtime
-        trained: Any = SimpleNamespace(tokens=seen, tokens_per_s=seen / seconds)
+        trained = SimpleNamespace(tokens=seen, tokens_per_s=seen / seconds)
         minutes = seconds / 60
     else:
         started = time.monotonic()
         trained = BACKENDS["trl"].train(Job(base=base, train=train, val=val, work=folder / "work", cfg=cfg))
         minutes = (time.monotonic() - started) / 60
+        record.write_text(json.dumps({"adapter": str(trained.adapter), "tokens": trained.tokens,
+                                      "tokens_per_s": trained.tokens_per_s, "minutes": minutes}))
     from repotune import db as store_db
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
