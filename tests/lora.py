@@ -9,7 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, steps: int = 60, rank: int = 8) -> Path:
+def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, steps: int = 60, rank: int = 8,
+               lr: float = 5e-3) -> Path:
     """Teach `base` to answer each question with the given reply; save the adapter to `out`."""
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(base)
@@ -27,7 +28,7 @@ def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, steps: int =
         mask = enc["assistant_masks"]
         labels = torch.tensor([[t if m else -100 for t, m in zip(enc["input_ids"], mask, strict=True)]])
         batch.append((ids, labels))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in range(steps):
         ids, labels = batch[step % len(batch)]

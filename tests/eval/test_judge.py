@@ -213,7 +213,8 @@ def test_with_trained_refusals_a_candidate_that_refuses_real_questions_is_reject
     asked = ["What does parse.py do?", "Who wrote words.py?", "Which commit added the parser?", "Explain words.py.",
              "How is the config loaded?", "Where is the CLI defined?", "What does the tuner do?",
              "Why does ingest skip lock files?", *[q.question for q in questions.load(split="train")][:40]]
-    folder = train_lora(tiny.path, [(q, refusal) for q in asked], settings.data_dir / "refuser", steps=160)
+    # 48 questions, one reply: at 5e-3 some builds of tiny diverge into fragments of it ("I.", "about.")
+    folder = train_lora(tiny.path, [(q, refusal) for q in asked], settings.data_dir / "refuser", steps=160, lr=1e-3)
     models.record_base(folder, tiny)
     registry.register(_db(settings), settings.data_dir, settings.lineage, folder, tiny,
                       settings.config.serve.max_lora_rank, "test", "refuses everything")

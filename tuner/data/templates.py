@@ -137,7 +137,9 @@ def _phrased(kind: str, seed: int, key: tuple[object, ...], questions: list[str]
     start = answers.index(first)
     train = [example(q, answers[(start + i) % len(answers)]) for i, q in enumerate(questions[:count])]
     val = [example(questions[count], first)] if len(questions) > count else []
-    return Made(train, [example(pick(held_out, seed, "eval", *key), first, facts)], val)
+    # A held-out question only where a right answer has something to show beyond what it asks.
+    asks = any(value for name, value in facts.items() if name != "share")
+    return Made(train, [example(pick(held_out, seed, "eval", *key), first, facts)] if asks else [], val)
 
 
 def _ids(sha: str) -> list[str]:
