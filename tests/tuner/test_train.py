@@ -23,7 +23,8 @@ from tuner.train import speed
 from tuner.train.run import train
 
 CLI = [sys.executable, "-m", "repotune.cli"]
-STEPS = 60  # the replay_kl comparison: 11 against 39 of 125 general answers kept when measured
+STEPS = 60  # the replay_kl comparison: 11 against 39 of 125 general answers kept on one build of tiny, 33 against
+# 45 on another (its build is seeded, but float sums differ between machines): the margin asked is 10
 
 
 def _cli(config: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
@@ -274,7 +275,7 @@ def test_replay_kl_holds_the_general_answers_to_the_base_and_the_domain_is_still
         adapter = LocalModel(tiny.path, result.adapter.path)
         same[weight] = sum(a == b for a, b in zip(adapter.answer(questions), said, strict=True))
         assert record.train_loss[-1][1] < record.train_loss[0][1] / 3  # the domain is learned either way
-    assert same[1.0] >= same[0.0] + 15, same
+    assert same[1.0] >= same[0.0] + 10, same
 
 
 def test_a_batch_split_under_max_batch_tokens_makes_the_same_optimizer_steps(tmp_path, tiny):
