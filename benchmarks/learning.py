@@ -96,7 +96,6 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     out = {"forward": d.score, "commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
            "control": d.control, "general": g.score, "general_mc": g.mc_score,
            "by_kind": {k: v["score"] for k, v in d.by_kind.items()},
-           "examples": [(r.question, r.reply, r.correct) for r in d.results[::max(1, len(d.results) // 8)]],
            "answers": [(r.kind, r.question, r.expected, r.reply, r.correct) for r in d.results]}
     if store:
         r = domain.run(WithContext(model, *store, k=3), evals, "bench", "slice", context=3)
@@ -215,7 +214,7 @@ def main() -> None:
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
     points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True, store=store)}]
-    print("base", {k: v for k, v in points[0].items() if k not in ("examples", "answers")}, flush=True)
+    print("base", {k: v for k, v in points[0].items() if k != "answers"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)
     for i, ckpt in enumerate(checkpoints, start=1):
@@ -232,7 +231,7 @@ def main() -> None:
             continue
         points.append({"epoch": epoch, "tokens": tokens,
                        **_scores(base, weights, evals, general_mc=last, store=store if last else None)})
-        print(f"epoch {epoch}", {k: v for k, v in points[-1].items() if k not in ("examples", "answers")}, flush=True)
+        print(f"epoch {epoch}", {k: v for k, v in points[-1].items() if k != "answers"}, flush=True)
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
