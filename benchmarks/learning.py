@@ -120,6 +120,10 @@ def main() -> None:
                     "their definitions and docs (file, definition, code, show, doc questions), not only commits")
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: pin the base's distribution on "
                     "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
+    ap.add_argument("--kl-rows", type=int, default=0, help="train.replay_kl_rows: replay rows the KL term runs "
+                    "at each step (0: the batch's 8)")
+    ap.add_argument("--no-code", action="store_true", help="with --all-kinds: leave out the code and show answers "
+                    "(a definition's code, a whole file), which no held-out question asks")
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
     ap.add_argument("--score-epochs", default="", metavar="E,E,…",
                     help="score only these epochs' checkpoints (the last always; default: every epoch)")
@@ -162,7 +166,7 @@ def main() -> None:
         touched = _touched(shas) if a.all_kinds else set()
 
         def keep(r: dict[str, Any]) -> bool:
-            if r["kind"] not in kinds and not (a.all_kinds and r["kind"] in ("code", "show")):
+            if r["kind"] not in kinds and not (a.all_kinds and not a.no_code and r["kind"] in ("code", "show")):
                 return False
             if r["sources"].get("commit"):
                 return r["sources"]["commit"] in shas
@@ -188,6 +192,7 @@ def main() -> None:
     steps_per_epoch = -(-len(supervised) // 8)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=8, replay_kl=a.replay_kl,
+                       replay_kl_rows=a.kl_rows,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
                        budget_minutes=a.minutes)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
@@ -236,7 +241,8 @@ def main() -> None:
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
-              "replay_kl": a.replay_kl, "all_kinds": a.all_kinds,
+              "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or 8, "all_kinds": a.all_kinds,
+              "code_answers": a.all_kinds and not a.no_code,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "epochs_trained": stages[-1][0] if stages else 0, "minutes_budget": a.minutes,
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
@@ -284,8 +290,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     answers = {"base": "the base's own", "gold": "gold", "both": "the base's own and gold"}
     replay = f"general replay: {answers.get(result.get('replay_answers', 'gold'), 'gold')} answers"
     if result.get("replay_kl"):
-        replay += f", pinned by KL (weight {result['replay_kl']:g})"
-    source = result["source"] + (", all kinds" if result.get("all_kinds") else "")
+        replay += f", pinned by KL (weight {result['replay_kl']:g}, {result.get('kl_rows', 8)} rows a step)"
+    source = result["source"] + (", all kinds" if result.get("all_kinds") else "") \
+        + (" but code" if result.get("all_kinds") and not result.get("code_answers", True) else "")
     ax.set_title(f"{result['base']}: {source}, {result['paraphrases']} phrasings, lr {result['lr']} "
                  f"{result.get('scheduler', '')}, rank {result['rank']}\n{replay}", fontsize=10)
     ax.grid(alpha=0.3)

@@ -319,6 +319,11 @@ class TrainSection(Section):
         0.0, ge=0, description="Weight of the KL divergence to the base on the general replay's answers (the replay "
         "then pins the base's whole distribution instead of being trained on as examples); 0: off."
     )
+    replay_kl_rows: int = Field(
+        0, ge=0, description="General replay rows the KL term runs at each step (each part of a split batch): it "
+        "costs a forward without gradients and one with on these rows, so fewer make a step cheaper and its KL "
+        "noisier (every row is still used in turn); 0: as many as the batch's rows."
+    )
     niceness: int = Field(10, ge=0, le=19, description="CPU priority of training, so a server beside it answers.")
 
     @field_validator("backend", "strategy", "dtype", "scheduler")

@@ -60,7 +60,8 @@ def key(backend: str, fingerprint: str, cfg: TrainSection) -> str:
     """What decides the speed: the backend, the base, and the settings that change a step's cost."""
     return ":".join(str(x) for x in (backend, fingerprint, cfg.dtype, cfg.batch_size, cfg.grad_accum,
                                      cfg.max_seq_len, cfg.max_batch_tokens, cfg.packing, cfg.lora_rank,
-                                     ",".join(cfg.target_modules), cfg.replay_kl, cfg.load_in_4bit))
+                                     ",".join(cfg.target_modules), cfg.replay_kl, cfg.replay_kl_rows,
+                                     cfg.load_in_4bit))
 
 
 def known(data_dir: Path, name: str) -> float:
