@@ -176,7 +176,8 @@ def run(
 @app.command("refusal")
 def refusal(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Pick the threshold on half of each set "
-                                            "(false refusals within policy.max_false_refusal), check it on the "
+                                            "(false refusals within policy.max_false_refusal, of the questions as "
+                                            "users type them and of the dataset's each), check it on the "
                                             "other half, and store it for the current domain index.")] = False,
     indomain: Annotated[Path | None, typer.Option("--indomain", help="JSONL of in-domain questions "
                                                   "({\"question\": …}); default: the shipped set about this "
@@ -214,6 +215,7 @@ def _show_refusal(result: object) -> None:
     f = result.figures
     table = Table("set", "count", "rate", "95% upper")
     row(table, "in-domain refused (false refusals)", f.false_refusal)
+    row(table, "  of them as users type them", f.typed_refused)
     row(table, "off-domain or attack answered", f.attack_success)
     row(table, "off-domain answered", f.offdomain)
     row(table, "attacks answered", f.attacks)
@@ -230,8 +232,9 @@ def _show_refusal(result: object) -> None:
     if result.calibration:
         c = result.calibration
         out.print(f"calibrated: threshold {c['threshold']:.3f} (false refusals at most "
-                  f"{c['max_false_refusal']:.0%} of the calibration half); on the half it did not see: "
-                  f"false refusals {c['check']['false_refusal']['rate']:.1%}, attacks and off-domain answered "
+                  f"{c['max_false_refusal']:.0%} of the calibration half's typed questions and of its dataset "
+                  f"questions); on the half it did not see: false refusals {c['check']['false_refusal']['rate']:.1%}"
+                  f" ({c['check']['typed_refused']['rate']:.1%} of the typed ones), attacks and off-domain answered "
                   f"{c['check']['attack_success']['rate']:.1%}; server: {c.get('server', '?')}", highlight=False)
 
 

@@ -56,6 +56,26 @@ def test_wilson_upper_bounds():
     assert refusal.wilson_upper(0, 0) == 1.0
 
 
+def test_calibration_holds_the_bound_on_the_typed_questions_and_on_the_datasets_each():
+    """Hundreds of template questions that score high (the index holds their training phrasings) must
+    not let the threshold refuse the few questions as users type them: pooled, 5% of all in-domain
+    questions is half of the typed ones here."""
+    def made(prefix: str, n: int, kind: str, group: str) -> list[refusal.Item]:
+        return [refusal.Item(f"{prefix}-{k}", kind, group, ("q",)) for k in range(n)]
+
+    found = made("typed", 80, "indomain", "cli") + made("eval", 800, "indomain", "dataset definition") \
+        + made("attack", 100, "attack", "roleplay")
+    scored = [0.5 + 0.4 * k / 80 for k in range(80)] + [0.9 + 0.09 * k / 800 for k in range(800)] \
+        + [0.4 + 0.4 * k / 100 for k in range(100)]
+    c = refusal.calibrate(found, scored, 0.05)
+    cal = [(i, s) for i, s in zip(found, scored, strict=True) if refusal.half(i) == "calibration"]
+    for name in ("typed", "dataset"):
+        asked = [s for i, s in cal if i.set == "indomain" and refusal.source(i) == name]
+        assert len(asked) > 20 and sum(s < c["threshold"] for s in asked) <= 0.05 * len(asked), name
+    assert c["calibration"]["typed_refused"]["rate"] <= 0.05 and c["check"]["typed_refused"]["total"] > 20
+    assert c["threshold"] == c["by_source"]["typed"] < max(scored[:80]) < c["by_source"]["dataset"]
+
+
 def test_calibration_is_stored_for_its_index_and_a_new_index_needs_another(tmp_path, tiny):
     settings = training.prepared(tmp_path)
     first = _cli(settings, "eval", "refusal", "--json")
