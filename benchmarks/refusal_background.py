@@ -77,7 +77,8 @@ def main() -> None:
             refused_typed = sum(1 for i, s in zip(found, scored, strict=True)
                                 if i in typed and s < calibration["threshold"])
             configured = suite.figures(found, scored, policy.threshold).as_dict()
-            run = {"background": len(others), "threshold": calibration["threshold"], "figures": at,
+            run = {"background": len(others), "threshold": calibration["threshold"],
+                   "by_source": calibration["by_source"], "figures": at,
                    "configured": configured,
                    "user_typed_refused": [refused_typed, len(typed)],
                    "check": calibration["check"]}
