@@ -236,6 +236,8 @@ def _show_refusal(result: object) -> None:
                   f"questions); on the half it did not see: false refusals {c['check']['false_refusal']['rate']:.1%}"
                   f" ({c['check']['typed_refused']['rate']:.1%} of the typed ones), attacks and off-domain answered "
                   f"{c['check']['attack_success']['rate']:.1%}; server: {c.get('server', '?')}", highlight=False)
+        if c.get("warning"):
+            out.print(f"[yellow]warning:[/] {c['warning']}", highlight=False)
 
 
 def _show_run(result: object) -> None:

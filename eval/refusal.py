@@ -245,11 +245,18 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
         calibration = None
         if calibrating:
             calibration = calibrate(found, scored, policy.max_false_refusal)
+            typed = [s for i, s in zip(found, scored, strict=True) if i.set == "indomain" and source(i) == "typed"]
+            if indomain is None and typed and sum(s < policy.threshold for s in typed) > len(typed) / 2:
+                # the shipped questions are about this project: on another repository's index they would
+                # pull the threshold down to nothing
+                calibration["warning"] = ("most of the shipped in-domain questions (about repotune's own "
+                                          "repository) score as off-domain with this index: for another "
+                                          "repository, calibrate with --indomain FILE of questions about it")
             relevance.record_calibration(db, index.hash, calibration["threshold"], calibration)
-        threshold, source = relevance.threshold(db, index.hash, policy.threshold)
+        threshold, threshold_from = relevance.threshold(db, index.hash, policy.threshold)
     if calibration is not None:
         calibration["server"] = relevance.tell_server(settings)
-    result = Result(index.hash, index.documents, threshold, source, figures(found, scored, threshold), calibration)
+    result = Result(index.hash, index.documents, threshold, threshold_from, figures(found, scored, threshold), calibration)
     if policy.mode in ("model", "both"):
         result.model, said = _model_refusals(settings, found)
         answered = [0.0 if s else 1.0 for s in said]
