@@ -256,7 +256,8 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
         threshold, threshold_from = relevance.threshold(db, index.hash, policy.threshold)
     if calibration is not None:
         calibration["server"] = relevance.tell_server(settings)
-    result = Result(index.hash, index.documents, threshold, threshold_from, figures(found, scored, threshold), calibration)
+    result = Result(index.hash, index.documents, threshold, threshold_from, figures(found, scored, threshold),
+                    calibration)
     if policy.mode in ("model", "both"):
         result.model, said = _model_refusals(settings, found)
         answered = [0.0 if s else 1.0 for s in said]
