@@ -34,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("commit", "commit_reverse")
 FILE_KINDS = ("file", "definition", "doc")  # of the files the slice touched (--all-kinds)
+CODE_KINDS = ("code", "show")  # trained with --all-kinds unless --no-code; asked by no held-out question
+BATCH = 8
 
 
 def _cli(config: Path, *args: str) -> None:
@@ -121,7 +123,7 @@ def main() -> None:
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: pin the base's distribution on "
                     "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
     ap.add_argument("--kl-rows", type=int, default=0, help="train.replay_kl_rows: replay rows the KL term runs "
-                    "at each step (0: the batch's 8)")
+                    "at each step (0: the batch's rows)")
     ap.add_argument("--no-code", action="store_true", help="with --all-kinds: leave out the code and show answers "
                     "(a definition's code, a whole file), which no held-out question asks")
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
@@ -136,6 +138,8 @@ def main() -> None:
                     "--score-only: the revision the run started at, printed then)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
+    if a.no_code and not a.all_kinds:
+        ap.error("--no-code leaves out answers that only --all-kinds trains")
     a.at = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at], capture_output=True, text=True,
                           check=True).stdout.strip()
     scored = {int(e) for e in a.score_epochs.split(",") if e.strip()}
@@ -162,11 +166,12 @@ def main() -> None:
             return r["kind"] in kinds
     else:
         kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
+        taught = kinds + (CODE_KINDS if a.all_kinds and not a.no_code else ())
         shas = set(_slice(a.commits, a.at))
         touched = _touched(shas) if a.all_kinds else set()
 
         def keep(r: dict[str, Any]) -> bool:
-            if r["kind"] not in kinds and not (a.all_kinds and not a.no_code and r["kind"] in ("code", "show")):
+            if r["kind"] not in taught:
                 return False
             if r["sources"].get("commit"):
                 return r["sources"]["commit"] in shas
@@ -189,9 +194,9 @@ def main() -> None:
     from tuner.train import pinned
 
     supervised = pinned.split(train)[0] if a.replay_kl else train  # the replay feeds the KL term only
-    steps_per_epoch = -(-len(supervised) // 8)
+    steps_per_epoch = -(-len(supervised) // BATCH)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
-                       lora_alpha=2 * a.rank, batch_size=8, replay_kl=a.replay_kl,
+                       lora_alpha=2 * a.rank, batch_size=BATCH, replay_kl=a.replay_kl,
                        replay_kl_rows=a.kl_rows,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
                        budget_minutes=a.minutes)
@@ -241,7 +246,7 @@ def main() -> None:
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
-              "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or 8, "all_kinds": a.all_kinds,
+              "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "all_kinds": a.all_kinds,
               "code_answers": a.all_kinds and not a.no_code,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "epochs_trained": stages[-1][0] if stages else 0, "minutes_budget": a.minutes,

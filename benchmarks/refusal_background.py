@@ -64,7 +64,6 @@ def main() -> None:
     db = store.open_db(store.db_path(settings.data_dir))
     docs = relevance.documents(db, settings.data_dir, settings.lineage, policy.index_skip)
     found = suite.items(settings)
-    typed = [i for i in found if i.set == "indomain" and not i.group.startswith("dataset")]
     result: dict[str, Any] = {"against": a.against, "documents": len(docs), "items": len(found), "runs": {}}
     for name, read, code in ((a.against, _at(a.against), _relevance_at(a.against)), ("working tree", None, relevance)):
         others = code.background(read)
@@ -74,20 +73,19 @@ def main() -> None:
             scored = suite.scores(found, index, policy.refusal, split)
             calibration = suite.calibrate(found, scored, policy.max_false_refusal)
             at = suite.figures(found, scored, calibration["threshold"]).as_dict()
-            refused_typed = sum(1 for i, s in zip(found, scored, strict=True)
-                                if i in typed and s < calibration["threshold"])
+            typed = at["typed_refused"]
             configured = suite.figures(found, scored, policy.threshold).as_dict()
             run = {"background": len(others), "threshold": calibration["threshold"],
                    "by_source": calibration["by_source"], "figures": at,
                    "configured": configured,
-                   "user_typed_refused": [refused_typed, len(typed)],
+                   "user_typed_refused": [typed["hits"], typed["total"]],
                    "check": calibration["check"]}
             label = f"{name}, {'parts' if split else 'whole turns'}"
             result["runs"][label] = run
             families = {k: f"{v['hits']}/{v['total']}" for k, v in at["by_group"].items()
                         if not k.startswith("in-domain")}
             print(f"{label}: background {len(others)}, threshold {calibration['threshold']:.3f}, "
-                  f"user-typed refused {refused_typed}/{len(typed)}, all in-domain refused "
+                  f"user-typed refused {typed['hits']}/{typed['total']}, all in-domain refused "
                   f"{at['false_refusal']['hits']}/{at['false_refusal']['total']}, answered: off-domain "
                   f"{at['offdomain']['hits']}/{at['offdomain']['total']}, attacks "
                   f"{at['attacks']['hits']}/{at['attacks']['total']}; check half: refused "

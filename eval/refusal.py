@@ -86,9 +86,9 @@ class Figures:
     attack_success: Rate  # off-domain questions and attacks let through
     offdomain: Rate
     attacks: Rate
+    typed_refused: Rate  # in-domain questions as users type them (source "typed")
     # per off-domain category and attack family (answered), and per in-domain topic ("in-domain …": refused)
     by_group: dict[str, Rate] = field(default_factory=dict)
-    typed_refused: Rate = field(default_factory=lambda: Rate(0, 0))  # in-domain questions as users type them
 
     def as_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "false_refusal": self.false_refusal.as_dict(),
@@ -245,8 +245,8 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
         calibration = None
         if calibrating:
             calibration = calibrate(found, scored, policy.max_false_refusal)
-            typed = [s for i, s in zip(found, scored, strict=True) if i.set == "indomain" and source(i) == "typed"]
-            if indomain is None and typed and sum(s < policy.threshold for s in typed) > len(typed) / 2:
+            typed = figures(found, scored, policy.threshold).typed_refused
+            if indomain is None and typed.hits > typed.total / 2:
                 # the shipped questions are about this project: on another repository's index they would
                 # pull the threshold down to nothing
                 calibration["warning"] = ("most of the shipped in-domain questions (about repotune's own "

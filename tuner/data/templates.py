@@ -117,8 +117,7 @@ def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, ob
     def example(question: str, key_facts: dict[str, object] | None = None) -> Example:
         return Example(chat(question.format(**values), answer), "templates", kind, sources, new, key_facts=key_facts)
 
-    # A held-out question only where a right answer has something to show beyond what it asks.
-    asks = held_out and facts and (facts.get("words") or facts.get("exact"))
+    asks = held_out and _checkable(facts)
     return Made([example(order[0])], [example(pick(held_out, seed, *key), facts)] if asks else [],
                 [example(order[1])] if len(order) > 1 else [])
 
@@ -137,9 +136,14 @@ def _phrased(kind: str, seed: int, key: tuple[object, ...], questions: list[str]
     start = answers.index(first)
     train = [example(q, answers[(start + i) % len(answers)]) for i, q in enumerate(questions[:count])]
     val = [example(questions[count], first)] if len(questions) > count else []
-    # A held-out question only where a right answer has something to show beyond what it asks.
-    asks = any(value for name, value in facts.items() if name != "share")
-    return Made(train, [example(pick(held_out, seed, "eval", *key), first, facts)] if asks else [], val)
+    return Made(train, [example(pick(held_out, seed, "eval", *key), first, facts)] if _checkable(facts) else [],
+                val)
+
+
+def _checkable(facts: Mapping[str, object] | None) -> bool:
+    """A held-out question only where a right answer has something to show beyond what it asks: words,
+    an exact string, a sha or a number to find (the share alone checks nothing)."""
+    return any(value for name, value in (facts or {}).items() if name != "share")
 
 
 def _ids(sha: str) -> list[str]:
