@@ -124,6 +124,8 @@ def main() -> None:
                     "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
     ap.add_argument("--kl-rows", type=int, default=0, help="train.replay_kl_rows: replay rows the KL term runs "
                     "at each step (0: the batch's rows)")
+    ap.add_argument("--kl-top", type=int, default=0, help="train.replay_kl_top: keep the base's side of the KL as "
+                    "its top this many tokens, computed once per replay row (0: the whole distribution, every step)")
     ap.add_argument("--no-code", action="store_true", help="with --all-kinds: leave out the code and show answers "
                     "(a definition's code, a whole file), which no held-out question asks")
     ap.add_argument("--scheduler", default="cosine", help="the learning-rate schedule (train.scheduler)")
@@ -197,7 +199,7 @@ def main() -> None:
     steps_per_epoch = -(-len(supervised) // BATCH)
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=BATCH, replay_kl=a.replay_kl,
-                       replay_kl_rows=a.kl_rows,
+                       replay_kl_rows=a.kl_rows, replay_kl_top=a.kl_top,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
                        budget_minutes=a.minutes)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
@@ -246,7 +248,8 @@ def main() -> None:
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
-              "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "all_kinds": a.all_kinds,
+              "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "kl_top": a.kl_top,
+              "all_kinds": a.all_kinds,
               "code_answers": a.all_kinds and not a.no_code,
               "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
               "epochs_trained": stages[-1][0] if stages else 0, "minutes_budget": a.minutes,
@@ -295,7 +298,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     answers = {"base": "the base's own", "gold": "gold", "both": "the base's own and gold"}
     replay = f"general replay: {answers.get(result.get('replay_answers', 'gold'), 'gold')} answers"
     if result.get("replay_kl"):
-        replay += f", pinned by KL (weight {result['replay_kl']:g}, {result.get('kl_rows', 8)} rows a step)"
+        top = f", the base's top {result['kl_top']} tokens kept" if result.get("kl_top") else ""
+        replay += f", pinned by KL (weight {result['replay_kl']:g}, {result.get('kl_rows', 8)} rows a step{top})"
     source = result["source"] + (", all kinds" if result.get("all_kinds") else "") \
         + (" but code" if result.get("all_kinds") and not result.get("code_answers", True) else "")
     ax.set_title(f"{result['base']}: {source}, {result['paraphrases']} phrasings, lr {result['lr']} "

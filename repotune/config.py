@@ -325,6 +325,12 @@ class TrainSection(Section):
         "noisier (every row is still used in turn; on builtin:smol 4 of 8 lost general knowledge the full batch "
         "kept); 0: as many as the batch's rows."
     )
+    replay_kl_top: int = Field(
+        0, ge=0, description="Keep the base's distribution on each replay row as its top this many tokens and the "
+        "rest's mass, computed the first time the row is drawn, instead of a forward without the adapter at every "
+        "step (the KL is then taken between the two coarsened distributions, a lower bound of the whole); 0: the "
+        "whole distribution, computed at every step."
+    )
     niceness: int = Field(10, ge=0, le=19, description="CPU priority of training, so a server beside it answers.")
 
     @field_validator("backend", "strategy", "dtype", "scheduler")

@@ -268,18 +268,25 @@ def test_replay_kl_holds_the_general_answers_to_the_base_and_the_domain_is_still
     said = LocalModel(tiny.path).answer(questions)
     same = {}
     # unpinned; pinned on a replay batch as large as the training batch; on half as many rows a step, at twice
-    # the weight (on one build of tiny: 33, 45 and 48 kept; 4 rows at weight 1 kept 41, 2 rows 29: too few)
-    for name, weight, rows in (("unpinned", 0.0, 0), ("pinned", 1.0, 0), ("pinned on 4 rows", 2.0, 4)):
+    # the weight (on one build of tiny: 33, 45 and 48 kept; 4 rows at weight 1 kept 41, 2 rows 29: too few);
+    # pinned to the base's top 64 tokens at each position, kept from the first time a row is drawn (on another
+    # build: 16, 31, 59, and 37 for the top 64)
+    for name, weight, rows, top in (("unpinned", 0.0, 0, 0), ("pinned", 1.0, 0, 0), ("pinned on 4 rows", 2.0, 4, 0),
+                                    ("pinned to the top 64", 1.0, 0, 64)):
         result = train(training.settings(tmp_path, Path(settings.repo), settings.config.tuner.data.model_dump(),
                                          **{**training.MEMORISE, "max_steps": STEPS, "replay_kl": weight,
-                                            "replay_kl_rows": rows}))
+                                            "replay_kl_rows": rows, "replay_kl_top": top}))
         record = result.record
         assert bool(record.replay_kl) == bool(weight)  # the KL term is logged at every step it ran
         adapter = LocalModel(tiny.path, result.adapter.path)
         same[name] = sum(a == b for a, b in zip(adapter.answer(questions), said, strict=True))
-        assert record.train_loss[-1][1] < record.train_loss[0][1] / 3  # the domain is learned either way
+        # the domain is learned either way: the logged loss less the KL term's part, the last 5 steps against the first
+        kl = dict(record.replay_kl)
+        domain = [loss - weight * kl.get(step, 0.0) for step, loss in record.train_loss]
+        assert sum(domain[-5:]) / 5 < domain[0] / 2, (name, [round(x, 2) for x in domain])
     assert same["pinned"] >= same["unpinned"] + 10, same
     assert same["pinned on 4 rows"] >= same["unpinned"] + 10, same
+    assert same["pinned to the top 64"] >= same["unpinned"] + 10, same
 
 
 def test_a_batch_split_under_max_batch_tokens_makes_the_same_optimizer_steps(tmp_path, tiny):
@@ -314,11 +321,11 @@ def test_replay_batches_cover_every_row_each_pass_and_are_padded_little():
     from tuner.train import pinned
 
     rng = random.Random(0)
-    rows = [([1] * rng.randint(30, 200), 10) for _ in range(240)]
+    rows = [pinned.Row([1] * rng.randint(30, 200), 10) for _ in range(240)]
 
     def padded(batches):
-        real = sum(len(ids) for b in batches for ids, _ in b)
-        return 1 - real / sum(len(b) * max(len(ids) for ids, _ in b) for b in batches)
+        real = sum(len(r.ids) for b in batches for r in b)
+        return 1 - real / sum(len(b) * max(len(r.ids) for r in b) for b in batches)
 
     one_pass = list(islice(pinned.batches(rows, 8, seed=1), 30))
     assert sorted(id(r) for b in one_pass for r in b) == sorted(id(r) for r in rows)
@@ -330,3 +337,44 @@ def test_replay_batches_cover_every_row_each_pass_and_are_padded_little():
     assert [[id(r) for r in b] for b in again] == [[id(r) for r in b] for b in one_pass]
     second = list(islice(pinned.batches(rows, 8, seed=1), 60))[30:]
     assert sorted(id(r) for b in second for r in b) == sorted(id(r) for r in rows)
+
+
+def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_gives(tiny):
+    """`train.replay_kl_top`: the base's side of the KL kept per row as its top tokens and the rest. With
+    every token kept it is the whole KL; with a few it is a lower bound, still positive, that trains the
+    adapter; the base's side is computed once, the first time a row is drawn."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.train import pinned
+
+    tok = AutoTokenizer.from_pretrained(tiny.path)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # an adapter that has moved away from the base
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in (("What is the capital of France?", "The capital of France is Paris."),
+                         ("What is 7 times 8?", "7 times 8 is 56."), ("Name a primary colour.", "Red."))]
+    batch = pinned.encode(rows, tok, 256)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    whole = float(pinned.kl_to_base(model, batch, pad))
+    assert whole > 0.01
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert float(pinned.kl_to_base(model, pinned.encode(rows, tok, 256), pad, top=vocab)) == pytest.approx(whole,
+                                                                                                           rel=1e-4)
+    assert all(r.ref is None for r in batch)  # the whole distribution keeps nothing
+    few = pinned.kl_to_base(model, batch, pad, top=8)
+    assert 0 < float(few) <= whole + 1e-6
+    assert all(r.ref is not None and r.ref[0].shape == (len(r.ids) - r.start, 8) for r in batch)
+    few.backward()
+    assert any(float(p.grad.abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    kept = [r.ref for r in batch]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.zero_()  # the adapter back at the base: no divergence left, and the kept side is not redrawn
+    assert float(pinned.kl_to_base(model, batch, pad, top=8)) == pytest.approx(0.0, abs=1e-5)
+    assert all(r.ref is k for r, k in zip(batch, kept, strict=True))

@@ -10,12 +10,18 @@ gains `replay_kl` times the KL divergence KL(base ‖ adapter) over the vocabula
 their answers' positions. The adapter is free to learn the domain; on general prompts it
 is held to the base's whole next-token distribution (self-distillation with soft targets).
 
-Costs: each step adds one forward without gradients and one with, on a replay batch.
+Costs: each step adds one forward without gradients and one with, on a replay batch. With
+`train.replay_kl_top` above 0 the forward without the adapter runs once per replay row, the
+first time the row is drawn: the base's distribution at each answer position is kept as its
+top tokens' log-probabilities and the rest's, and the KL is taken between the two
+distributions coarsened to those tokens and "the rest" (a lower bound of the whole KL, equal
+to it when the two agree on the rest's shape).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 REPLAY_KIND = "general"  # rows of train.jsonl the replay generator made (tuner.data.others.general_replay)
@@ -30,8 +36,19 @@ def split(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[s
     return supervised, replay
 
 
-def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tuple[list[int], int]]:
-    """Each chat as token ids (the chat template's, as training sees them) and where its answer starts."""
+@dataclass
+class Row:
+    """A replay chat as token ids (the chat template's, as training sees them)."""
+
+    ids: list[int]
+    start: int  # where its answer starts
+    # with train.replay_kl_top: the base's top token ids and log-probabilities at each answer position, and the
+    # log-probability of all the other tokens together; filled the first time the row is drawn
+    ref: tuple[Any, Any, Any] | None = None
+
+
+def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[Row]:
+    """Each chat as token ids and where its answer starts; chats whose answer the cut leaves out are dropped."""
     out = []
     for r in rows:
         messages = r["messages"]
@@ -39,7 +56,7 @@ def encode(rows: list[dict[str, Any]], tokenizer: Any, max_len: int) -> list[tup
         prompt = _ids(tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True))
         start = len(prompt)
         if start < min(len(full), max_len) and full[:start] == prompt:  # some answer left after the cut
-            out.append((full[:max_len], start))
+            out.append(Row(full[:max_len], start))
     return out
 
 
@@ -47,7 +64,7 @@ def _ids(x: Any) -> list[int]:
     return list(x["input_ids"] if hasattr(x, "keys") else x)  # a BatchEncoding, or plain ids
 
 
-def batches(encoded: list[tuple[list[int], int]], size: int, seed: int) -> Iterator[list[tuple[list[int], int]]]:
+def batches(encoded: list[Row], size: int, seed: int) -> Iterator[list[Row]]:
     """Batches of replay chats without end: each pass over them in a new order, fixed by the seed,
     and grouped by length as the supervised batches are (`group_by_length`), so that a batch is
     padded to little more than its rows: the KL term runs each batch twice, and the replay rows'
@@ -55,7 +72,7 @@ def batches(encoded: list[tuple[list[int], int]], size: int, seed: int) -> Itera
     import torch
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    lengths = [len(ids) for ids, _ in encoded]
+    lengths = [len(r.ids) for r in encoded]
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = get_length_grouped_indices(lengths, size, generator=generator)
@@ -63,30 +80,65 @@ def batches(encoded: list[tuple[list[int], int]], size: int, seed: int) -> Itera
             yield [encoded[j] for j in order[i: i + size]]
 
 
-def kl_to_base(model: Any, batch: list[tuple[list[int], int]], pad_id: int) -> Any:
-    """Mean KL(base ‖ model) over the answers' tokens of `batch`; `model` is a PEFT model."""
+def _answer_logits(model: Any, batch: list[Row], pad_id: int) -> Any:
+    """The model's logits at the positions that predict each row's answer tokens, rows one after another."""
     import torch
 
     device = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(r.ids) for r in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), width), dtype=torch.long)
     # position t predicts token t + 1: the answer's tokens are predicted from start - 1 to len - 2
     mask = torch.zeros((len(batch), width), dtype=torch.bool)
-    for i, (ids, start) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        mask[i, start - 1: len(ids) - 1] = True
+    for i, r in enumerate(batch):
+        input_ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        attention[i, : len(r.ids)] = 1
+        mask[i, r.start - 1: len(r.ids) - 1] = True
     input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)
+    return model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
+
+
+def _remember(model: Any, rows: list[Row], pad_id: int, top: int) -> None:
+    """The base's top-`top` tokens and the rest's mass at each answer position of `rows`, kept on the rows."""
+    import torch
+
     with torch.no_grad(), model.disable_adapter():
-        ref = model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
-    cur = model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
-    ref_logp = torch.log_softmax(ref, dim=-1)
-    cur_logp = torch.log_softmax(cur, dim=-1)
-    return (ref_logp.exp() * (ref_logp - cur_logp)).sum(-1).mean()
+        logp = torch.log_softmax(_answer_logits(model, rows, pad_id), dim=-1)
+    values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+    rest = logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    at = 0
+    for r in rows:
+        n = len(r.ids) - r.start
+        r.ref = (ids[at: at + n].to(torch.int32), values[at: at + n], rest[at: at + n])
+        at += n
 
 
-def trainer_class(weight: float, replay: list[tuple[list[int], int]], batch_size: int, seed: int, pad_id: int) -> Any:
+def kl_to_base(model: Any, batch: list[Row], pad_id: int, top: int = 0) -> Any:
+    """Mean KL(base ‖ model) over the answers' tokens of `batch`; `model` is a PEFT model. With `top`, the
+    base's side is each row's kept top tokens and the rest (computed the first time the row is drawn)."""
+    import torch
+
+    if not top:
+        with torch.no_grad(), model.disable_adapter():
+            ref_logp = torch.log_softmax(_answer_logits(model, batch, pad_id), dim=-1)
+        cur_logp = torch.log_softmax(_answer_logits(model, batch, pad_id), dim=-1)
+        return (ref_logp.exp() * (ref_logp - cur_logp)).sum(-1).mean()
+    missing = [r for r in batch if r.ref is None]
+    if missing:
+        _remember(model, missing, pad_id, top)
+    cur_logp = torch.log_softmax(_answer_logits(model, batch, pad_id), dim=-1)
+    refs = [r.ref for r in batch if r.ref is not None]
+    ids = torch.cat([x[0] for x in refs]).to(cur_logp.device, torch.long)
+    ref_top, ref_rest = (torch.cat([x[i] for x in refs]).to(cur_logp.device) for i in (1, 2))
+    cur_top = cur_logp.gather(-1, ids)
+    cur_rest = cur_logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    head = (ref_top.exp() * (ref_top - cur_top)).sum(-1)
+    # the rest's term; none where the top tokens hold all of the base's mass (0 · log 0 = 0)
+    tail = torch.where(ref_rest > float("-inf"), ref_rest.exp() * (ref_rest - cur_rest), torch.zeros_like(ref_rest))
+    return (head + tail).mean()
+
+
+def trainer_class(weight: float, replay: list[Row], batch_size: int, seed: int, pad_id: int, top: int = 0) -> Any:
     """TRL's SFTTrainer with the KL term added to each training step's loss."""
     from trl import SFTTrainer
 
@@ -103,7 +155,7 @@ def trainer_class(weight: float, replay: list[tuple[list[int], int]], batch_size
                                           num_items_in_batch=num_items_in_batch)
             if not self.model.training:
                 return result
-            kl = kl_to_base(self.accelerator.unwrap_model(model), next(stream), pad_id)
+            kl = kl_to_base(self.accelerator.unwrap_model(model), next(stream), pad_id, top)
             self.kl_seen.append(float(kl.detach()))
             added = weight * kl / self.args.gradient_accumulation_steps
             if return_outputs:

@@ -128,7 +128,8 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     trainer_class: Any = SFTTrainer
     if replay:
         trainer_class = pinned.trainer_class(cfg.replay_kl, pinned.encode(replay, tokenizer, cfg.max_seq_len),
-                                             cfg.replay_kl_rows or rows, cfg.seed, tokenizer.pad_token_id)
+                                             cfg.replay_kl_rows or rows, cfg.seed, tokenizer.pad_token_id,
+                                             cfg.replay_kl_top)
     train = datasets.Dataset.from_list(as_dataset_rows(supervised, markers))
     val = datasets.Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
     checkpoints = job.work / CHECKPOINTS

@@ -61,7 +61,7 @@ def key(backend: str, fingerprint: str, cfg: TrainSection) -> str:
     return ":".join(str(x) for x in (backend, fingerprint, cfg.dtype, cfg.batch_size, cfg.grad_accum,
                                      cfg.max_seq_len, cfg.max_batch_tokens, cfg.packing, cfg.lora_rank,
                                      ",".join(cfg.target_modules), cfg.replay_kl, cfg.replay_kl_rows,
-                                     cfg.load_in_4bit))
+                                     cfg.replay_kl_top, cfg.load_in_4bit))
 
 
 def known(data_dir: Path, name: str) -> float:
