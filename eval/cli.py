@@ -208,6 +208,8 @@ def _show_refusal(result: object) -> None:
     assert isinstance(result, Result)
     out.print(f"domain index {result.index} ({result.documents:,} documents); threshold {result.threshold:.3f} "
               f"from {result.threshold_from}", highlight=False)
+    if result.note:
+        out.print(f"[yellow]note:[/] {result.note}", highlight=False)
 
     def row(table: Table, name: str, r: Rate) -> None:
         table.add_row(name, f"{r.hits} / {r.total}", f"{r.rate:.1%}", f"{r.upper:.1%}")
@@ -236,8 +238,6 @@ def _show_refusal(result: object) -> None:
                   f"questions); on the half it did not see: false refusals {c['check']['false_refusal']['rate']:.1%}"
                   f" ({c['check']['typed_refused']['rate']:.1%} of the typed ones), attacks and off-domain answered "
                   f"{c['check']['attack_success']['rate']:.1%}; server: {c.get('server', '?')}", highlight=False)
-        if c.get("warning"):
-            out.print(f"[yellow]warning:[/] {c['warning']}", highlight=False)
 
 
 def _show_run(result: object) -> None:

@@ -23,6 +23,11 @@ the highest threshold whose false refusal rate stays within `policy.max_false_re
 held-out questions, each on its own, reports it on the half it did not see, and stores it
 keyed by the index's hash: the gateway uses it for that index, and a rebuilt index (new
 documents) needs a new calibration, as `eval refusal` then says.
+
+The shipped in-domain set is about this project's own repository. Without `--indomain`,
+where most of it scores below the configured threshold with the index (another
+repository's), it is left out of every figure and of the calibration, and the result's
+note says so.
 """
 
 from __future__ import annotations
@@ -108,13 +113,14 @@ class Result:
     model: str | None = None  # policy.mode model or both: the model asked through the server
     model_figures: Figures | None = None  # its own refusals (a reply that begins with the refusal text)
     both_figures: Figures | None = None  # mode both: refused by the gate or by the model
+    note: str | None = None  # what was left out of the sets, and why
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "documents": self.documents, "threshold": self.threshold,
                 "threshold_from": self.threshold_from, "figures": self.figures.as_dict(),
                 "calibration": self.calibration, "model": self.model,
                 "model_figures": self.model_figures.as_dict() if self.model_figures else None,
-                "both_figures": self.both_figures.as_dict() if self.both_figures else None}
+                "both_figures": self.both_figures.as_dict() if self.both_figures else None, "note": self.note}
 
 
 def wilson_upper(hits: int, total: int, z: float = 1.96) -> float:
@@ -208,18 +214,28 @@ def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) 
 
     Each source on its own: pooled, the dataset's hundreds of template questions (scored high: the
     index holds their training phrasings) would let the threshold refuse a fifth of the questions as
-    users type them while the pooled rate stayed within the bound."""
+    users type them while the pooled rate stayed within the bound. A source with fewer questions in the
+    calibration half than the bound can tell apart (20 at 5%) is left to the other."""
     cal = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "calibration"]
     check = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "check"]
     by_source: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    need = math.ceil(1 / max_false_refusal) if max_false_refusal > 0 else 1  # fewer cannot tell the bound apart
     for name in sorted({source(i) for i, _ in cal if i.set == "indomain"}):
         domain = sorted(s for i, s in cal if i.set == "indomain" and source(i) == name)
+        counts[name] = len(domain)
+        if len(domain) < need:
+            continue  # too few to hold a rate to the bound: left to the other source
         allowed = math.floor(max_false_refusal * len(domain))  # of these questions, it may refuse this many
         by_source[name] = float(domain[allowed])  # refuses exactly the `allowed` lowest (ties pass)
     if not by_source:
-        raise RefusalEvalError("no in-domain questions to calibrate on")
+        found_ = ", ".join(f"{n} {name}" for name, n in counts.items()) or "none"
+        raise RefusalEvalError(f"too few in-domain questions to calibrate on: {found_} in the calibration half, "
+                               f"where at least {need} of one source are needed to hold false refusals within "
+                               f"{max_false_refusal:.0%}; give --indomain FILE with more questions about this domain")
     threshold = min(by_source.values())
     return {"threshold": threshold, "max_false_refusal": max_false_refusal, "by_source": by_source,
+            "calibration_questions": counts,
             "calibration": figures(*_unzip(cal), threshold).as_dict(),
             "check": figures(*_unzip(check), threshold).as_dict()}
 
@@ -241,23 +257,29 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
     policy = settings.config.policy
     found = items(settings, indomain)
     scored = scores(found, index, policy.refusal, policy.score_parts)
+    note = None
+    typed = figures(found, scored, policy.threshold).typed_refused
+    if indomain is None and typed.hits > typed.total / 2:
+        # the shipped questions are about this project: on another repository's index they are not in its
+        # domain, would count as false refusals, and would pull a calibrated threshold down to nothing
+        found, scored = _unzip([(i, s) for i, s in zip(found, scored, strict=True)
+                                if not (i.set == "indomain" and source(i) == "typed")])
+        note = (f"the shipped in-domain questions are about repotune's own repository, and {typed.hits} of "
+                f"{typed.total} score as off-domain with this index: they are left out; give --indomain FILE "
+                "with questions about this domain as its users would type them")
+        if not any(i.set == "indomain" for i in found):
+            raise RefusalEvalError(f"no in-domain questions about this domain: {note}, or build a dataset "
+                                   "(`repotune data build`) for its held-out questions")
     with closing(store.open_db(store.db_path(settings.data_dir))) as db:
         calibration = None
         if calibrating:
             calibration = calibrate(found, scored, policy.max_false_refusal)
-            typed = figures(found, scored, policy.threshold).typed_refused
-            if indomain is None and typed.hits > typed.total / 2:
-                # the shipped questions are about this project: on another repository's index they would
-                # pull the threshold down to nothing
-                calibration["warning"] = ("most of the shipped in-domain questions (about repotune's own "
-                                          "repository) score as off-domain with this index: for another "
-                                          "repository, calibrate with --indomain FILE of questions about it")
             relevance.record_calibration(db, index.hash, calibration["threshold"], calibration)
         threshold, threshold_from = relevance.threshold(db, index.hash, policy.threshold)
     if calibration is not None:
         calibration["server"] = relevance.tell_server(settings)
     result = Result(index.hash, index.documents, threshold, threshold_from, figures(found, scored, threshold),
-                    calibration)
+                    calibration, note=note)
     if policy.mode in ("model", "both"):
         result.model, said = _model_refusals(settings, found)
         answered = [0.0 if s else 1.0 for s in said]

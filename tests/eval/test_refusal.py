@@ -83,19 +83,36 @@ def test_calibration_is_stored_for_its_index_and_a_new_index_needs_another(tmp_p
     before = json.loads(first.stdout)
     assert before["threshold_from"].startswith("config") and before["threshold"] == 0.7
     figures = before["figures"]
-    # the shipped in-domain set is about another repository: this index refuses it, and lets
-    # few off-domain questions through
-    assert figures["false_refusal"]["total"] >= 100 and figures["offdomain"]["total"] >= 100
+    # the shipped in-domain set is about repotune's own repository, not this generated one: this index
+    # scores it as off-domain, so it is left out and the note says so; the dataset's held-out questions
+    # are the in-domain set
+    assert "--indomain" in before["note"] and "left out" in before["note"]
+    held_out = len(refusal._held_out(settings))
+    assert figures["false_refusal"]["total"] == held_out > 0 and figures["typed_refused"]["total"] == 0
+    assert figures["offdomain"]["total"] >= 100
     assert set(figures["by_group"]) >= set(refusal.FAMILIES)
     assert 0 <= figures["attack_success"]["rate"] <= figures["attack_success"]["upper95"] <= 1
+    shown = _cli(settings, "eval", "refusal")
+    assert "left out" in shown.stdout and "--indomain" in shown.stdout
 
-    calibrated = _cli(settings, "eval", "refusal", "--calibrate", "--json")
+    # the dataset's few held-out questions cannot hold a 5% bound: calibrating needs questions about this domain
+    few = _cli(settings, "eval", "refusal", "--calibrate", "--json")
+    assert few.returncode != 0 and "Traceback" not in few.stderr
+    assert "too few in-domain questions" in few.stderr and "--indomain" in few.stderr
+    assert json.loads(_cli(settings, "eval", "refusal", "--json").stdout)["threshold_from"].startswith("config")
+
+    mine = settings.root / "mine.jsonl"
+    topics = ("the parser", "parse.py", "blank lines in the parser", "trailing spaces before parsing",
+              "the words function", "words.py", "counting the words of a parsed line", "parse()")
+    asks = ("What does {} do?", "Where is {} handled?", "How does {} work?", "Why was {} changed?",
+            "Who changed {}?", "Explain {}.")
+    mine.write_text("".join(json.dumps({"question": a.format(t)}) + "\n" for t in topics for a in asks))
+    calibrated = _cli(settings, "eval", "refusal", "--calibrate", "--indomain", str(mine), "--json")
     assert calibrated.returncode == 0, calibrated.stderr
     result = json.loads(calibrated.stdout)
     c = result["calibration"]
-    assert c["calibration"]["typed_refused"]["rate"] <= c["max_false_refusal"]
-    # the shipped questions are about repotune itself, not this generated repository: it says so
-    assert "--indomain" in c["warning"]
+    assert "typed" in c["by_source"] and c["calibration_questions"]["typed"] >= 20
+    assert c["calibration"]["typed_refused"]["rate"] <= c["max_false_refusal"] and result["note"] is None
     assert result["threshold"] == c["threshold"] and result["threshold_from"].startswith("calibration of")
     again = json.loads(_cli(settings, "eval", "refusal", "--json").stdout)
     assert again["threshold"] == c["threshold"] and again["index"] == result["index"]
