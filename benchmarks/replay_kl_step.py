@@ -13,11 +13,10 @@ turns batch by batch so that the machine's drift falls on all of them alike:
   time it is drawn ("filling"), and never again.
 
 Each way runs whole passes over the same replay rows (a partial pass of grouped batches
-is not a fair sample: the longest batch comes first). With `--dataset` (a data build's
-`train.jsonl`), a supervised batch's forward and backward is timed too, so that the
-saving is also given as a share of a whole step.
+is not a fair sample: the longest batch comes first). What the term is of a whole step is
+read from a learning run's own step time (`benchmarks.learning` prints it).
 
-    python -m benchmarks.replay_kl_step --base builtin:smol --rows 160 --top 64
+    python -m benchmarks.replay_kl_step --base builtin:smol --rows 240 --top 64
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _replay_rows(base: Any, count: int) -> list[dict[str, Any]]:
-    """`count` general replay chats answered by the base itself (cached per base, as benchmarks.learning does)."""
+    """`count` general replay chats, half answered by the base itself (cached per base, as benchmarks.learning
+    keeps them), half with the general set's gold answers (`replay_answers = "both"`, the learning runs' own)."""
     import shutil
 
     from repotune import builtin
@@ -47,10 +47,11 @@ def _replay_rows(base: Any, count: int) -> list[dict[str, Any]]:
     if kept.is_file():
         here.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(kept, here)
-    rows = others.general_replay(count, 0, lambda qs: own.answers(base, qs, state))
+    rows = others.general_replay(count - count // 2, 0, lambda qs: own.answers(base, qs, state))
     if here.is_file():
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(here, kept)
+    rows += others.general_replay(count // 2, 0)  # and the set's gold answers, as `replay_answers = "both"` has
     return [{"messages": r.messages} for r in rows]
 
 
@@ -68,11 +69,10 @@ def _padded(batches: list[list[Any]]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="builtin:smol")
-    ap.add_argument("--rows", type=int, default=160, help="general replay rows (a pass is rows / batch batches)")
+    ap.add_argument("--rows", type=int, default=240, help="general replay rows (a pass is rows / batch batches)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--top", type=int, default=64)
     ap.add_argument("--passes", type=int, default=1, help="whole passes timed for each way")
-    ap.add_argument("--dataset", default="", help="a data build's train.jsonl: time a supervised batch too")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "replay-kl-step"))
     a = ap.parse_args()
 
@@ -121,22 +121,6 @@ def main() -> None:
         "ways": {name: {"seconds_a_batch": round(statistics.fmean(s), 3), "batches": len(s),
                         "padded": round(_padded(ways[name]), 3)} for name, s in seconds.items()},
     }
-    if a.dataset:
-        from tuner.train.sft import as_dataset_rows
-
-        train = [json.loads(line) for line in Path(a.dataset).read_text().splitlines() if line.strip()]
-        supervised = [r for r in pinned.split(train)[0]]
-        random.Random(0).shuffle(supervised)
-        sup_seconds = []
-        for i in range(0, min(len(supervised), a.batch * 10), a.batch):
-            rows = as_dataset_rows(supervised[i: i + a.batch], False)
-            texts = [tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False) for r in rows]
-            enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=256)
-            started = time.perf_counter()
-            model(**enc, labels=enc["input_ids"]).loss.backward()
-            sup_seconds.append(time.perf_counter() - started)
-            model.zero_grad(set_to_none=True)
-        figures["supervised_seconds_a_batch"] = round(statistics.fmean(sup_seconds), 3)
     print(json.dumps(figures, indent=2))
     Path(f"{a.out}-{a.base.replace(':', '-')}.json").write_text(json.dumps(figures, indent=2) + "\n")
 
