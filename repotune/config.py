@@ -358,6 +358,11 @@ class TrainSection(Section):
         if 0 < self.max_batch_tokens < self.max_seq_len:
             raise ValueError(f"train.max_batch_tokens ({self.max_batch_tokens}) is less than one row of "
                              f"train.max_seq_len ({self.max_seq_len}): raise it, or cut max_seq_len")
+        idle = [k for k in ("replay_kl_rows", "replay_kl_top") if getattr(self, k)] if not self.replay_kl else []
+        if idle:
+            raise ValueError(f"{' and '.join('train.' + k for k in idle)} shape{'' if len(idle) > 1 else 's'} the "
+                             "KL term, which is off "
+                             "(train.replay_kl = 0): set replay_kl above 0, or leave them at 0")
         return self
 
 

@@ -215,6 +215,8 @@ def test_show_prints_toml_that_loads_back(write_config, tmp_path):
     ("early_stopping_patience = 2", "needs train.keep_best = true"),
     ('backend = "deepspeed"', "train.backend: must be one of auto, trl, unsloth"),
     ('strategy = "sometimes"', "train.strategy: must be one of full, incremental"),
+    ("replay_kl_top = 64", "train.replay_kl_top shapes the KL term, which is off (train.replay_kl = 0)"),
+    ("replay_kl_rows = 4\nreplay_kl_top = 64", "train.replay_kl_rows and train.replay_kl_top shape the KL term"),
 ])
 def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load(write_config, train, message):
     with pytest.raises(cfg.ConfigError) as e:
