@@ -15,6 +15,11 @@ tokenizing are left out of both.
 `--group-by-length` makes both batch examples of similar length together (what
 `train.group_by_length` does; off by default here, as TRL's is). `--trl-only DATASET
 BASE STEPS` is the reference script itself (what the pairs run).
+
+`--vs-dtype DTYPE` pairs `repotune train` as configured (`train.dtype = "auto"`) with
+`repotune train` at `train.dtype = DTYPE` instead of the TRL script:
+
+    python -m benchmarks.train_vs_trl --base builtin:smol --steps 6 --rounds 3 --vs-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -80,16 +85,17 @@ def _reference(dataset: Path, base: Path, steps: int) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _config(folder: Path, base: str, steps: int, round_: int) -> Path:
+def _config(folder: Path, base: str, steps: int, round_: int, dtype: str = "auto") -> Path:
     """The config of one round. A budget no run reaches, of each round's own, gives each run a key of
     its own, so that no round is taken for the one before (the same training otherwise)."""
     import tomli_w
 
-    path = folder / f"config-{round_}.toml"
+    path = folder / f"config-{round_}-{dtype}.toml"
     path.write_text(tomli_w.dumps({
         "model": {"base": base}, "ingest": {"repo": str(ROOT), "workers": 1},
         "paths": {"data_dir": str(folder / "state")}, "tuner": {"lineage": "bench"},
-        "train": {**TRAIN, "max_steps": steps, "seed": 0, "niceness": 0, "budget_minutes": 1000.0 + round_}}))
+        "train": {**TRAIN, "max_steps": steps, "seed": 0, "niceness": 0, "budget_minutes": 1000.0 + round_,
+                  "dtype": dtype}}))
     return path
 
 
@@ -100,6 +106,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--group-by-length", action="store_true", help="both: batches of similar lengths")
     ap.add_argument("--trl-only", nargs=3, metavar=("DATASET", "BASE", "STEPS"))
+    ap.add_argument("--vs-dtype", default="", help="the reference: repotune train at this train.dtype")
     a = ap.parse_args()
     TRAIN["group_by_length"] = a.group_by_length
     if a.trl_only:
@@ -115,23 +122,26 @@ def main() -> None:
     dataset = next(p for p in (folder / "state" / "datasets" / "bench").iterdir() if p.is_dir())
     base = models.resolve(a.base).path
     ours, ref = [], []
+    reference = f"at train.dtype = {a.vs_dtype}" if a.vs_dtype else "TRL script"
     for r in range(a.rounds):
-        ref.append(_reference(dataset, base, a.steps))
+        ref.append(_repotune(_config(folder, a.base, a.steps, r, a.vs_dtype)) if a.vs_dtype
+                   else _reference(dataset, base, a.steps))
         ours.append(_repotune(_config(folder, a.base, a.steps, r)))
         print(f"round {r + 1}: repotune train {ours[-1]['tokens_per_s']:.1f} tokens/s "
-              f"({ours[-1]['peak_memory_mb']:.0f} MiB), TRL script {ref[-1]['tokens_per_s']:.1f} tokens/s "
+              f"({ours[-1]['peak_memory_mb']:.0f} MiB), {reference} {ref[-1]['tokens_per_s']:.1f} tokens/s "
               f"({ref[-1]['peak_memory_mb']:.0f} MiB), ratio {ours[-1]['tokens_per_s'] / ref[-1]['tokens_per_s']:.3f}",
               flush=True)
     ratios = [o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(ours, ref, strict=True)]
     print(json.dumps({
-        "base": a.base, "steps": a.steps, "rounds": a.rounds, "dataset_examples": sum(1 for _ in (
-            dataset / "train.jsonl").open()), "tokens_per_run": [o["tokens"] for o in ours],
-        "trl_tokens_per_run": [f["tokens"] for f in ref],
+        "base": a.base, "steps": a.steps, "rounds": a.rounds, "reference": reference,
+        "dataset_examples": sum(1 for _ in (dataset / "train.jsonl").open()),
+        "tokens_per_run": [o["tokens"] for o in ours],
+        "reference_tokens_per_run": [f["tokens"] for f in ref],
         "repotune_tokens_per_s": [round(o["tokens_per_s"], 1) for o in ours],
-        "trl_tokens_per_s": [round(f["tokens_per_s"], 1) for f in ref],
+        "reference_tokens_per_s": [round(f["tokens_per_s"], 1) for f in ref],
         "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
         "repotune_peak_mb": [round(o["peak_memory_mb"]) for o in ours],
-        "trl_peak_mb": [round(f["peak_memory_mb"]) for f in ref]}, indent=2))
+        "reference_peak_mb": [round(f["peak_memory_mb"]) for f in ref]}, indent=2))
 
 
 if __name__ == "__main__":

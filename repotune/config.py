@@ -313,7 +313,8 @@ class TrainSection(Section):
     checkpoint_steps: int = Field(50, ge=1, description="Steps between checkpoints a killed run resumes from.")
     keep_checkpoints: int = Field(2, ge=0, description="Checkpoints kept while training (0: all of them).")
     resume: bool = Field(True, description="Resume an interrupted run from its last checkpoint (false: start over).")
-    dtype: str = Field("auto", description="Weights during training: auto (the model's own), float32, bfloat16.")
+    dtype: str = Field("auto", description="Weights during training: auto (the model's own on a GPU, float32 on a CPU, "
+                       "where bfloat16 matrix products are many times slower), float32, bfloat16.")
     load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")
     replay_kl: float = Field(
         0.0, ge=0, description="Weight of the KL divergence to the base on the general replay's answers (the replay "

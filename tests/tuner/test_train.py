@@ -378,3 +378,24 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
                 p.zero_()  # the adapter back at the base: no divergence left, and the kept side is not redrawn
     assert float(pinned.kl_to_base(model, batch, pad, top=8)) == pytest.approx(0.0, abs=1e-5)
     assert all(r.ref is k for r, k in zip(batch, kept, strict=True))
+
+
+def test_auto_trains_a_half_precision_model_in_float32_on_a_cpu_that_multiplies_it_slowly(tmp_path, monkeypatch):
+    """A bfloat16 model on a CPU without native bfloat16 (a fallback kernel, 100 times slower than float32
+    measured) trains in float32; where the CPU multiplies it fast, and for a float32 model, "auto" is the
+    model's own; a dtype named in the config is used as it is."""
+    from tuner.train import backends
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU, auto is the model's own dtype")
+    for dtype in ("bfloat16", "float32"):
+        (tmp_path / dtype).mkdir()
+        (tmp_path / dtype / "config.json").write_text(json.dumps({"dtype": dtype}))
+    assert isinstance(backends._slow_on_cpu("bfloat16"), bool)  # the probe runs here
+    backends._slow_on_cpu.cache_clear()
+    monkeypatch.setattr(backends, "_slow_on_cpu", lambda dtype: True)
+    assert backends.training_dtype("auto", tmp_path / "bfloat16") == "float32"
+    assert backends.training_dtype("auto", tmp_path / "float32") == "float32"
+    assert backends.training_dtype("bfloat16", tmp_path / "bfloat16") == "bfloat16"
+    monkeypatch.setattr(backends, "_slow_on_cpu", lambda dtype: False)
+    assert backends.training_dtype("auto", tmp_path / "bfloat16") == "bfloat16"

@@ -13,6 +13,9 @@ transformers as it imports, which must not happen to a process that will not use
 
 from __future__ import annotations
 
+import functools
+import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from tuner.train import sft
@@ -32,10 +35,49 @@ class Backend(Protocol):
     def train(self, job: Job) -> Trained: ...
 
 
+def training_dtype(name: str, base: Path) -> str:
+    """The dtype the model in `base` is trained in for `train.dtype = name`. "auto" is the model's own,
+    except on a CPU whose matrix products in that dtype are many times slower than in float32 (no native
+    bfloat16 or float16: a fallback kernel, measured 100 times slower on a 2-core AMD EPYC with AVX2,
+    benchmarks/RESULTS.md, "Training"), where it is float32."""
+    import json
+
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "auto"
+    try:
+        config = json.loads((base / "config.json").read_text())
+    except (OSError, ValueError):
+        return "auto"
+    own = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return "float32" if own in ("bfloat16", "float16") and _slow_on_cpu(own) else own
+
+
+@functools.cache
+def _slow_on_cpu(dtype: str) -> bool:
+    """Whether this CPU multiplies matrices in `dtype` more than twice as slowly as in float32 (timed once
+    per process on 128 x 128 products: well under a second, even where it is slow)."""
+    import torch
+
+    def seconds(kind: Any) -> float:
+        a, b = torch.randn(128, 128, dtype=kind), torch.randn(128, 128, dtype=kind)
+        a @ b
+        started = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        return time.perf_counter() - started
+
+    return seconds(getattr(torch, dtype)) > 2 * seconds(torch.float32)
+
+
 def _dtype(job: Job) -> Any:
     import torch
 
-    return "auto" if job.cfg.dtype == "auto" else getattr(torch, job.cfg.dtype)
+    name = training_dtype(job.cfg.dtype, job.base)
+    return "auto" if name == "auto" else getattr(torch, name)
 
 
 def _lora_config(job: Job) -> Any:

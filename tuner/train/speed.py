@@ -23,7 +23,7 @@ from typing import Any
 
 from repotune import models, registry
 from repotune.config import TrainSection
-from tuner.train.backends import Backend
+from tuner.train.backends import Backend, training_dtype
 from tuner.train.sft import Job
 
 STEPS = 5  # optimizer steps run; the first (warm-up: allocations, first kernels) is not timed
@@ -37,7 +37,7 @@ def for_budget(versions: list[registry.Adapter], backend: Backend, base: models.
     rate = recent(versions, backend.name, base.fingerprint)
     if rate:
         return rate, False
-    name = key(backend.name, base.fingerprint, cfg)
+    name = key(backend.name, base.fingerprint, cfg, training_dtype(cfg.dtype, base.path))
     rate = known(data_dir, name)
     if not rate:
         rate = measure(backend, base.path, rows, cfg, data_dir / "work" / "speed-trial")
@@ -56,10 +56,11 @@ def recent(versions: list[registry.Adapter], backend: str, fingerprint: str, las
     return float(statistics.median(speeds)) if speeds else 0.0
 
 
-def key(backend: str, fingerprint: str, cfg: TrainSection) -> str:
-    """What decides the speed: the backend, the base, and the settings that change a step's cost."""
-    return ":".join(str(x) for x in (backend, fingerprint, cfg.dtype, cfg.batch_size, cfg.grad_accum,
-                                     cfg.max_seq_len, cfg.max_batch_tokens, cfg.packing, cfg.lora_rank,
+def key(backend: str, fingerprint: str, cfg: TrainSection, dtype: str) -> str:
+    """What decides the speed: the backend, the base, the dtype it trains in, and the settings that change
+    a step's cost."""
+    return ":".join(str(x) for x in (backend, fingerprint, dtype, cfg.batch_size,
+                                     cfg.grad_accum, cfg.max_seq_len, cfg.max_batch_tokens, cfg.packing, cfg.lora_rank,
                                      ",".join(cfg.target_modules), cfg.replay_kl, cfg.replay_kl_rows,
                                      cfg.replay_kl_top, cfg.load_in_4bit))
 
