@@ -360,14 +360,14 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
                          ("What is 7 times 8?", "7 times 8 is 56."), ("Name a primary colour.", "Red."))]
     batch = pinned.encode(rows, tok, 256)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    whole = float(pinned.kl_to_base(model, batch, pad))
+    whole = float(pinned.kl_to_base(model, batch, pad).detach())
     assert whole > 0.01
     vocab = model.get_output_embeddings().weight.shape[0]
-    assert float(pinned.kl_to_base(model, pinned.encode(rows, tok, 256), pad, top=vocab)) == pytest.approx(whole,
-                                                                                                           rel=1e-4)
+    every = pinned.kl_to_base(model, pinned.encode(rows, tok, 256), pad, top=vocab)
+    assert float(every.detach()) == pytest.approx(whole, rel=1e-4)
     assert all(r.ref is None for r in batch)  # the whole distribution keeps nothing
     few = pinned.kl_to_base(model, batch, pad, top=8)
-    assert 0 < float(few) <= whole + 1e-6
+    assert 0 < float(few.detach()) <= whole + 1e-6
     assert all(r.ref is not None and r.ref[0].shape == (len(r.ids) - r.start, 8) for r in batch)
     few.backward()
     assert any(float(p.grad.abs().max()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
@@ -376,7 +376,7 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.zero_()  # the adapter back at the base: no divergence left, and the kept side is not redrawn
-    assert float(pinned.kl_to_base(model, batch, pad, top=8)) == pytest.approx(0.0, abs=1e-5)
+    assert float(pinned.kl_to_base(model, batch, pad, top=8).detach()) == pytest.approx(0.0, abs=1e-5)
     assert all(r.ref is k for r, k in zip(batch, kept, strict=True))
 
 
