@@ -365,6 +365,9 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
     vocab = model.get_output_embeddings().weight.shape[0]
     every = pinned.kl_to_base(model, pinned.encode(rows, tok, 256), pad, top=vocab)
     assert float(every.detach()) == pytest.approx(whole, rel=1e-4)
+    every.backward()  # nothing is left over as "the rest": its gradient is still finite
+    assert all(bool(torch.isfinite(p.grad).all()) for n, p in model.named_parameters() if "lora_B" in n)
+    model.zero_grad(set_to_none=True)
     assert all(r.ref is None for r in batch)  # the whole distribution keeps nothing
     few = pinned.kl_to_base(model, batch, pad, top=8)
     assert 0 < float(few.detach()) <= whole + 1e-6

@@ -133,8 +133,11 @@ def kl_to_base(model: Any, batch: list[Row], pad_id: int, top: int = 0) -> Any:
     cur_top = cur_logp.gather(-1, ids)
     cur_rest = cur_logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
     head = (ref_top.exp() * (ref_top - cur_top)).sum(-1)
-    # the rest's term; none where the top tokens hold all of the base's mass (0 · log 0 = 0)
-    tail = torch.where(ref_rest > float("-inf"), ref_rest.exp() * (ref_rest - cur_rest), torch.zeros_like(ref_rest))
+    # the rest's term; none where the kept tokens are the whole vocabulary (0 · log 0 = 0), and only the others
+    # reach the graph (a where() over both would carry the empty rest's nan into the gradient)
+    some = ref_rest > float("-inf")
+    tail = torch.zeros_like(head)
+    tail[some] = ref_rest[some].exp() * (ref_rest[some] - cur_rest[some])
     return (head + tail).mean()
 
 
