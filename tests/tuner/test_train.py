@@ -384,7 +384,7 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
 
 
 def test_auto_trains_a_half_precision_model_in_float32_on_a_cpu_that_multiplies_it_slowly(tmp_path, monkeypatch):
-    """A bfloat16 model on a CPU without native bfloat16 (a fallback kernel, 100 times slower than float32
+    """A bfloat16 model on a CPU without native bfloat16 (a fallback kernel, 42 times slower than float32
     measured) trains in float32; where the CPU multiplies it fast, and for a float32 model, "auto" is the
     model's own; a dtype named in the config is used as it is."""
     from tuner.train import backends

@@ -38,8 +38,8 @@ class Backend(Protocol):
 def training_dtype(name: str, base: Path) -> str:
     """The dtype the model in `base` is trained in for `train.dtype = name`. "auto" is the model's own,
     except on a CPU whose matrix products in that dtype are many times slower than in float32 (no native
-    bfloat16 or float16: a fallback kernel, measured 100 times slower on a 2-core AMD EPYC with AVX2,
-    benchmarks/RESULTS.md, "Training"), where it is float32."""
+    bfloat16 or float16: a fallback kernel; one layer's products 42 times slower on a 2-core AMD EPYC
+    with AVX2, benchmarks/RESULTS.md, "Training"), where it is float32."""
     import json
 
     import torch
