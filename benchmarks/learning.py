@@ -105,6 +105,28 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     return out
 
 
+def _base_scores(spec: str, evals: list[dict[str, Any]], store: tuple[Any, str]) -> dict[str, Any]:
+    """The base's scores, kept between runs: they depend on the base, the held-out questions and the chunks
+    retrieval reads (all hashed into the key), and take most of a run's scoring time on a CPU."""
+    import hashlib
+
+    from repotune import builtin, models
+
+    db, repo = store
+    chunks = hashlib.sha256()
+    for (cid,) in db.execute("select id from chunks where repo = ? and stale = 0 order by id", [repo]).fetchall():
+        chunks.update(cid.encode())
+    key = hashlib.sha256(json.dumps([models.resolve(spec).fingerprint, evals, chunks.hexdigest()],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    kept = builtin.cache_root() / "benchmarks" / "base-scores" / f"{key}.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    scores = _scores(models.resolve(spec).path, None, evals, general_mc=True, store=store)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(scores))
+    return scores
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="builtin:smol")
@@ -167,6 +189,12 @@ def main() -> None:
         def keep(r: dict[str, Any]) -> bool:
             return r["kind"] in kinds
     else:
+        # this repository as it stood at --at, so that a run's questions and chunks are those of the revision
+        # it names, whatever is checked out (and the base's scores can be kept between runs)
+        repo = folder / "repository"
+        if not a.score_only:
+            subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(repo)], check=True)
+            subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", "-B", "main", a.at], check=True)
         kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
         taught = kinds + (CODE_KINDS if a.all_kinds and not a.no_code else ())
         shas = set(_slice(a.commits, a.at))
@@ -225,7 +253,7 @@ def main() -> None:
     from repotune import db as store_db
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
-    points = [{"epoch": 0, "tokens": 0, **_scores(base, None, evals, general_mc=True, store=store)}]
+    points = [{"epoch": 0, "tokens": 0, **_base_scores(a.base, evals, store)}]
     print("base", {k: v for k, v in points[0].items() if k != "answers"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -381,6 +382,66 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
                 p.zero_()  # the adapter back at the base: no divergence left, and the kept side is not redrawn
     assert float(pinned.kl_to_base(model, batch, pad, top=8).detach()) == pytest.approx(0.0, abs=1e-5)
     assert all(r.ref is k for r, k in zip(batch, kept, strict=True))
+
+
+def test_the_replay_logits_are_the_models_own_at_the_answers_positions(tiny):
+    """The KL term projects onto the vocabulary only where an answer token is predicted; those logits are the
+    ones the model's whole forward gives there, with the adapter and without it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.train import pinned
+
+    tok = AutoTokenizer.from_pretrained(tiny.path)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in (("What is the capital of France?", "The capital of France is Paris."),
+                         ("Name a primary colour, please, any one of them.", "Red."))]
+    batch = pinned.encode(rows, tok, 256)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for adapter in (True, False):
+        with torch.no_grad(), (contextlib.nullcontext() if adapter else model.disable_adapter()):
+            got = pinned._answer_logits(model, batch, pad)
+            want = torch.cat([model(input_ids=torch.tensor([r.ids])).logits[0, r.start - 1: len(r.ids) - 1]
+                              for r in batch])
+        assert got.shape == want.shape == (sum(len(r.ids) - r.start for r in batch), want.shape[-1])
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_on_a_cpu_the_head_projects_only_the_answers_and_the_loss_is_the_same(tiny, monkeypatch):
+    """TRL's fused head, as SFTTrainer takes the loss: within `answers_only_head` a CPU projects only the
+    positions that have a label, and the loss is the one it gives projecting every position."""
+    from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tuner.train import sft
+
+    model = AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("entropy", "is_top1"))
+    ids = torch.randint(10, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :8] = -100  # the prompt: 4 answer tokens a row are predicted (positions 7 to 10)
+    projected: list[int] = []
+    forward = chunked_logprob.ChunkedLogProbFunction.forward
+
+    def counting(ctx, hidden, *rest):
+        projected.append(hidden.shape[0])
+        return forward(ctx, hidden, *rest)
+
+    monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "forward", staticmethod(counting))
+    with torch.no_grad():
+        every = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        with sft.answers_only_head():
+            answers = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        again = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+    assert projected == [2 * 11, 2 * 4, 2 * 11]  # and only within the block
+    assert float(answers) == pytest.approx(float(every), rel=1e-5) and float(again) == float(every)
 
 
 def test_auto_trains_a_half_precision_model_in_float32_on_a_cpu_that_multiplies_it_slowly(tmp_path, monkeypatch):

@@ -95,7 +95,23 @@ def _answer_logits(model: Any, batch: list[Row], pad_id: int) -> Any:
         attention[i, : len(r.ids)] = 1
         mask[i, r.start - 1: len(r.ids) - 1] = True
     input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)
-    return model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not _plain_head(causal.config):  # the head scales or caps its logits: the model's own forward applies it
+        return model(input_ids=input_ids, attention_mask=attention).logits[mask].float()
+    # the head (a vocabulary-wide product, a fifth of builtin:smol's) only where an answer token is predicted
+    hidden = causal.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    return causal.get_output_embeddings()(hidden[mask]).float()
+
+
+# config fields with which a causal model's head does more than its projection (Gemma 2's soft cap, Cohere's scale,
+# Granite's and Falcon-H1's multipliers): such a model's logits are taken from its own forward
+_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                    "logits_scaling")
+
+
+def _plain_head(config: Any) -> bool:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return all(getattr(text, name, None) is None for name in _HEAD_TRANSFORMS)
 
 
 def _remember(model: Any, rows: list[Row], pad_id: int, top: int) -> None:

@@ -17,11 +17,12 @@ patched kernels); what is trained, and how, is the same for both and lives here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,8 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     if not job.resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with answers_only_head():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.monotonic() - started
     adapter = job.work / "adapter"
     tmp = job.work / ".adapter.tmp"
@@ -193,6 +195,33 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         stopped=stopped, resumed_from=int(resume.name.split("-")[-1]) if resume else None,
         peak_memory_mb=_peak_memory_mb(), loss_form="assistant_only" if markers else "prompt_completion",
     )
+
+
+@contextlib.contextmanager
+def answers_only_head() -> Iterator[None]:
+    """TRL's fused head (`fused_lm_head`, how `SFTTrainer` takes the loss) projects onto the vocabulary only
+    the positions that have a label when its Triton kernel runs, and every position elsewhere, so that a device
+    which compiles its tiles (Neuron) sees one shape. PyTorch on a CPU compiles nothing, and there the prompt's
+    positions (the system prompt and the question: most of a short-answer example) were projected and
+    discarded: a vocabulary-wide product, a fifth of builtin:smol's forward. Within this block a CPU gets the
+    compact path too; the loss is the same."""
+    # Reaches into TRL's private `trl.trainer.utils._use_triton` (TRL 1.16), the name the fused forward reads to
+    # choose the compact path; the kernel module keeps its own binding, so a CPU still folds its tiles in torch.
+    # If TRL renames or moves it, nothing is patched and a CPU projects every position again: the same loss,
+    # slower; tests/tuner/test_train.py::test_on_a_cpu_the_head_projects_only_the_answers fails then.
+    try:
+        from trl.trainer import utils
+    except ImportError:
+        utils = None
+    original = getattr(utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        utils._use_triton = original
 
 
 def _saving(cfg: TrainSection, interval: str) -> dict[str, Any]:
