@@ -298,7 +298,7 @@ def _ask_all(settings: Settings, db: Any, run_id: int, url: str, key: str, base:
             from eval import refusal
 
             # the same questions for every model, the in-domain ones from the candidate's own held-out set
-            sets = refusal.items(settings, held_out=rows)
+            sets = refusal.judged(settings, rows)
         for label, model, identity in asked:
             restore = (lambda: promotion.admin(url, key, "hold", hold)) if label == "candidate" else None
             endpoint = Endpoint(url, key, model, concurrency=settings.config.eval.concurrency,

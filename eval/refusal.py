@@ -27,7 +27,7 @@ documents) needs a new calibration, as `eval refusal` then says.
 The shipped in-domain set is about this project's own repository. Without `--indomain`,
 where most of it scores below the configured threshold with the index (another
 repository's), it is left out of every figure and of the calibration, and the result's
-note says so.
+note says so; the gate's refusal suite (`judged`) leaves it out by the same rule.
 """
 
 from __future__ import annotations
@@ -158,6 +158,18 @@ def items(settings: Settings, indomain: Path | None = None,
     return found
 
 
+def judged(settings: Settings, held_out: list[dict[str, Any]]) -> list[Item]:
+    """The sets the gate asks each model when refusals are trained (`items` with the candidate's held-out
+    questions), without the shipped in-domain ones where the domain index scores most of them off-domain
+    (`without_foreign`): on another repository a model that learned its domain refuses them, rightly."""
+    found = items(settings, held_out=held_out)
+    index = relevance.load(settings.data_dir)
+    if index is None:
+        return found
+    policy = settings.config.policy
+    return without_foreign(found, scores(found, index, policy.refusal, policy.score_parts), policy.threshold)[0]
+
+
 def _held_out(settings: Settings) -> list[dict[str, Any]]:
     try:
         folder = datasets.find(settings.data_dir, settings.lineage)
@@ -240,6 +252,20 @@ def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) 
             "check": figures(*_unzip(check), threshold).as_dict()}
 
 
+def without_foreign(found: list[Item], scored: list[float],
+                    threshold: float) -> tuple[list[Item], list[float], str | None]:
+    """The sets without the shipped in-domain questions where most of them score below `threshold` with
+    the index (another repository's: they are about this project's own), and a note saying so; else as given.
+    Kept, they would count as false refusals and pull a calibrated threshold down to nothing."""
+    typed = figures(found, scored, threshold).typed_refused
+    if typed.hits <= typed.total / 2:
+        return found, scored, None
+    kept = [(i, s) for i, s in zip(found, scored, strict=True) if not (i.set == "indomain" and source(i) == "typed")]
+    return (*_unzip(kept), f"the shipped in-domain questions are about repotune's own repository, and {typed.hits} "
+            f"of {typed.total} score as off-domain with this index: they are left out; give --indomain FILE "
+            "with questions about this domain as its users would type them")
+
+
 def _unzip(pairs: list[tuple[Item, float]]) -> tuple[list[Item], list[float]]:
     return [i for i, _ in pairs], [s for _, s in pairs]
 
@@ -258,16 +284,9 @@ def run(settings: Settings, indomain: Path | None = None, calibrating: bool = Fa
     found = items(settings, indomain)
     scored = scores(found, index, policy.refusal, policy.score_parts)
     note = None
-    typed = figures(found, scored, policy.threshold).typed_refused
-    if indomain is None and typed.hits > typed.total / 2:
-        # the shipped questions are about this project: on another repository's index they are not in its
-        # domain, would count as false refusals, and would pull a calibrated threshold down to nothing
-        found, scored = _unzip([(i, s) for i, s in zip(found, scored, strict=True)
-                                if not (i.set == "indomain" and source(i) == "typed")])
-        note = (f"the shipped in-domain questions are about repotune's own repository, and {typed.hits} of "
-                f"{typed.total} score as off-domain with this index: they are left out; give --indomain FILE "
-                "with questions about this domain as its users would type them")
-        if not any(i.set == "indomain" for i in found):
+    if indomain is None:
+        found, scored, note = without_foreign(found, scored, policy.threshold)
+        if note and not any(i.set == "indomain" for i in found):
             raise RefusalEvalError(f"no in-domain questions about this domain: {note}, or build a dataset "
                                    "(`repotune data build`) for its held-out questions")
     with closing(store.open_db(store.db_path(settings.data_dir))) as db:

@@ -154,3 +154,9 @@ def test_the_in_domain_set_holds_the_held_out_questions_it_is_given_else_the_new
 
     assert set(held(refusal.items(settings))) == newest
     assert held(refusal.items(settings, held_out=[own, general])) == {"eval-own-1": ("What did commit abc1234 do?",)}
+    # the gate's own sets: on this generated repository the shipped questions (about repotune) score as
+    # off-domain, and a model that learned this domain would refuse them rightly: they are left out
+    judged = refusal.judged(settings, [own, general])
+    assert held(judged) == {"eval-own-1": ("What did commit abc1234 do?",)}
+    assert [i for i in judged if i.set == "indomain"] == [i for i in judged if i.id == "eval-own-1"]
+    assert [i for i in judged if i.set != "indomain"] == [i for i in refusal.items(settings) if i.set != "indomain"]
