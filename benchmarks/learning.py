@@ -68,6 +68,12 @@ def _slice(n: int, at: str = "HEAD") -> list[str]:
     return out.split()
 
 
+def checkout(repo: Path, at: str) -> None:
+    """This repository as it stood at `at`, cloned into `repo` (its history up to `at`, its files then)."""
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", "-B", "main", at], check=True)
+
+
 def _touched(shas: set[str]) -> set[str]:
     """The paths the commits changed."""
     paths: set[str] = set()
@@ -193,8 +199,7 @@ def main() -> None:
         # it names, whatever is checked out (and the base's scores can be kept between runs)
         repo = folder / "repository"
         if not a.score_only:
-            subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(repo)], check=True)
-            subprocess.run(["git", "-C", str(repo), "checkout", "--quiet", "-B", "main", a.at], check=True)
+            checkout(repo, a.at)
         kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
         taught = kinds + (CODE_KINDS if a.all_kinds and not a.no_code else ())
         shas = set(_slice(a.commits, a.at))

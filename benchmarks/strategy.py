@@ -1,9 +1,9 @@
 """Full or incremental: which strategy should the nightly cycle train with?
 
-A slice of this repository's history (its newest `--commits` commits on the first parent)
-is split at its midpoint. An adapter is trained on the older half (as the promoted
-adapter of a first cycle), then the newer half arrives and is trained both ways, with
-the examples each strategy takes (`tuner.train.run`): `full` from the base on every
+A slice of this repository's history (its newest `--commits` commits on the first parent,
+the repository as it stood at `--at`) is split at its midpoint. An adapter is trained on
+the older half (as the promoted adapter of a first cycle), then the newer half arrives
+and is trained both ways, with the examples each strategy takes (`tuner.train.run`): `full` from the base on every
 example of both halves; `incremental` from the first adapter's weights on the new
 examples, `replay_earlier` of the old ones (0.5 per new example, as `repotune data build`
 marks them) and the general replay. Each adapter is scored on the held-out questions of
@@ -11,6 +11,9 @@ the old and of the new commits (forward and reverse), and on the general set's e
 split; the time of each run is measured in the same process.
 
     python -m benchmarks.strategy --base builtin:smol --commits 20 --epochs 6
+
+With `--replay-kl W` the general replay is the KL pin of `train.replay_kl` (and `--kl-top K`,
+`train.replay_kl_top`), not examples: the learning runs' recipe (`benchmarks.learning`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.learning import KINDS, ROOT, _build, _cli, _scores, _slice
+from benchmarks.learning import KINDS, ROOT, _build, _cli, _scores, _slice, checkout
 
 
 def _facts(rows: list[dict[str, Any]], shas: set[str]) -> list[dict[str, Any]]:
@@ -40,6 +44,11 @@ def main() -> None:
     ap.add_argument("--scheduler", default="constant_with_warmup")
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
     ap.add_argument("--replay-earlier", type=float, default=0.5, help="old examples per new one (incremental)")
+    ap.add_argument("--replay-answers", choices=("base", "gold", "both"), default="base",
+                    help="the replayed general questions answered by the base itself or by the set's gold answers")
+    ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl (0: the replay is trained on)")
+    ap.add_argument("--kl-top", type=int, default=0, help="train.replay_kl_top")
+    ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "strategy"))
     a = ap.parse_args()
 
@@ -50,14 +59,17 @@ def main() -> None:
     from tuner.train.backends import BACKENDS
     from tuner.train.sft import Job
 
-    order = _slice(a.commits)  # newest first; taken before ingest, so a commit made meanwhile is not in it
+    order = _slice(a.commits, a.at)  # newest first
     folder = Path(tempfile.mkdtemp(prefix="strategy-"))
+    print(f"run folder: {folder}", flush=True)
+    checkout(folder / "repository", a.at)
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
-        "model": {"base": a.base}, "ingest": {"repo": str(ROOT), "workers": 1},
+        "model": {"base": a.base}, "ingest": {"repo": str(folder / "repository"), "workers": 1},
         "paths": {"data_dir": str(folder / "state")},
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": 8,
-                                                "replay_general": 1.0, "eval_max": 100000}}}))
+                                                "replay_general": 1.0, "eval_max": 100000,
+                                                "replay_answers": a.replay_answers}}}))
     _cli(config, "ingest")
     _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
@@ -78,7 +90,8 @@ def main() -> None:
     }
     base = models.resolve(a.base).path
     cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=16, lora_alpha=32,
-                       batch_size=8, max_seq_len=256, keep_checkpoints=1, warmup_ratio=0.03)
+                       batch_size=8, max_seq_len=256, keep_checkpoints=1, warmup_ratio=0.03,
+                       replay_kl=a.replay_kl, replay_kl_top=a.kl_top)
     adapters: dict[str, Path] = {}
     results: dict[str, Any] = {}
     old_evals = [r for r in evals if r["kind"] in KINDS and r["sources"].get("commit") in old]
@@ -99,8 +112,11 @@ def main() -> None:
                          "examples_new": new_s["examples"]}
         print(name, {k: v for k, v in results[name].items() if not k.startswith("examples_")}, flush=True)
     base_s = _scores(base, None, old_evals + new_evals, general_mc=False)
-    out = {"base": a.base, "commits": a.commits, "epochs": a.epochs, "lr": a.lr, "scheduler": a.scheduler,
-           "replay": a.replay, "replay_earlier": a.replay_earlier, "held_out": {"old": len(old_evals),
+    out = {"base": a.base, "at": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at],
+                                                 capture_output=True, text=True, check=True).stdout.strip(),
+           "commits": a.commits, "epochs": a.epochs, "lr": a.lr, "scheduler": a.scheduler,
+           "replay": a.replay, "replay_earlier": a.replay_earlier, "replay_answers": a.replay_answers,
+           "replay_kl": a.replay_kl, "kl_top": a.kl_top, "held_out": {"old": len(old_evals),
                                                                                "new": len(new_evals)},
            "base_scores": {"commit": base_s["commit"], "reverse": base_s["reverse"], "general": base_s["general"]},
            "runs": results}
