@@ -122,12 +122,13 @@ def _base_scores(spec: str, evals: list[dict[str, Any]], store: tuple[Any, str])
     chunks = hashlib.sha256()
     for (cid,) in db.execute("select id from chunks where repo = ? and stale = 0 order by id", [repo]).fetchall():
         chunks.update(cid.encode())
-    key = hashlib.sha256(json.dumps([models.resolve(spec).fingerprint, evals, chunks.hexdigest()],
+    base = models.resolve(spec)
+    key = hashlib.sha256(json.dumps([base.fingerprint, evals, chunks.hexdigest()],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     kept = builtin.cache_root() / "benchmarks" / "base-scores" / f"{key}.json"
     if kept.is_file():
         return json.loads(kept.read_text())
-    scores = _scores(models.resolve(spec).path, None, evals, general_mc=True, store=store)
+    scores = _scores(base.path, None, evals, general_mc=True, store=store)
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(scores))
     return scores

@@ -340,22 +340,27 @@ def test_replay_batches_cover_every_row_each_pass_and_are_padded_little():
     assert sorted(id(r) for b in second for r in b) == sorted(id(r) for r in rows)
 
 
-def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_gives(tiny):
-    """`train.replay_kl_top`: the base's side of the KL kept per row as its top tokens and the rest. With
-    every token kept it is the whole KL; with a few it is a lower bound, still positive, that trains the
-    adapter; the base's side is computed once, the first time a row is drawn."""
+def _moved_adapter(tiny):
+    """builtin:tiny's tokenizer, and the model with a small LoRA that has moved away from the base."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuner.train import pinned
-
-    tok = AutoTokenizer.from_pretrained(tiny.path)
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)  # an adapter that has moved away from the base
+            torch.nn.init.normal_(p, std=0.05)
+    return AutoTokenizer.from_pretrained(tiny.path), model
+
+
+def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_gives(tiny):
+    """`train.replay_kl_top`: the base's side of the KL kept per row as its top tokens and the rest. With
+    every token kept it is the whole KL; with a few it is a lower bound, still positive, that trains the
+    adapter; the base's side is computed once, the first time a row is drawn."""
+    from tuner.train import pinned
+
+    tok, model = _moved_adapter(tiny)
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             for q, a in (("What is the capital of France?", "The capital of France is Paris."),
                          ("What is 7 times 8?", "7 times 8 is 56."), ("Name a primary colour.", "Red."))]
@@ -387,18 +392,9 @@ def test_the_kept_top_tokens_give_the_kl_to_the_base_the_whole_distribution_give
 def test_the_replay_logits_are_the_models_own_at_the_answers_positions(tiny):
     """The KL term projects onto the vocabulary only where an answer token is predicted; those logits are the
     ones the model's whole forward gives there, with the adapter and without it."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from tuner.train import pinned
 
-    tok = AutoTokenizer.from_pretrained(tiny.path)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.path, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+    tok, model = _moved_adapter(tiny)
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             for q, a in (("What is the capital of France?", "The capital of France is Paris."),
                          ("Name a primary colour, please, any one of them.", "Red."))]

@@ -209,10 +209,8 @@ def answers_only_head() -> Iterator[None]:
     # choose the compact path; the kernel module keeps its own binding, so a CPU still folds its tiles in torch.
     # If TRL renames or moves it, nothing is patched and a CPU projects every position again: the same loss,
     # slower; tests/tuner/test_train.py::test_on_a_cpu_the_head_projects_only_the_answers fails then.
-    try:
-        from trl.trainer import utils
-    except ImportError:
-        utils = None
+    from trl.trainer import utils
+
     original = getattr(utils, "_use_triton", None)
     if original is None:
         yield
