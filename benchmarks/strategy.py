@@ -12,6 +12,9 @@ split; the time of each run is measured in the same process.
 
     python -m benchmarks.strategy --base builtin:smol --commits 20 --epochs 6
 
+Each run's figures are written to its folder as it ends: `--folder` goes on with a run
+folder an interrupted invocation printed (what is there is not trained or scored again).
+
 With `--replay-kl W` the general replay is the KL pin of `train.replay_kl` (and `--kl-top K`,
 `train.replay_kl_top`), not examples: the learning runs' recipe (`benchmarks.learning`).
 """
@@ -35,6 +38,23 @@ def _facts(rows: list[dict[str, Any]], shas: set[str]) -> list[dict[str, Any]]:
     return [r for r in rows if r["kind"] in KINDS and r["sources"].get("commit") in shas]
 
 
+def _trained(work: Path) -> tuple[int, float]:
+    """Tokens and minutes of a training run that ended before it was scored, from its last checkpoint."""
+    last = max((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    return int(state["num_input_tokens_seen"]), state["log_history"][-1]["train_runtime"] / 60
+
+
+def _split(answers: list[Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Forward (commit) and reverse shares right among the answers to these held-out questions."""
+    asked = {r["messages"][0]["content"] for r in evals}
+    mine = [a for a in answers if a[1] in asked]
+    forward = [a[4] for a in mine if a[0] == "commit"]
+    reverse = [a[4] for a in mine if a[0] == "commit_reverse"]
+    return {"commit": sum(forward) / len(forward) if forward else 0.0, "commit_n": [sum(forward), len(forward)],
+            "reverse": sum(reverse) / len(reverse) if reverse else None, "reverse_n": [sum(reverse), len(reverse)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="builtin:smol")
@@ -49,6 +69,7 @@ def main() -> None:
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl (0: the replay is trained on)")
     ap.add_argument("--kl-top", type=int, default=0, help="train.replay_kl_top")
     ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision")
+    ap.add_argument("--folder", default="", help="go on with this run folder (printed by an earlier invocation)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "strategy"))
     a = ap.parse_args()
 
@@ -60,9 +81,11 @@ def main() -> None:
     from tuner.train.sft import Job
 
     order = _slice(a.commits, a.at)  # newest first
-    folder = Path(tempfile.mkdtemp(prefix="strategy-"))
+    folder = Path(a.folder) if a.folder else Path(tempfile.mkdtemp(prefix="strategy-"))
     print(f"run folder: {folder}", flush=True)
-    checkout(folder / "repository", a.at)
+    fresh = not (folder / "state").is_dir()
+    if fresh:
+        checkout(folder / "repository", a.at)
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
         "model": {"base": a.base}, "ingest": {"repo": str(folder / "repository"), "workers": 1},
@@ -70,8 +93,9 @@ def main() -> None:
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": 8,
                                                 "replay_general": 1.0, "eval_max": 100000,
                                                 "replay_answers": a.replay_answers}}}))
-    _cli(config, "ingest")
-    _build(config, folder / "state", a.base)
+    if fresh:
+        _cli(config, "ingest")
+        _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
     train_rows, evals = datasets.read(data, "train"), datasets.read(data, "eval")
     general = [r for r in train_rows if r["kind"] == "general"]
@@ -97,20 +121,27 @@ def main() -> None:
     old_evals = [r for r in evals if r["kind"] in KINDS and r["sources"].get("commit") in old]
     new_evals = [r for r in evals if r["kind"] in KINDS and r["sources"].get("commit") in new]
     for name, (rows, start) in runs.items():
+        kept = folder / name / "figures.json"
+        if kept.is_file():
+            results[name] = json.loads(kept.read_text())
+            adapters[name] = folder / name / "adapter"
+            print(name, "(kept)", results[name], flush=True)
+            continue
         print(f"{name}: {len(rows)} examples", flush=True)
-        began = time.monotonic()
-        trained = BACKENDS["trl"].train(Job(base=base, train=rows, val=[], work=folder / name, cfg=cfg,
-                                            init_adapter=adapters.get(start) if start else None))
-        minutes = (time.monotonic() - began) / 60
-        adapters[name] = trained.adapter
-        old_s = _scores(base, trained.adapter, old_evals, general_mc=False)
-        new_s = _scores(base, trained.adapter, new_evals, general_mc=False)
-        results[name] = {"examples": len(rows), "tokens": trained.tokens, "minutes": round(minutes, 1),
-                         "old": {"commit": old_s["commit"], "reverse": old_s["reverse"], "control": old_s["control"]},
-                         "new": {"commit": new_s["commit"], "reverse": new_s["reverse"], "control": new_s["control"]},
-                         "general": old_s["general"], "examples_old": old_s["examples"],
-                         "examples_new": new_s["examples"]}
-        print(name, {k: v for k, v in results[name].items() if not k.startswith("examples_")}, flush=True)
+        if (folder / name / "adapter").is_dir():  # trained, not yet scored: its time from the trainer's state
+            adapters[name], tokens, minutes = folder / name / "adapter", *_trained(folder / name)
+        else:
+            began = time.monotonic()
+            trained = BACKENDS["trl"].train(Job(base=base, train=rows, val=[], work=folder / name, cfg=cfg,
+                                                init_adapter=adapters.get(start) if start else None))
+            adapters[name], tokens, minutes = trained.adapter, trained.tokens, (time.monotonic() - began) / 60
+        # One scoring of each adapter: the old and new questions together, told apart after.
+        s = _scores(base, adapters[name], old_evals + new_evals, general_mc=False)
+        results[name] = {"examples": len(rows), "tokens": tokens, "minutes": round(minutes, 1),
+                         "old": _split(s["answers"], old_evals), "new": _split(s["answers"], new_evals),
+                         "control": s["control"], "general": s["general"], "answers": s["answers"]}
+        kept.write_text(json.dumps(results[name]))
+        print(name, results[name], flush=True)
     base_s = _scores(base, None, old_evals + new_evals, general_mc=False)
     out = {"base": a.base, "at": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at],
                                                  capture_output=True, text=True, check=True).stdout.strip(),
@@ -146,7 +177,9 @@ def _plot(out: dict[str, Any], path: Path) -> None:
                   [f"{n}\n{out['runs'][n]['minutes']} min" for n in names])
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("share right (held-out phrasings)")
-    ax.set_title(f"{out['base']}: {out['commits']} commits split at the midpoint, {out['epochs']} epochs each")
+    held = out["held_out"]
+    ax.set_title(f"{out['base']}: {out['commits']} commits split at the midpoint, {out['epochs']} epochs each\n"
+                 f"held-out questions: {held['old']} old, {held['new']} new (forward and reverse)", fontsize=11)
     ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
