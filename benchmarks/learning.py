@@ -111,6 +111,15 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     return out
 
 
+def _base_from(figures: Path, evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The base's scores from an earlier run, refused unless it asked these very questions."""
+    kept = json.loads(figures.read_text())["points"][0]
+    asked = sorted(a[1] for a in kept["answers"])
+    if asked != sorted(r["messages"][0]["content"] for r in evals):
+        raise SystemExit(f"{figures} asked the base other held-out questions: score the base again (no --base-from)")
+    return dict(kept)
+
+
 def _base_scores(spec: str, evals: list[dict[str, Any]], store: tuple[Any, str]) -> dict[str, Any]:
     """The base's scores, kept between runs: they depend on the base, the held-out questions and the chunks
     retrieval reads (all hashed into the key), and take most of a run's scoring time on a CPU."""
@@ -167,6 +176,9 @@ def main() -> None:
                     "long (the adapter as it stands then is scored last)")
     ap.add_argument("--at", default="HEAD", help="the slice is the newest commits at this revision (with "
                     "--score-only: the revision the run started at, printed then)")
+    ap.add_argument("--base-from", default="", metavar="JSON",
+                    help="the base's scores from an earlier run's figures, when it asked the same questions with the "
+                         "same key facts (a change to the training answers changes the reference answers, not them)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
     if a.no_code and not a.all_kinds:
@@ -259,7 +271,8 @@ def main() -> None:
     from repotune import db as store_db
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
-    points = [{"epoch": 0, "tokens": 0, **_base_scores(a.base, evals, store)}]
+    points = [{"epoch": 0, "tokens": 0, **(_base_from(Path(a.base_from), evals) if a.base_from
+                                           else _base_scores(a.base, evals, store))}]
     print("base", {k: v for k, v in points[0].items() if k != "answers"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)

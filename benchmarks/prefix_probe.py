@@ -1,0 +1,92 @@
+"""Does an adapter know a definition's doc comment, when its free answer stops before it?
+
+A learning run (`benchmarks.learning`) scores a definition right when the answer names its
+path and half of its doc comment's words. Its adapters learn the path and stop there. This
+probe asks the documented held-out definitions again, with the start of a trained answer
+form already written into the reply ("`name` (path):", "`name` lives in path."), and lets
+the model go on greedily: when the continuation then holds the doc's words, the fact is
+stored and the free answer's form is what hides it; when not, the doc was not learned. The
+base is asked the same way (its continuation is the control: it never saw the doc).
+
+    python -m benchmarks.prefix_probe /tmp/learning-XXXX benchmarks/learning-….json [--out …]
+
+(the run's folder, and the figures it wrote: the questions it scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from benchmarks.learning import ROOT
+
+FORMS = {"name (path):": "`{name}` ({path}):", "name lives in path.": "`{name}` lives in {path}."}
+
+
+def _documented(folder: Path, asked: set[str]) -> list[dict[str, Any]]:
+    """The run's held-out definition questions (those it asked) whose key facts carry doc words."""
+    from repotune import datasets
+
+    data = datasets.find(folder / "state", "learn")
+    rows = []
+    for r in datasets.read(data, "eval"):
+        if r["kind"] != "definition" or not r["key_facts"].get("words") or r["messages"][0]["content"] not in asked:
+            continue
+        question = r["messages"][0]["content"]
+        name = re.search(r"`([^`]+)`", question) or re.search(r"what does (\S+) do", question)
+        if name:  # every question names it, in backticks or as "what does NAME do"
+            rows.append({**r, "name": name.group(1), "path": r["key_facts"]["exact"][0]})
+    return rows
+
+
+def _ask(model: Any, rows: list[dict[str, Any]], start: str | None) -> list[tuple[str, bool]]:
+    """Greedy continuations after the reply's given start, and whether the whole holds the key facts."""
+    from eval import facts
+
+    torch, tok = model.torch, model.tokenizer
+    out = []
+    for row in rows:
+        question = row["messages"][0]["content"]
+        begun = start.format(name=row["name"], path=row["path"]) if start is not None else ""
+        prompt = model.prompt(question) + begun
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            ids = model.model.generate(**enc, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
+        reply = (begun + tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
+        out.append((reply, facts.holds(reply, row["key_facts"], question)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", help="a benchmarks.learning run folder (its state/ and work/adapter)")
+    ap.add_argument("figures", help="the run's figures (benchmarks/learning-….json): the questions it scored")
+    ap.add_argument("--base", default="builtin:smol")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "prefix-probe.json"))
+    a = ap.parse_args()
+
+    from eval.local import LocalModel
+    from repotune import models
+
+    folder = Path(a.folder)
+    asked = {a[1] for point in json.loads(Path(a.figures).read_text())["points"] for a in point.get("answers", [])}
+    rows = _documented(folder, asked)
+    base = models.resolve(a.base).path
+    result: dict[str, Any] = {"base": a.base, "folder": str(folder), "documented": len(rows), "scores": {},
+                              "answers": {}}
+    for who, adapter in (("base", None), ("adapter", folder / "work" / "adapter")):
+        model = LocalModel(base, adapter)
+        for form, start in {"free answer": None, **FORMS}.items():
+            got = _ask(model, rows, start)
+            result["scores"][f"{who}, {form}"] = [sum(ok for _, ok in got), len(got)]
+            result["answers"][f"{who}, {form}"] = [[r["messages"][0]["content"], r["messages"][1]["content"], reply, ok]
+                                                   for r, (reply, ok) in zip(rows, got, strict=True)]
+            print(who, form, result["scores"][f"{who}, {form}"], flush=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
