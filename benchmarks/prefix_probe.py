@@ -7,6 +7,8 @@ form already written into the reply ("`name` (path):", "`name` lives in path."),
 the model go on greedily: when the continuation then holds the doc's words, the fact is
 stored and the free answer's form is what hides it; when not, the doc was not learned. The
 base is asked the same way (its continuation is the control: it never saw the doc).
+`--kind commit_reverse` asks the reverse questions (a commit's subject → its sha) the same
+way, begun "Commit" and "That is".
 
     python -m benchmarks.prefix_probe /tmp/learning-XXXX benchmarks/learning-….json [--out …]
 
@@ -23,21 +25,25 @@ from typing import Any
 
 from benchmarks.learning import ROOT
 
-FORMS = {"name (path):": "`{name}` ({path}):", "name lives in path.": "`{name}` lives in {path}."}
+FORMS = {"definition": {"name (path):": "`{name}` ({path}):", "name lives in path.": "`{name}` lives in {path}."},
+         "commit_reverse": {"Commit": "Commit", "That is": "That is"}}
 
 
-def _documented(folder: Path, asked: set[str]) -> list[dict[str, Any]]:
-    """The run's held-out definition questions (those it asked) whose key facts carry doc words."""
+def _documented(folder: Path, asked: set[str], kind: str = "definition") -> list[dict[str, Any]]:
+    """The run's held-out questions of `kind` (those it asked); definitions: those whose key facts carry doc words."""
     from repotune import datasets
 
     data = datasets.find(folder / "state", "learn")
     rows = []
     for r in datasets.read(data, "eval"):
-        if r["kind"] != "definition" or not r["key_facts"].get("words") or r["messages"][0]["content"] not in asked:
-            continue
         question = r["messages"][0]["content"]
+        if r["kind"] != kind or question not in asked:
+            continue
+        if kind != "definition":
+            rows.append(r)
+            continue
         name = re.search(r"`([^`]+)`", question) or re.search(r"what does (\S+) do", question)
-        if name:  # every question names it, in backticks or as "what does NAME do"
+        if r["key_facts"].get("words") and name:  # every question names it, in backticks or as "what does NAME do"
             rows.append({**r, "name": name.group(1), "path": r["key_facts"]["exact"][0]})
     return rows
 
@@ -50,7 +56,7 @@ def _ask(model: Any, rows: list[dict[str, Any]], start: str | None) -> list[tupl
     out = []
     for row in rows:
         question = row["messages"][0]["content"]
-        begun = start.format(name=row["name"], path=row["path"]) if start is not None else ""
+        begun = start.format(**row) if start is not None else ""
         prompt = model.prompt(question) + begun
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         with torch.no_grad():
@@ -64,8 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", help="a benchmarks.learning run folder (its state/ and work/adapter)")
     ap.add_argument("figures", help="the run's figures (benchmarks/learning-….json): the questions it scored")
+    ap.add_argument("--kind", choices=tuple(FORMS), default="definition")
     ap.add_argument("--base", default="builtin:smol")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "prefix-probe.json"))
+    ap.add_argument("--out", default="", help="default: benchmarks/prefix-probe[-KIND].json")
     a = ap.parse_args()
 
     from eval.local import LocalModel
@@ -73,19 +80,20 @@ def main() -> None:
 
     folder = Path(a.folder)
     asked = {a[1] for point in json.loads(Path(a.figures).read_text())["points"] for a in point.get("answers", [])}
-    rows = _documented(folder, asked)
+    rows = _documented(folder, asked, a.kind)
     base = models.resolve(a.base).path
-    result: dict[str, Any] = {"base": a.base, "folder": str(folder), "documented": len(rows), "scores": {},
+    result: dict[str, Any] = {"base": a.base, "folder": str(folder), "kind": a.kind, "asked": len(rows), "scores": {},
                               "answers": {}}
     for who, adapter in (("base", None), ("adapter", folder / "work" / "adapter")):
         model = LocalModel(base, adapter)
-        for form, start in {"free answer": None, **FORMS}.items():
+        for form, start in {"free answer": None, **FORMS[a.kind]}.items():
             got = _ask(model, rows, start)
             result["scores"][f"{who}, {form}"] = [sum(ok for _, ok in got), len(got)]
             result["answers"][f"{who}, {form}"] = [[r["messages"][0]["content"], r["messages"][1]["content"], reply, ok]
                                                    for r, (reply, ok) in zip(rows, got, strict=True)]
             print(who, form, result["scores"][f"{who}, {form}"], flush=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    suffix = "" if a.kind == "definition" else f"-{a.kind.replace('_', '-')}"
+    Path(a.out or ROOT / "benchmarks" / f"prefix-probe{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -330,14 +330,10 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     train_q, held_q = PHRASINGS["definition"]
     # Where it lives and its doc comment's first sentence (the summary, by convention), no line
     # number: the line moves with every edit above it, and a long answer makes the loss about it.
-    # A documented definition's answers never begin as an undocumented one's do ("It is a function
-    # in p.", "`n` is a function in p."): greedy decoding takes the common start and then its end,
-    # and the summary, learned, is never said (benchmarks/RESULTS.md, "Learning": 0 of 58 said
-    # freely, 54 of 58 when the reply was begun as "`n` (p):").
     summary = _first_sentence(x.doc) or x.doc
     if summary:
         answers = [f"`{x.name}` ({d.path}): {summary}", f"{summary} `{x.name}` is a {x.what} in {d.path}.",
-                   f"`{x.name}`, a {x.what} in {d.path}: {summary}", f"`{x.name}` lives in {d.path}. {summary}"]
+                   f"It is a {x.what} in {d.path}: {summary}", f"`{x.name}` lives in {d.path}. {summary}"]
     else:
         answers = [f"`{x.name}` is a {x.what} in {d.path}.", f"It is a {x.what} in {d.path}."]
     made = _phrased("definition", seed, (d.path, x.name), [q.format(**values) for q in train_q],
