@@ -136,7 +136,8 @@ def _base_scores(spec: str, evals: list[dict[str, Any]], store: tuple[Any, str])
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     kept = builtin.cache_root() / "benchmarks" / "base-scores" / f"{key}.json"
     if kept.is_file():
-        return json.loads(kept.read_text())
+        cached: dict[str, Any] = json.loads(kept.read_text())
+        return cached
     scores = _scores(base.path, None, evals, general_mc=True, store=store)
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(scores))

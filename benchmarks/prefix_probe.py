@@ -29,7 +29,7 @@ FORMS = {"definition": {"name (path):": "`{name}` ({path}):", "name lives in pat
          "commit_reverse": {"Commit": "Commit", "That is": "That is"}}
 
 
-def _documented(folder: Path, asked: set[str], kind: str = "definition") -> list[dict[str, Any]]:
+def _questions(folder: Path, asked: set[str], kind: str = "definition") -> list[dict[str, Any]]:
     """The run's held-out questions of `kind` (those it asked); definitions: those whose key facts carry doc words."""
     from repotune import datasets
 
@@ -49,21 +49,32 @@ def _documented(folder: Path, asked: set[str], kind: str = "definition") -> list
 
 
 def _ask(model: Any, rows: list[dict[str, Any]], start: str | None) -> list[tuple[str, bool]]:
-    """Greedy continuations after the reply's given start, and whether the whole holds the key facts."""
+    """Greedy continuations after the reply's given start (asked in batches, as the learning run asks), and
+    whether the whole reply holds the key facts."""
     from eval import facts
 
-    torch, tok = model.torch, model.tokenizer
-    out = []
-    for row in rows:
-        question = row["messages"][0]["content"]
-        begun = start.format(**row) if start is not None else ""
-        prompt = model.prompt(question) + begun
-        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            ids = model.model.generate(**enc, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
-        reply = (begun + tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
-        out.append((reply, facts.holds(reply, row["key_facts"], question)))
-    return out
+    begun = [start.format(**row) if start is not None else "" for row in rows]
+    questions = [row["messages"][0]["content"] for row in rows]
+    model.starts = dict(zip(questions, begun, strict=True))
+    # The replies come back stripped, the space after the start with them: put it back.
+    replies = [f"{b} {r}" if b else r for b, r in zip(begun, model.answer(questions), strict=True)]
+    return [(reply, facts.holds(reply, row["key_facts"], q)) for reply, row, q in zip(replies, rows, questions,
+                                                                                      strict=True)]
+
+
+def _begun(base: Path, adapter: Path | None) -> Any:
+    """The learning run's in-process model, its reply to each question already begun with `starts[question]`."""
+    from eval.local import LocalModel
+
+    class Begun(LocalModel):
+        starts: dict[str, str]
+
+        def prompt(self, question: str) -> str:
+            return super().prompt(question) + self.starts.get(question, "")
+
+    model = Begun(base, adapter)
+    model.starts = {}
+    return model
 
 
 def main() -> None:
@@ -75,17 +86,16 @@ def main() -> None:
     ap.add_argument("--out", default="", help="default: benchmarks/prefix-probe[-KIND].json")
     a = ap.parse_args()
 
-    from eval.local import LocalModel
     from repotune import models
 
     folder = Path(a.folder)
     asked = {a[1] for point in json.loads(Path(a.figures).read_text())["points"] for a in point.get("answers", [])}
-    rows = _documented(folder, asked, a.kind)
+    rows = _questions(folder, asked, a.kind)
     base = models.resolve(a.base).path
     result: dict[str, Any] = {"base": a.base, "folder": str(folder), "kind": a.kind, "asked": len(rows), "scores": {},
                               "answers": {}}
     for who, adapter in (("base", None), ("adapter", folder / "work" / "adapter")):
-        model = LocalModel(base, adapter)
+        model = _begun(base, adapter)
         for form, start in {"free answer": None, **FORMS[a.kind]}.items():
             got = _ask(model, rows, start)
             result["scores"][f"{who}, {form}"] = [sum(ok for _, ok in got), len(got)]

@@ -12,8 +12,8 @@ split; the time of each run is measured in the same process.
 
     python -m benchmarks.strategy --base builtin:smol --commits 20 --epochs 6
 
-Each run's figures are written to its folder as it ends: `--folder` goes on with a run
-folder an interrupted invocation printed (what is there is not trained or scored again).
+Each training and each scoring is written to the run folder as it ends: `--folder` goes on
+with a folder an interrupted invocation printed (what is there is not trained or scored again).
 
 With `--replay-kl W` the general replay is the KL pin of `train.replay_kl` (and `--kl-top K`,
 `train.replay_kl_top`), not examples: the learning runs' recipe (`benchmarks.learning`).
@@ -36,13 +36,6 @@ from benchmarks.learning import KINDS, ROOT, _build, _cli, _scores, _slice, chec
 
 def _facts(rows: list[dict[str, Any]], shas: set[str]) -> list[dict[str, Any]]:
     return [r for r in rows if r["kind"] in KINDS and r["sources"].get("commit") in shas]
-
-
-def _trained(work: Path) -> tuple[int, float]:
-    """Tokens and minutes of a training run that ended before it was scored, from its last checkpoint."""
-    last = max((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    state = json.loads((last / "trainer_state.json").read_text())
-    return int(state["num_input_tokens_seen"]), state["log_history"][-1]["train_runtime"] / 60
 
 
 def _split(answers: list[Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,13 +121,15 @@ def main() -> None:
             print(name, "(kept)", results[name], flush=True)
             continue
         print(f"{name}: {len(rows)} examples", flush=True)
-        if (folder / name / "adapter").is_dir():  # trained, not yet scored: its time from the trainer's state
-            adapters[name], tokens, minutes = folder / name / "adapter", *_trained(folder / name)
-        else:
+        record = folder / name / "trained.json"  # a finished training, not yet scored
+        if not record.is_file():
             began = time.monotonic()
             trained = BACKENDS["trl"].train(Job(base=base, train=rows, val=[], work=folder / name, cfg=cfg,
                                                 init_adapter=adapters.get(start) if start else None))
-            adapters[name], tokens, minutes = trained.adapter, trained.tokens, (time.monotonic() - began) / 60
+            record.write_text(json.dumps({"adapter": str(trained.adapter), "tokens": trained.tokens,
+                                          "minutes": (time.monotonic() - began) / 60}))
+        done = json.loads(record.read_text())
+        adapters[name], tokens, minutes = Path(done["adapter"]), done["tokens"], done["minutes"]
         # One scoring of each adapter: the old and new questions together, told apart after.
         s = _scores(base, adapters[name], old_evals + new_evals, general_mc=False)
         results[name] = {"examples": len(rows), "tokens": tokens, "minutes": round(minutes, 1),
@@ -142,7 +137,10 @@ def main() -> None:
                          "control": s["control"], "general": s["general"], "answers": s["answers"]}
         kept.write_text(json.dumps(results[name]))
         print(name, results[name], flush=True)
-    base_s = _scores(base, None, old_evals + new_evals, general_mc=False)
+    kept = folder / "base.json"
+    if not kept.is_file():
+        kept.write_text(json.dumps(_scores(base, None, old_evals + new_evals, general_mc=False)))
+    base_s = json.loads(kept.read_text())
     out = {"base": a.base, "at": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at],
                                                  capture_output=True, text=True, check=True).stdout.strip(),
            "commits": a.commits, "epochs": a.epochs, "lr": a.lr, "scheduler": a.scheduler,
