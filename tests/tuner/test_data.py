@@ -60,6 +60,12 @@ def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRep
         assert [r for r in _answer_for(train, "definition", "calculator.py")
                 if f"`{name}`" in r["messages"][0]["content"]], name
         assert found, name
+        # Every short answer says something of the definition's own past its path: the doc's first
+        # sentence when it has one (add), else its signature (mul), never the path alone.
+        said = {"add": "Add two numbers.", "mul": "`def mul(a, b)`", "Calculator": "`class Calculator`"}[name]
+        short = [r["messages"][-1]["content"] for r in train if r["kind"] == "definition"
+                 and f"`{name}`" in r["messages"][0]["content"]]
+        assert short and all(said in a and "calculator.py" in a for a in short), short
         sources = found[0]["sources"]
         assert sources["path"] == f"calculator.py@{blob}"
         chunk = db.execute("select text from chunks where id = ?", [sources["chunks"][0]]).fetchone()

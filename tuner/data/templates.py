@@ -330,18 +330,36 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     train_q, held_q = PHRASINGS["definition"]
     # Where it lives and its doc comment's first sentence (the summary, by convention), no line
     # number: the line moves with every edit above it, and a long answer makes the loss about it.
+    # Every answer goes on past the path with the definition's own words: its doc's summary, or its
+    # signature when it has none. An answer form that ends at the path is one greedy decoding takes
+    # for every name, documented or not, and stops before the doc it has learned.
     summary = _first_sentence(x.doc) or x.doc
+    said = summary or f"`{_signature(x)}`"
+    answers = [f"`{x.name}` ({d.path}): {said}", f"It is a {x.what} in {d.path}: {said}",
+               f"`{x.name}` lives in {d.path}: {said}"]
     if summary:
-        answers = [f"`{x.name}` ({d.path}): {summary}", f"{summary} `{x.name}` is a {x.what} in {d.path}.",
-                   f"It is a {x.what} in {d.path}: {summary}", f"`{x.name}` lives in {d.path}. {summary}"]
-    else:
-        answers = [f"`{x.name}` is a {x.what} in {d.path}.", f"It is a {x.what} in {d.path}."]
+        answers.append(f"{summary} `{x.name}` is a {x.what} in {d.path}.")
     made = _phrased("definition", seed, (d.path, x.name), [q.format(**values) for q in train_q],
                     [q.format(**values) for q in held_q], answers, count, sources, new,
                     {**_words(x.doc, share=0.5), "exact": [d.path]})
     shown = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.\n\n```{fence}\n{x.code}\n```")
     made.add(_made("code", seed, (d.path, x.name), values, shown, sources, new))
     return made
+
+
+def _signature(x: code.Definition) -> str:
+    """The definition's head as written, from the line that names it to the end of its parameters
+    (decorators and the body left out), on one line."""
+    lines = x.code.splitlines()
+    start = next((i for i, line in enumerate(lines) if x.name in line), 0)
+    head, depth = [], 0
+    for line in lines[start:start + 8]:
+        head.append(line.strip())
+        depth += line.count("(") - line.count(")")
+        if depth <= 0:
+            break
+    text = " ".join(head).rstrip("{: ").strip()
+    return text if len(text) <= 160 else text[:159].rstrip() + "…"
 
 
 def _file_facts(path: str, defs: list[code.Definition], doc: str, lines: list[str]) -> dict[str, object]:
