@@ -203,11 +203,11 @@ class DataSection(Section):
     )
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(
-        0.2, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
+        2.0, ge=0, le=10, description="General-knowledge examples (train split), per new Q&A example."
     )
     replay_earlier: float = Field(0.5, ge=0, le=10, description="Earlier cycles' Q&A replayed, per new Q&A example.")
     replay_answers: Literal["base", "gold", "both"] = Field(
-        "base", description="The general examples' answers: the base model's own (greedy, cached per base), the "
+        "both", description="The general examples' answers: the base model's own (greedy, cached per base), the "
         "set's gold answers, or both (each question twice: with train.replay_kl, the base's distribution is then "
         "pinned on its own answers and on the short gold ones, the states multiple choice asks about)."
     )
@@ -317,7 +317,7 @@ class TrainSection(Section):
                        "where bfloat16 matrix products are many times slower), float32, bfloat16.")
     load_in_4bit: bool = Field(False, description="QLoRA: the base in 4 bits (bitsandbytes; needs a GPU).")
     replay_kl: float = Field(
-        0.0, ge=0, description="Weight of the KL divergence to the base on the general replay's answers (the replay "
+        2.0, ge=0, description="Weight of the KL divergence to the base on the general replay's answers (the replay "
         "then pins the base's whole distribution instead of being trained on as examples); 0: off."
     )
     replay_kl_rows: int = Field(
@@ -327,7 +327,7 @@ class TrainSection(Section):
         "kept); 0: as many as the batch's rows."
     )
     replay_kl_top: int = Field(
-        0, ge=0, description="Keep the base's distribution on each replay row as its top this many tokens and the "
+        64, ge=0, description="Keep the base's distribution on each replay row as its top this many tokens and the "
         "rest's mass, computed the first time the row is drawn, instead of a forward without the adapter at every "
         "step (the KL is then taken between the two coarsened distributions, a lower bound of the whole); 0: the "
         "whole distribution, computed at every step."
@@ -359,7 +359,9 @@ class TrainSection(Section):
         if 0 < self.max_batch_tokens < self.max_seq_len:
             raise ValueError(f"train.max_batch_tokens ({self.max_batch_tokens}) is less than one row of "
                              f"train.max_seq_len ({self.max_seq_len}): raise it, or cut max_seq_len")
-        idle = [k for k in ("replay_kl_rows", "replay_kl_top") if getattr(self, k)] if not self.replay_kl else []
+        # Only what the config itself sets: replay_kl = 0 alone turns the pin off, its defaults idle.
+        idle = [k for k in ("replay_kl_rows", "replay_kl_top") if k in self.model_fields_set and getattr(self, k)] \
+            if not self.replay_kl else []
         if idle:
             raise ValueError(f"{' and '.join('train.' + k for k in idle)} shape{'' if len(idle) > 1 else 's'} the "
                              "KL term, which is off "

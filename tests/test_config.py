@@ -215,13 +215,23 @@ def test_show_prints_toml_that_loads_back(write_config, tmp_path):
     ("early_stopping_patience = 2", "needs train.keep_best = true"),
     ('backend = "deepspeed"', "train.backend: must be one of auto, trl, unsloth"),
     ('strategy = "sometimes"', "train.strategy: must be one of full, incremental"),
-    ("replay_kl_top = 64", "train.replay_kl_top shapes the KL term, which is off (train.replay_kl = 0)"),
-    ("replay_kl_rows = 4\nreplay_kl_top = 64", "train.replay_kl_rows and train.replay_kl_top shape the KL term"),
+    ("replay_kl = 0\nreplay_kl_top = 64", "train.replay_kl_top shapes the KL term, which is off (train.replay_kl = 0)"),
+    ("replay_kl = 0\nreplay_kl_rows = 4\nreplay_kl_top = 64",
+     "train.replay_kl_rows and train.replay_kl_top shape the KL term"),
 ])
 def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load(write_config, train, message):
     with pytest.raises(cfg.ConfigError) as e:
         cfg.load(write_config(f"[train]\n{train}\n"))
     assert message in str(e.value)
+
+
+def test_the_default_recipe_pins_the_base_and_replay_kl_0_alone_turns_it_off(write_config):
+    """The KL pin is on by default (its shape included); a config that sets only replay_kl = 0 loads, the
+    replay then trained on as examples."""
+    default = cfg.load(write_config("")).config.train
+    assert default.replay_kl > 0 and default.replay_kl_top > 0
+    off = cfg.load(write_config("[train]\nreplay_kl = 0\n")).config.train
+    assert off.replay_kl == 0
 
 
 def test_a_batch_token_limit_below_one_row_is_refused_with_both_keys(write_config):

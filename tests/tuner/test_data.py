@@ -289,6 +289,7 @@ def test_general_replay_carries_the_bases_own_answers_made_once(history: GitRepo
     from tuner.data import own
 
     settings = settings_for(history.path, workers=1)
+    settings.config.tuner.data.replay_answers = "base"  # the default is "both": each answer form in turn
     ingest(settings)
     replayed = [r for r in read(build(settings).path, "train") if r["kind"] == "general"]
     assert replayed
