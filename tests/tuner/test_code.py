@@ -6,7 +6,7 @@ import pytest
 
 from ingest.run import ingest
 from tests.ingest.conftest import GitRepo
-from tuner.data import code
+from tuner.data import code, templates
 from tuner.data.build import build, read
 
 SOURCES = {
@@ -137,6 +137,14 @@ def test_what_is_not_read_or_does_not_parse_has_no_definitions() -> None:
     assert [(d.name, d.line, d.doc) for d in python.definitions] == [("f", 3, "Does f.")]
 
 
+def test_a_signature_is_the_definitions_head_on_one_line_without_its_decorators() -> None:
+    source = '@app.command("run")\ndef run(\n    config: str,\n    force: bool = False,\n) -> None:\n    return None\n'
+    parsed = code.parse("app.py", source)
+    assert parsed is not None
+    (run,) = parsed.definitions
+    assert templates._signature(run) == "def run( config: str, force: bool = False, ) -> None"
+
+
 def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_for, tiny) -> None:
     repo = GitRepo(tmp_path / "project")
     repo.commit("Add the sources", SOURCES)
@@ -148,6 +156,10 @@ def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_fo
     answers = [r["messages"][1]["content"] for r in train if "`circleArea`" in r["messages"][0]["content"]]
     assert len(answers) == 8 and all("Computes the area of a circle." in a and "src/geometry.ts" in a for a in answers)
     assert not [a for a in answers if "line" in a]  # the line moves with every edit above it: only the code says it
+    # An undocumented definition is answered with its signature after its path, never the path alone.
+    square = [r["messages"][1]["content"] for r in train if "`Square`" in r["messages"][0]["content"]]
+    assert square and all("src/geometry.ts" in a and "`export default class Square implements Shape`" in a
+                          for a in square), square
     # The file is asked about in as many phrasings, each answer naming what it defines; the held-out
     # phrasing is not among them.
     def of_file(r: dict) -> bool:

@@ -351,7 +351,7 @@ def _signature(x: code.Definition) -> str:
     """The definition's head as written, from the line that names it to the end of its parameters
     (decorators and the body left out), on one line."""
     lines = x.code.splitlines()
-    start = next((i for i, line in enumerate(lines) if x.name in line), 0)
+    start = next((i for i, line in enumerate(lines) if x.name in line and not line.lstrip().startswith("@")), 0)
     head, depth = [], 0
     for line in lines[start:start + 8]:
         head.append(line.strip())
