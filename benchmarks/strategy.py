@@ -137,10 +137,10 @@ def main() -> None:
                          "control": s["control"], "general": s["general"], "answers": s["answers"]}
         kept.write_text(json.dumps(results[name]))
         print(name, results[name], flush=True)
-    kept = folder / "base.json"
-    if not kept.is_file():
-        kept.write_text(json.dumps(_scores(base, None, old_evals + new_evals, general_mc=False)))
-    base_s = json.loads(kept.read_text())
+    base_kept = folder / "base.json"
+    if not base_kept.is_file():
+        base_kept.write_text(json.dumps(_scores(base, None, old_evals + new_evals, general_mc=False)))
+    base_s = json.loads(base_kept.read_text())
     out = {"base": a.base, "at": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.at],
                                                  capture_output=True, text=True, check=True).stdout.strip(),
            "commits": a.commits, "epochs": a.epochs, "lr": a.lr, "scheduler": a.scheduler,

@@ -359,8 +359,10 @@ class TrainSection(Section):
         if 0 < self.max_batch_tokens < self.max_seq_len:
             raise ValueError(f"train.max_batch_tokens ({self.max_batch_tokens}) is less than one row of "
                              f"train.max_seq_len ({self.max_seq_len}): raise it, or cut max_seq_len")
-        # Only what the config itself sets: replay_kl = 0 alone turns the pin off, its defaults idle.
-        idle = [k for k in ("replay_kl_rows", "replay_kl_top") if k in self.model_fields_set and getattr(self, k)] \
+        # A shape changed from its default while the term is off is a setting that does nothing; the
+        # defaults themselves are fine (replay_kl = 0 alone turns the pin off, `config show` loads back).
+        fields = type(self).model_fields
+        idle = [k for k in ("replay_kl_rows", "replay_kl_top") if getattr(self, k) not in (0, fields[k].default)] \
             if not self.replay_kl else []
         if idle:
             raise ValueError(f"{' and '.join('train.' + k for k in idle)} shape{'' if len(idle) > 1 else 's'} the "

@@ -215,8 +215,8 @@ def test_show_prints_toml_that_loads_back(write_config, tmp_path):
     ("early_stopping_patience = 2", "needs train.keep_best = true"),
     ('backend = "deepspeed"', "train.backend: must be one of auto, trl, unsloth"),
     ('strategy = "sometimes"', "train.strategy: must be one of full, incremental"),
-    ("replay_kl = 0\nreplay_kl_top = 64", "train.replay_kl_top shapes the KL term, which is off (train.replay_kl = 0)"),
-    ("replay_kl = 0\nreplay_kl_rows = 4\nreplay_kl_top = 64",
+    ("replay_kl = 0\nreplay_kl_top = 32", "train.replay_kl_top shapes the KL term, which is off (train.replay_kl = 0)"),
+    ("replay_kl = 0\nreplay_kl_rows = 4\nreplay_kl_top = 32",
      "train.replay_kl_rows and train.replay_kl_top shape the KL term"),
 ])
 def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load(write_config, train, message):
@@ -232,6 +232,11 @@ def test_the_default_recipe_pins_the_base_and_replay_kl_0_alone_turns_it_off(wri
     assert default.replay_kl > 0 and default.replay_kl_top > 0
     off = cfg.load(write_config("[train]\nreplay_kl = 0\n")).config.train
     assert off.replay_kl == 0
+    # The shipped config.toml spells out the pin's shape: setting its replay_kl to 0 is enough there too.
+    shipped = (Path(__file__).resolve().parents[1] / "config.toml").read_text()
+    assert "\nreplay_kl = 2.0\n" in shipped
+    edited = cfg.load(write_config(shipped.replace("\nreplay_kl = 2.0\n", "\nreplay_kl = 0\n")))
+    assert edited.config.train.replay_kl == 0
 
 
 def test_a_batch_token_limit_below_one_row_is_refused_with_both_keys(write_config):

@@ -6,7 +6,7 @@ import pytest
 
 from ingest.run import ingest
 from tests.ingest.conftest import GitRepo
-from tuner.data import code, templates
+from tuner.data import code
 from tuner.data.build import build, read
 
 SOURCES = {
@@ -142,7 +142,13 @@ def test_a_signature_is_the_definitions_head_on_one_line_without_its_decorators(
     parsed = code.parse("app.py", source)
     assert parsed is not None
     (run,) = parsed.definitions
-    assert templates._signature(run) == "def run( config: str, force: bool = False, ) -> None"
+    assert code.signature(run) == "def run( config: str, force: bool = False, ) -> None"
+    # A method is found by its own name (`Greeter.toString` by `toString`), past its annotation.
+    java = code.parse("app/Greeter.java", "public class Greeter {\n    @Override\n    public String toString() {\n"
+                                          '        return "Greeter";\n    }\n}\n')
+    assert java is not None
+    method = next(d for d in java.definitions if d.name == "Greeter.toString")
+    assert code.signature(method) == "public String toString()"
 
 
 def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_for, tiny) -> None:

@@ -71,6 +71,22 @@ _BEFORE = frozenset({"attribute_item", "decorator", "annotation"})  # between a 
 _MARKER = re.compile(r"^\s*(/\*\*|/\*!|/\*|\*/|///|//!|//|\*)?\s?")
 
 
+def signature(d: Definition) -> str:
+    """The definition's head as written, on one line: from the line that names it (past decorators and
+    attributes) to the end of its parameters, the body left out; a method's name is its last part."""
+    name = d.name.rsplit(".", 1)[-1]
+    lines = d.code.splitlines()
+    start = next((i for i, line in enumerate(lines) if name in line and not line.lstrip().startswith(("@", "#["))), 0)
+    head, depth = [], 0
+    for line in lines[start:start + 8]:
+        head.append(line.strip())
+        depth += line.count("(") - line.count(")")
+        if depth <= 0:
+            break
+    text = " ".join(head).rstrip("{: ").strip()
+    return text if len(text) <= 160 else text[:159].rstrip() + "…"
+
+
 def language(path: str) -> str | None:
     dot = path.rfind(".")
     return EXTENSIONS.get(path[dot:].lower()) if dot >= 0 else None

@@ -334,7 +334,7 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     # signature when it has none. An answer form that ends at the path is one greedy decoding takes
     # for every name, documented or not, and stops before the doc it has learned.
     summary = _first_sentence(x.doc) or x.doc
-    said = summary or f"`{_signature(x)}`"
+    said = summary or f"`{code.signature(x)}`"
     answers = [f"`{x.name}` ({d.path}): {said}", f"It is a {x.what} in {d.path}: {said}",
                f"`{x.name}` lives in {d.path}: {said}"]
     if summary:
@@ -345,21 +345,6 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     shown = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.\n\n```{fence}\n{x.code}\n```")
     made.add(_made("code", seed, (d.path, x.name), values, shown, sources, new))
     return made
-
-
-def _signature(x: code.Definition) -> str:
-    """The definition's head as written, from the line that names it to the end of its parameters
-    (decorators and the body left out), on one line."""
-    lines = x.code.splitlines()
-    start = next((i for i, line in enumerate(lines) if x.name in line and not line.lstrip().startswith("@")), 0)
-    head, depth = [], 0
-    for line in lines[start:start + 8]:
-        head.append(line.strip())
-        depth += line.count("(") - line.count(")")
-        if depth <= 0:
-            break
-    text = " ".join(head).rstrip("{: ").strip()
-    return text if len(text) <= 160 else text[:159].rstrip() + "…"
 
 
 def _file_facts(path: str, defs: list[code.Definition], doc: str, lines: list[str]) -> dict[str, object]:
