@@ -115,6 +115,14 @@ def passages(text: str, size: int = PASSAGE_WORDS) -> Iterator[str]:
 def documents(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> list[str]:
     """What the index holds: passages of every fresh chunk (but those of paths matching `skip`),
     and the newest training set's questions."""
+    return _documents(_chunk_passages(db, skip), _dataset(data_dir, lineage))
+
+
+def _documents(passages_: list[str], dataset: Path | None) -> list[str]:
+    return [d for d in passages_ + _train_questions(dataset) if d.strip()]
+
+
+def _chunk_passages(db: Any, skip: Iterable[str]) -> list[str]:
     skip = list(skip)
     docs: list[str] = []
     for path_, title, text in db.execute("select path, title, text from chunks where stale = 0 order by rowid"):
@@ -122,14 +130,18 @@ def documents(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -
             continue
         docs.append(title or "")
         docs.extend(passages(text or ""))
-    docs.extend(_train_questions(data_dir, lineage))
-    return [d for d in docs if d.strip()]
+    return docs
 
 
-def _train_questions(data_dir: Path, lineage: str) -> Iterable[str]:
+def _dataset(data_dir: Path, lineage: str) -> Path | None:
     try:
-        folder = datasets.find(data_dir, lineage)
+        return datasets.find(data_dir, lineage)
     except datasets.DatasetError:
+        return None
+
+
+def _train_questions(folder: Path | None) -> list[str]:
+    if folder is None:
         return []
     rows = datasets.read(folder, "train")
     return [r["messages"][0]["content"] for r in rows
@@ -191,15 +203,39 @@ def path(data_dir: Path) -> Path:
     return data_dir / "policy" / FILE
 
 
-def save(index: DomainIndex, data_dir: Path) -> Path:
-    """Write the index whole, then rename it into place: a reader never sees half of one."""
+def save(index: DomainIndex, data_dir: Path, inputs: str = "") -> Path:
+    """Write the index whole, then rename it into place: a reader never sees half of one. Its stamp
+    (its hash, and `inputs`: what it was built from, see `refresh`) goes beside it, last: a run killed
+    in between leaves no stamp, and the next refresh reads the index itself."""
     target = path(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _stamp_path(data_dir).unlink(missing_ok=True)
     tmp = target.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(target)
+    _stamp(data_dir, index, inputs)
     return target
+
+
+def _stamp_path(data_dir: Path) -> Path:
+    return path(data_dir).with_suffix(".json")
+
+
+def _stamp(data_dir: Path, index: DomainIndex, inputs: str) -> None:
+    tmp = _stamp_path(data_dir).with_suffix(".json-tmp")
+    tmp.write_text(json.dumps({"hash": index.hash, "documents": index.documents, "inputs": inputs}))
+    tmp.replace(_stamp_path(data_dir))
+
+
+def saved_stamp(data_dir: Path) -> dict[str, Any] | None:
+    """The saved index's hash, document count and inputs, read without loading the index (and
+    scikit-learn with it); None when there is no index, or no stamp beside it."""
+    try:
+        stamp = json.loads(_stamp_path(data_dir).read_text()) if path(data_dir).is_file() else None
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def load(data_dir: Path) -> DomainIndex | None:
@@ -219,13 +255,24 @@ def load(data_dir: Path) -> DomainIndex | None:
 def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> DomainIndex | None:
     """Build the index from what is ingested and trained now, and save it; the saved one when it holds
     exactly these documents already (an ingest that found nothing new fits nothing)."""
-    docs, others = documents(db, data_dir, lineage, skip), background()
+    chunks, dataset, others = _chunk_passages(db, skip), _dataset(data_dir, lineage), background()
+    return _rebuild(_documents(chunks, dataset), others, data_dir, _inputs(chunks, dataset, others))
+
+
+def _inputs(chunks: list[str], dataset: Path | None, others: list[str]) -> str:
+    """What an index is built from, cheaply: the chunks' passages, the training set by its name (a
+    dataset's folder is named by its content's hash and never rewritten) and the background."""
+    return hashlib.sha256(json.dumps([chunks, dataset.name if dataset else None, others]).encode()).hexdigest()[:16]
+
+
+def _rebuild(docs: list[str], others: list[str], data_dir: Path, inputs: str) -> DomainIndex | None:
     saved = load(data_dir)
     if saved is not None and saved.hash == _digest(docs, others):
+        _stamp(data_dir, saved, inputs)
         return saved
     index = build(docs, others)
     if index is not None:
-        save(index, data_dir)
+        save(index, data_dir, inputs)
     return index
 
 
@@ -247,7 +294,13 @@ def refresh(settings: Settings, db: Any) -> Refreshed | None:
     policy = settings.config.policy
     if policy.mode == "off":
         return None
-    index = rebuild(db, settings.data_dir, settings.lineage, policy.index_skip)
+    chunks, dataset, others = (_chunk_passages(db, policy.index_skip), _dataset(settings.data_dir, settings.lineage),
+                               background())
+    inputs = _inputs(chunks, dataset, others)
+    stamp = saved_stamp(settings.data_dir)
+    if stamp is not None and stamp.get("inputs") == inputs:  # nothing new: neither the index nor the training
+        return Refreshed(stamp["hash"], stamp["documents"], tell_server(settings))  # set is read
+    index = _rebuild(_documents(chunks, dataset), others, settings.data_dir, inputs)
     return Refreshed(index.hash if index else None, index.documents if index else 0, tell_server(settings))
 
 

@@ -126,6 +126,29 @@ def test_an_ingest_with_nothing_new_keeps_the_saved_index_and_a_new_commit_rebui
     assert ingest(prepared).index.hash != first.hash
 
 
+def test_a_refresh_with_nothing_new_reads_neither_the_index_nor_the_training_set_and_one_killed_before_its_stamp_does(
+        prepared, monkeypatch):
+    from repotune import datasets
+    from repotune import db as store
+
+    db = store.open_db(store.db_path(prepared.data_dir))
+    current = relevance.refresh(prepared, db)  # whatever another test ingested since, the index now holds it
+    written = relevance.path(prepared.data_dir).stat().st_mtime_ns
+    with monkeypatch.context() as m:
+        m.setattr(relevance, "load", lambda data_dir: pytest.fail("the index was read for nothing new"))
+        m.setattr(datasets, "read", lambda *a, **k: pytest.fail("the training set was read for nothing new"))
+        again = relevance.refresh(prepared, db)
+    assert (again.hash, again.documents) == (current.hash, current.documents)
+    # a run killed between the index and its stamp leaves none: the index itself is read, found
+    # current, kept, and stamped
+    relevance.path(prepared.data_dir).with_suffix(".json").unlink()
+    assert relevance.saved_stamp(prepared.data_dir) is None
+    after_kill = relevance.refresh(prepared, db)
+    assert (after_kill.hash, after_kill.documents) == (current.hash, current.documents)
+    assert relevance.saved_stamp(prepared.data_dir)["hash"] == current.hash
+    assert relevance.path(prepared.data_dir).stat().st_mtime_ns == written
+
+
 def test_a_sha_weighs_as_a_commit_whatever_it_begins_with_and_however_long_it_is_pasted(prepared, index):
     from repotune import db as store
 
