@@ -43,7 +43,9 @@ def _questions(folder: Path, asked: set[str], kind: str = "definition") -> list[
             rows.append(r)
             continue
         name = re.search(r"`([^`]+)`", question) or re.search(r"what does (\S+) do", question)
-        if r["key_facts"].get("words") and name:  # every question names it, in backticks or as "what does NAME do"
+        # every question names it, in backticks or as "what does NAME do"; one asked with its path (a name
+        # several files define) has no path to say
+        if r["key_facts"].get("words") and r["key_facts"].get("exact") and name:
             rows.append({**r, "name": name.group(1), "path": r["key_facts"]["exact"][0]})
     return rows
 

@@ -9,7 +9,8 @@ that repeats the question is not credited for it.
 Kinds and what they key on (made by `tuner.data.templates`):
 commit — two thirds of its subject's content words (the first 8 when longer);
 pull request — two thirds of its title's content words; file — half of its top-level
-names; definition — its path, and half of the content words of its doc comment; doc and
+names; definition — its path, and half of the content words of its doc comment (a name several
+files define is asked with its path, and keys on the doc's words alone); doc and
 section — two thirds of the heading's words; reverse questions — the commit's sha (any
 prefix of 7 characters or more) or the pull request's number.
 

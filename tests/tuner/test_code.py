@@ -184,3 +184,35 @@ def test_a_typescript_repository_gets_definition_questions(tmp_path, settings_fo
     for path, defs in EXPECTED.items():
         for name, *_ in defs:
             assert any(f"`{name}`" in q and path in q for q in asked), (path, name)
+
+
+def test_a_name_two_files_define_is_asked_only_with_its_path(tmp_path, settings_for, tiny) -> None:
+    repo = GitRepo(tmp_path / "project")
+    repo.commit("Add two runners", {
+        "jobs/nightly.py": 'def run(x):\n    """Start the nightly backup job."""\n    return x\n',
+        "web/pages.py": 'def run(port):\n    """Serve the static pages on a port."""\n    return port\n\n\n'
+                        'def render(page):\n    """Render one markdown page."""\n    return page\n'})
+    settings = settings_for(repo.path, workers=1)
+    ingest(settings)
+    folder = build(settings).path
+
+    def about(split: str, name: str) -> list[dict]:
+        return [r for r in read(folder, split) if r["kind"] == "definition"
+                and f"{name}" in r["messages"][0]["content"].replace("`", " ").split()]
+
+    # "What is `run`?" has two right answers: no training or held-out question asks it without the path,
+    # and each answer is its own file's.
+    trained = about("train", "run")
+    assert trained
+    for r in trained:
+        question, answer = (m["content"] for m in r["messages"])
+        assert ("jobs/nightly.py" in question) != ("web/pages.py" in question)
+        assert ("jobs/nightly.py" if "jobs/nightly.py" in question else "web/pages.py") in answer
+    held = about("eval", "run")
+    assert len(held) == 2 and all("exact" not in r["key_facts"] for r in held)
+    nightly = next(r for r in held if "jobs/nightly.py" in r["messages"][0]["content"])
+    assert {"nightly", "backup"} <= set(nightly["key_facts"]["words"])
+    assert not {r["messages"][0]["content"] for r in held} & {r["messages"][0]["content"] for r in trained}
+    # a name one file defines is still asked without its path, and its path is what the answer must say
+    assert any("web/pages.py" not in r["messages"][0]["content"] for r in about("train", "render"))
+    assert [r["key_facts"]["exact"] for r in about("eval", "render")] == [["web/pages.py"]]

@@ -15,7 +15,8 @@ for the domain eval, carrying the key facts a right answer holds (`eval.facts`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -69,6 +70,9 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                    ("Where is `{name}` defined, and what does it do?",
                     "I am looking at `{name}`: what is it, and where does it live?",
                     "what does {name} do and which file is it in")),
+    # a name several files define: asked with its path, in words training never uses either
+    "definition_in": ((), ("I am reading {path}: what does `{name}` there do?",
+                           "in {path}, what is {name} for")),
     "code": (("How is `{name}` implemented in {path}?", "Show me the code of `{name}` in {path}."),
              ()),  # the code itself: not asked in the eval
     "doc": (("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
@@ -104,8 +108,12 @@ def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8) -> Iter
         yield _commit(commit, seed, commit.chunks.newest > cursor, paraphrases)
     for pull in items.pull_requests():
         yield _pull(pull, seed, pull.chunks.newest > cursor, paraphrases)
-    for doc in items.documents():
-        yield _document(doc, seed, doc.chunks.newest > cursor, paraphrases)
+    docs = list(items.documents())
+    parsed = {d.path: code.parse(d.path, d.text) for d in docs if d.kind == "file"}
+    files_of = Counter(name for p in parsed.values() if p for name in {x.name for x in p.definitions})
+    shared = {name for name, n in files_of.items() if n > 1}
+    for doc in docs:
+        yield _document(doc, seed, doc.chunks.newest > cursor, paraphrases, parsed.get(doc.path), shared)
 
 
 def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, object], answer: str,
@@ -282,19 +290,20 @@ def _when(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _document(d: DocItem, seed: int, new: bool, count: int) -> Made:
+def _document(d: DocItem, seed: int, new: bool, count: int, parsed: code.Parsed | None,
+              shared: Collection[str]) -> Made:
     sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids, "date": d.changed}
     if d.kind == "file":
-        return _file(d, seed, new, sources, count)
+        return _file(d, seed, new, sources, count, parsed, shared)
     return _page(d, seed, new, sources)
 
 
-def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int) -> Made:
+def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int, parsed: code.Parsed | None,
+          shared: Collection[str]) -> Made:
     """What a file holds, as short answers in `count` phrasings: the names it defines and the first
-    sentence of its docstring (its first lines when it has neither); each definition on its own;
-    the whole file for "show"."""
+    sentence of its docstring (its first lines when it has neither); each definition on its own
+    (`shared`: the names another file defines too); the whole file for "show"."""
     lines = d.text.splitlines()
-    parsed = code.parse(d.path, d.text)
     defs = parsed.definitions if parsed else []
     date = d.date[:10]
     doc = parsed.doc if parsed else ""
@@ -318,16 +327,22 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: i
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for x in defs:
         made.add(_definition(d, x, parsed.language if parsed else "", seed, new, count,
-                             {**sources, "chunks": d.chunks.at(x.line)}))
+                             {**sources, "chunks": d.chunks.at(x.line)}, x.name in shared))
     return made
 
 
 def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool, count: int,
-                sources: dict[str, object]) -> Made:
+                sources: dict[str, object], shared: bool = False) -> Made:
     """What a definition is, where it lives and what it does, as short answers in `count` phrasings;
-    its code answers the implementation questions."""
+    its code answers the implementation questions. A name that other files define too (`shared`) is
+    asked only with its path: "What is `run`?" has one right answer per file, and training each
+    as the answer teaches a guess, and asking it held out scores one."""
     values = {"path": d.path, "name": x.name, "what": x.what}
     train_q, held_q = PHRASINGS["definition"]
+    facts: dict[str, object] = {**_words(x.doc, share=0.5), "exact": [d.path]}
+    if shared:  # the path is in the question: what it does is left to find
+        train_q, held_q = tuple(q for q in train_q if "{path}" in q), PHRASINGS["definition_in"][1]
+        facts = _words(x.doc, share=0.5)
     # Where it lives and its doc comment's first sentence (the summary, by convention), no line
     # number: the line moves with every edit above it, and a long answer makes the loss about it.
     # Every answer goes on past the path with the definition's own words: its doc's summary, or its
@@ -340,8 +355,7 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     if summary:
         answers.append(f"{summary} `{x.name}` is a {x.what} in {d.path}.")
     made = _phrased("definition", seed, (d.path, x.name), [q.format(**values) for q in train_q],
-                    [q.format(**values) for q in held_q], answers, count, sources, new,
-                    {**_words(x.doc, share=0.5), "exact": [d.path]})
+                    [q.format(**values) for q in held_q], answers, count, sources, new, facts)
     shown = _cut(f"`{x.name}` is a {x.what} in {d.path}, line {x.line}.\n\n```{fence}\n{x.code}\n```")
     made.add(_made("code", seed, (d.path, x.name), values, shown, sources, new))
     return made
