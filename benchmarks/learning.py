@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--typescript", type=int, default=0, metavar="N",
                     help="learn the definitions of a generated TypeScript repository of N functions instead")
     ap.add_argument("--paraphrases", type=int, default=8)
+    ap.add_argument("--paraphrases-for", default="", metavar="KIND=N,…",
+                    help="tuner.data.paraphrases_by_kind: a kind's own count (commit=16,file=16)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
@@ -225,11 +227,13 @@ def main() -> None:
             if r["sources"].get("commit"):
                 return r["sources"]["commit"] in shas
             return str(r["sources"].get("path", "")).split("@")[0] in touched
+    by_kind = {k: int(n) for k, _, n in (item.partition("=") for item in a.paraphrases_for.split(",") if item)}
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
         "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},
         "paths": {"data_dir": str(folder / "state")},
         "tuner": {"lineage": "learn", "data": {"generators": ["templates", "replay"], "paraphrases": a.paraphrases,
+                                                "paraphrases_by_kind": by_kind,
                                                 "replay_general": 1.0, "eval_max": 100000,
                                                 "replay_answers": a.replay_answers}}}))
     if not a.score_only:
@@ -294,7 +298,8 @@ def main() -> None:
         print(f"epoch {epoch}", {k: v for k, v in points[-1].items() if k != "answers"}, flush=True)
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "at": a.at,
-              "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "epochs": a.epochs, "lr": a.lr,
+              "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "paraphrases_by_kind": by_kind,
+              "epochs": a.epochs, "lr": a.lr,
               "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "kl_top": a.kl_top,
               "all_kinds": a.all_kinds,

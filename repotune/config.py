@@ -186,6 +186,7 @@ class IngestSection(Section):
 
 
 DATA_GENERATORS = ("templates", "teacher", "replay", "raw")
+PHRASED_KINDS = ("commit", "pull_request", "file", "definition")
 
 
 class DataSection(Section):
@@ -199,7 +200,13 @@ class DataSection(Section):
         0.05, ge=0, lt=0.5, description="Validation examples per training example: trained facts in other words."
     )
     paraphrases: int = Field(
-        8, ge=1, le=40, description="Training phrasings of each commit, pull request and definition fact."
+        8, ge=1, le=40, description="Training phrasings of each commit, pull request, file and definition fact."
+    )
+    paraphrases_by_kind: dict[str, int] = Field(
+        default_factory=dict,
+        description="Training phrasings of one kind's facts where they differ from `paraphrases` (commit, "
+        "pull_request, file, definition; a reverse question follows its kind, halved), e.g. "
+        "{commit = 16, file = 16}.",
     )
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(
@@ -223,6 +230,17 @@ class DataSection(Section):
         unknown = [g for g in v if g not in DATA_GENERATORS]
         if unknown:
             raise ValueError(f"unknown generator {', '.join(unknown)}; generators: {', '.join(DATA_GENERATORS)}")
+        return v
+
+    @field_validator("paraphrases_by_kind")
+    @classmethod
+    def _by_kind(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = [k for k in v if k not in PHRASED_KINDS]
+        if unknown:
+            raise ValueError(f"unknown kind {', '.join(unknown)}; kinds: {', '.join(PHRASED_KINDS)}")
+        wrong = [f"{k} = {n}" for k, n in v.items() if not 1 <= n <= 40]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: a count of phrasings is 1 to 40")
         return v
 
 

@@ -197,6 +197,8 @@ def test_the_cli_builds_shows_and_counts(history: GitRepo, tmp_path, clean_env, 
     ({"generators": ["templates", "llm"]}, {}, "unknown generator llm"),
     ({"generators": ["teacher"]}, {}, "tuner.teacher.base_url is not set"),
     ({"val_fraction": 0.9}, {}, "tuner.data.val_fraction"),
+    ({"paraphrases_by_kind": {"comit": 16}}, {}, "unknown kind comit"),
+    ({"paraphrases_by_kind": {"file": 0}}, {}, "file = 0: a count of phrasings is 1 to 40"),
     ({}, {"concurrency": 0}, "tuner.teacher.concurrency"),
 ])
 def test_a_wrong_data_config_names_the_key(data, teacher, message) -> None:
@@ -280,6 +282,26 @@ def test_the_split_is_by_phrasing_and_facts_are_short_and_many_worded(history: G
     for r in evals:
         assert r["key_facts"], r
         assert holds(r["messages"][-1]["content"], r["key_facts"], r["messages"][0]["content"]), r
+
+
+def test_a_kind_can_have_its_own_count_of_phrasings(history: GitRepo, settings_for, tiny) -> None:
+    from repotune import config as cfg
+
+    plain = settings_for(history.path, workers=1)
+    raw = {**plain.config.model_dump(), "tuner": {"data": {"paraphrases_by_kind": {"commit": 16, "file": 12}}}}
+    settings = cfg.Settings(config=cfg.parse(raw), source=None, root=plain.root, secrets=cfg.Secrets())
+    ingest(settings)
+    train = read(build(settings).path, "train")
+
+    def asked(kind: str, needle: str) -> set[str]:
+        return {r["messages"][0]["content"] for r in train if r["kind"] == kind
+                and needle in r["messages"][-1]["content"] + r["messages"][0]["content"]}
+
+    for title in history.git("log", "main", "--no-merges", "--format=%s").splitlines():
+        assert len(asked("commit", title)) == 16, title
+        assert len(asked("commit_reverse", title)) == 8, title  # a reverse question follows its kind, halved
+    assert len(asked("file", "calculator.py")) == 12
+    assert len(asked("definition", "`add`")) == settings.config.tuner.data.paraphrases == 8  # the others keep theirs
 
 
 def test_general_replay_carries_the_bases_own_answers_made_once(history: GitRepo, settings_for, tiny) -> None:

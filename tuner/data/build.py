@@ -88,7 +88,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     val_candidates: list[Example] = []  # trained facts in other words
     long_forms: list[dict[str, Any]] = []
     if "templates" in cfg.generators:
-        for n, made in enumerate(templates.generate(items, cfg.seed, since, cfg.paraphrases), start=1):
+        for n, made in enumerate(templates.generate(items, cfg.seed, since, cfg.paraphrases, cfg.paraphrases_by_kind),
+                                 start=1):
             qa += made.train
             held_out += made.eval
             val_candidates += made.val

@@ -40,7 +40,9 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                 "I see {id} in the git log. What was it?", "Can you tell me what commit {id} was for?")),
     "commit_reverse": (('Which commit has the subject "{title}"?', 'What is the sha of the commit "{title}"?',
                         'Find the commit "{title}".', 'Which commit was "{title}"?',
-                        'Give me the hash of the commit that says "{title}".'),
+                        'Give me the hash of the commit that says "{title}".', 'What is the commit id of "{title}"?',
+                        'Look up the commit "{title}".', 'Which hash does the commit "{title}" have?',
+                        'I need the sha for "{title}".', '"{title}": which commit is that?'),
                        ('What commit is "{title}"?', 'Which sha belongs to "{title}"?')),
     "pull_request": (("What did {id} do?", "What was {id} about?", "Explain {id}.", "Summarize {id}.",
                       "Tell me about {id}.", "What is {id}?", "What did {id} change?", "Why was {id} opened?"),
@@ -57,7 +59,10 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                      ("After the review of #{n}, what was changed?",)),
     "file": (("What does {path} contain?", "What is in {path}?", "Give me an overview of {path}.",
               "What is defined in {path}?", "What's in the file {path}?", "Tell me about {path}.",
-              "Summarize {path}.", "Which functions and classes does {path} have?", "What is {path} made of?"),
+              "Summarize {path}.", "Which functions and classes does {path} have?", "What is {path} made of?",
+              "What can I find in {path}?", "Walk me through {path}.", "What lives in {path}?",
+              "Give me a summary of {path}.", "What are the contents of {path}?", "Explain what {path} holds.",
+              "Which names does {path} define?", "What is {path} for?"),
              ("Describe the file {path}.",)),
     "show": (("As of {date}, show {path}.", "Show me {path} as it was on {date}.",
               "Print the contents of {path} ({date})."),
@@ -102,18 +107,24 @@ class Made:
         self.raw += other.raw
 
 
-def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8) -> Iterator[Made]:
-    """One `Made` per item, in store order."""
+def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8,
+             by_kind: Mapping[str, int] | None = None) -> Iterator[Made]:
+    """One `Made` per item, in store order; each fact in `paraphrases` training phrasings, or in its
+    kind's count in `by_kind` (commit, pull_request, file, definition)."""
+    def count(kind: str) -> int:
+        return (by_kind or {}).get(kind, paraphrases)
+
     for commit in items.commits():
-        yield _commit(commit, seed, commit.chunks.newest > cursor, paraphrases)
+        yield _commit(commit, seed, commit.chunks.newest > cursor, count("commit"))
     for pull in items.pull_requests():
-        yield _pull(pull, seed, pull.chunks.newest > cursor, paraphrases)
+        yield _pull(pull, seed, pull.chunks.newest > cursor, count("pull_request"))
     docs = list(items.documents())
     parsed = {d.path: code.parse(d.path, d.text) for d in docs if d.kind == "file"}
     files_of = Counter(name for p in parsed.values() if p for name in {x.name for x in p.definitions})
     shared = {name for name, n in files_of.items() if n > 1}
     for doc in docs:
-        yield _document(doc, seed, doc.chunks.newest > cursor, paraphrases, parsed.get(doc.path), shared)
+        yield _document(doc, seed, doc.chunks.newest > cursor, (count("file"), count("definition")),
+                        parsed.get(doc.path), shared)
 
 
 def _made(kind: str, seed: int, key: tuple[object, ...], values: Mapping[str, object], answer: str,
@@ -290,7 +301,7 @@ def _when(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _document(d: DocItem, seed: int, new: bool, count: int, parsed: code.Parsed | None,
+def _document(d: DocItem, seed: int, new: bool, count: tuple[int, int], parsed: code.Parsed | None,
               shared: Collection[str]) -> Made:
     sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids, "date": d.changed}
     if d.kind == "file":
@@ -298,11 +309,11 @@ def _document(d: DocItem, seed: int, new: bool, count: int, parsed: code.Parsed 
     return _page(d, seed, new, sources)
 
 
-def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int, parsed: code.Parsed | None,
-          shared: Collection[str]) -> Made:
-    """What a file holds, as short answers in `count` phrasings: the names it defines and the first
-    sentence of its docstring (its first lines when it has neither); each definition on its own
-    (`shared`: the names another file defines too); the whole file for "show"."""
+def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: tuple[int, int],
+          parsed: code.Parsed | None, shared: Collection[str]) -> Made:
+    """What a file holds, as short answers in `count[0]` phrasings: the names it defines and the first
+    sentence of its docstring (its first lines when it has neither); each definition on its own, in
+    `count[1]` (`shared`: the names another file defines too); the whole file for "show"."""
     lines = d.text.splitlines()
     defs = parsed.definitions if parsed else []
     date = d.date[:10]
@@ -322,11 +333,11 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: i
     values = {"path": d.path, "date": date or "the current head"}
     train_q, held_q = PHRASINGS["file"]
     made = _phrased("file", seed, (d.path,), [q.format(**values) for q in train_q],
-                    [q.format(**values) for q in held_q], answers, count, sources, new,
+                    [q.format(**values) for q in held_q], answers, count[0], sources, new,
                     _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for x in defs:
-        made.add(_definition(d, x, parsed.language if parsed else "", seed, new, count,
+        made.add(_definition(d, x, parsed.language if parsed else "", seed, new, count[1],
                              {**sources, "chunks": d.chunks.at(x.line)}, x.name in shared))
     return made
 
