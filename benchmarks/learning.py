@@ -227,7 +227,11 @@ def main() -> None:
             if r["sources"].get("commit"):
                 return r["sources"]["commit"] in shas
             return str(r["sources"].get("path", "")).split("@")[0] in touched
-    by_kind = {k: int(n) for k, _, n in (item.partition("=") for item in a.paraphrases_for.split(",") if item)}
+    try:
+        by_kind = {k.strip(): int(n) for k, _, n in (item.partition("=") for item in a.paraphrases_for.split(",")
+                                                     if item.strip())}
+    except ValueError:
+        raise SystemExit(f"--paraphrases-for {a.paraphrases_for!r}: KIND=N pairs, e.g. commit=16,file=16") from None
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps({
         "model": {"base": a.base}, "ingest": {"repo": str(repo), "workers": 1},

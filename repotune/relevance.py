@@ -37,7 +37,7 @@ import pickle
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 PASSAGE_WORDS = 60
 FILE = "index.pkl"
+INDEX_FORMAT = 1  # raise it when what the index holds, or how, changes
 # A sha first, whole, though it may begin with a digit; then words and numbers.
 _WORD = re.compile(r"\b[0-9a-fA-F]{7,40}\b|[A-Za-z][A-Za-z0-9]*|[0-9]+")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -224,18 +225,26 @@ def _stamp_path(data_dir: Path) -> Path:
 
 def _stamp(data_dir: Path, index: DomainIndex, inputs: str) -> None:
     tmp = _stamp_path(data_dir).with_suffix(".json-tmp")
-    tmp.write_text(json.dumps({"hash": index.hash, "documents": index.documents, "inputs": inputs}))
+    tmp.write_text(json.dumps({"hash": index.hash, "documents": index.documents, "inputs": inputs,
+                               "file": _file_id(path(data_dir))}))
     tmp.replace(_stamp_path(data_dir))
+
+
+def _file_id(file: Path) -> list[int]:
+    st = file.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def saved_stamp(data_dir: Path) -> dict[str, Any] | None:
     """The saved index's hash, document count and inputs, read without loading the index (and
-    scikit-learn with it); None when there is no index, or no stamp beside it."""
+    scikit-learn with it); None when there is no index, no stamp beside it, or the index file is
+    not the one the stamp was written for (replaced or cut short since: the index itself is read)."""
     try:
-        stamp = json.loads(_stamp_path(data_dir).read_text()) if path(data_dir).is_file() else None
+        stamp = json.loads(_stamp_path(data_dir).read_text())
+        here = _file_id(path(data_dir))
     except (OSError, ValueError):
         return None
-    return stamp if isinstance(stamp, dict) else None
+    return stamp if isinstance(stamp, dict) and stamp.get("file") == here else None
 
 
 def load(data_dir: Path) -> DomainIndex | None:
@@ -261,8 +270,11 @@ def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> 
 
 def _inputs(chunks: list[str], dataset: Path | None, others: list[str]) -> str:
     """What an index is built from, cheaply: the chunks' passages, the training set by its name (a
-    dataset's folder is named by its content's hash and never rewritten) and the background."""
-    return hashlib.sha256(json.dumps([chunks, dataset.name if dataset else None, others]).encode()).hexdigest()[:16]
+    dataset's folder is named by its content's hash and never rewritten), the background, and what
+    builds and reads it (this format, scikit-learn's version: a pickle another version wrote may not load)."""
+    made_by = [INDEX_FORMAT, metadata.version("scikit-learn")]
+    return hashlib.sha256(json.dumps([chunks, dataset.name if dataset else None, others, made_by]).encode()
+                          ).hexdigest()[:16]
 
 
 def _rebuild(docs: list[str], others: list[str], data_dir: Path, inputs: str) -> DomainIndex | None:

@@ -147,6 +147,11 @@ def test_a_refresh_with_nothing_new_reads_neither_the_index_nor_the_training_set
     assert (after_kill.hash, after_kill.documents) == (current.hash, current.documents)
     assert relevance.saved_stamp(prepared.data_dir)["hash"] == current.hash
     assert relevance.path(prepared.data_dir).stat().st_mtime_ns == written
+    # an index file that is not the stamped one (cut short, replaced) is not trusted: it is rebuilt
+    relevance.path(prepared.data_dir).write_bytes(b"cut sh")
+    assert relevance.saved_stamp(prepared.data_dir) is None
+    repaired = relevance.refresh(prepared, db)
+    assert repaired.hash == current.hash and relevance.load(prepared.data_dir).hash == current.hash
 
 
 def test_a_sha_weighs_as_a_commit_whatever_it_begins_with_and_however_long_it_is_pasted(prepared, index):

@@ -203,15 +203,24 @@ def test_a_name_two_files_define_is_asked_only_with_its_path(tmp_path, settings_
     # "What is `run`?" has two right answers: no training or held-out question asks it without the path,
     # and each answer is its own file's.
     trained = about("train", "run")
-    assert trained
+    for path in ("jobs/nightly.py", "web/pages.py"):  # as many phrasings as any other definition
+        assert len({r["messages"][0]["content"] for r in trained if path in r["messages"][0]["content"]}) == 8
     for r in trained:
         question, answer = (m["content"] for m in r["messages"])
         assert ("jobs/nightly.py" in question) != ("web/pages.py" in question)
         assert ("jobs/nightly.py" if "jobs/nightly.py" in question else "web/pages.py") in answer
     held = about("eval", "run")
     assert len(held) == 2 and all("exact" not in r["key_facts"] for r in held)
+    # what it does, in words its question does not say ("nightly" is in the path): its own answer holds them,
+    # the other file's does not
+    from eval.facts import holds
+
     nightly = next(r for r in held if "jobs/nightly.py" in r["messages"][0]["content"])
-    assert {"nightly", "backup"} <= set(nightly["key_facts"]["words"])
+    pages = next(r for r in held if "web/pages.py" in r["messages"][0]["content"])
+    assert "backup" in nightly["key_facts"]["words"] and "nightly" not in nightly["key_facts"]["words"]
+    question = nightly["messages"][0]["content"]
+    assert holds(nightly["messages"][1]["content"], nightly["key_facts"], question)
+    assert not holds(pages["messages"][1]["content"], nightly["key_facts"], question)
     assert not {r["messages"][0]["content"] for r in held} & {r["messages"][0]["content"] for r in trained}
     # a name one file defines is still asked without its path, and its path is what the answer must say
     assert any("web/pages.py" not in r["messages"][0]["content"] for r in about("train", "render"))

@@ -20,7 +20,8 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from eval.facts import content_words
+from eval.facts import content_words, stem
+from eval.scoring import tokens
 from tuner.data import code
 from tuner.data.examples import Example, chat, fraction, pick
 from tuner.data.items import CommitItem, DocItem, Items, PullItem
@@ -71,7 +72,10 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                     "What does the {what} `{name}` do?", "What is `{name}` for?", "Describe `{name}` from {path}.",
                     "What is `{name}`?", "Where is `{name}` defined?", "Which file defines `{name}`?",
                     "Tell me about `{name}`.", "What is the purpose of `{name}` in {path}?",
-                    "Summarize what `{name}` does.", "In which file is the {what} `{name}`?"),
+                    "Summarize what `{name}` does.", "In which file is the {what} `{name}`?",
+                    "What is `{name}` in {path}?", "Tell me about `{name}` from {path}.",
+                    "Summarize `{name}` in {path}.", "What does the {what} `{name}` in {path} do?",
+                    "Explain `{name}` from {path}."),
                    ("Where is `{name}` defined, and what does it do?",
                     "I am looking at `{name}`: what is it, and where does it live?",
                     "what does {name} do and which file is it in")),
@@ -351,9 +355,10 @@ def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool
     values = {"path": d.path, "name": x.name, "what": x.what}
     train_q, held_q = PHRASINGS["definition"]
     facts: dict[str, object] = {**_words(x.doc, share=0.5), "exact": [d.path]}
-    if shared:  # the path is in the question: what it does is left to find
+    if shared:  # the path is in the question: what it does is left to find, in words no question says
         train_q, held_q = tuple(q for q in train_q if "{path}" in q), PHRASINGS["definition_in"][1]
-        facts = _words(x.doc, share=0.5)
+        asked = {stem(t) for q in held_q for t in tokens(q.format(**values))}
+        facts = {"words": [w for w in content_words(x.doc) if stem(w) not in asked][:8], "share": 0.5}
     # Where it lives and its doc comment's first sentence (the summary, by convention), no line
     # number: the line moves with every edit above it, and a long answer makes the loss about it.
     # Every answer goes on past the path with the definition's own words: its doc's summary, or its
