@@ -29,6 +29,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from repotune import relevance
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-admin-key"
 
@@ -55,7 +57,7 @@ def main() -> None:
     env = {**os.environ, "REPOTUNE_API_KEYS": KEY, "REPOTUNE_ADMIN_KEY": KEY}
     env.pop("REPOTUNE_CONFIG", None)
     data_dir = Path(tomllib.loads(a.config.read_text())["paths"]["data_dir"])
-    stamp = data_dir / "policy" / "index.json"
+    stamp = relevance.stamp_path(data_dir)
     walls: dict[str, list[float]] = {"A": [], "B": []}
     steps: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     for i in range(a.runs + 1):  # the first pair warms the page cache and is not counted

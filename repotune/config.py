@@ -206,7 +206,8 @@ class DataSection(Section):
         default_factory=dict,
         description="Training phrasings of one kind's facts where they differ from `paraphrases` (commit, "
         "pull_request, file, definition; a reverse question follows its kind, halved), e.g. "
-        "{commit = 16, file = 16}.",
+        "{commit = 16, file = 16}. A count above the phrasings a kind has gives each of them once (a commit's "
+        "reverse questions have 10, a file 17).",
     )
     eval_max: int = Field(500, ge=0, description="Most questions in a dataset's held-out domain eval.")
     replay_general: float = Field(

@@ -204,13 +204,13 @@ def path(data_dir: Path) -> Path:
     return data_dir / "policy" / FILE
 
 
-def save(index: DomainIndex, data_dir: Path, inputs: str = "") -> Path:
+def save(index: DomainIndex, data_dir: Path, inputs: str) -> Path:
     """Write the index whole, then rename it into place: a reader never sees half of one. Its stamp
     (its hash, and `inputs`: what it was built from, see `refresh`) goes beside it, last: a run killed
     in between leaves no stamp, and the next refresh reads the index itself."""
     target = path(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _stamp_path(data_dir).unlink(missing_ok=True)
+    stamp_path(data_dir).unlink(missing_ok=True)
     tmp = target.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -219,15 +219,16 @@ def save(index: DomainIndex, data_dir: Path, inputs: str = "") -> Path:
     return target
 
 
-def _stamp_path(data_dir: Path) -> Path:
+def stamp_path(data_dir: Path) -> Path:
+    """The index's stamp: its hash, its document count, what it was built from, and the file it stamps."""
     return path(data_dir).with_suffix(".json")
 
 
 def _stamp(data_dir: Path, index: DomainIndex, inputs: str) -> None:
-    tmp = _stamp_path(data_dir).with_suffix(".json-tmp")
+    tmp = stamp_path(data_dir).with_suffix(".json-tmp")
     tmp.write_text(json.dumps({"hash": index.hash, "documents": index.documents, "inputs": inputs,
                                "file": _file_id(path(data_dir))}))
-    tmp.replace(_stamp_path(data_dir))
+    tmp.replace(stamp_path(data_dir))
 
 
 def _file_id(file: Path) -> list[int]:
@@ -240,7 +241,7 @@ def saved_stamp(data_dir: Path) -> dict[str, Any] | None:
     scikit-learn with it); None when there is no index, no stamp beside it, or the index file is
     not the one the stamp was written for (replaced or cut short since: the index itself is read)."""
     try:
-        stamp = json.loads(_stamp_path(data_dir).read_text())
+        stamp = json.loads(stamp_path(data_dir).read_text())
         here = _file_id(path(data_dir))
     except (OSError, ValueError):
         return None
@@ -264,25 +265,37 @@ def load(data_dir: Path) -> DomainIndex | None:
 def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> DomainIndex | None:
     """Build the index from what is ingested and trained now, and save it; the saved one when it holds
     exactly these documents already (an ingest that found nothing new fits nothing)."""
-    chunks, dataset, others = _chunk_passages(db, skip), _dataset(data_dir, lineage), background()
-    return _rebuild(_documents(chunks, dataset), others, data_dir, _inputs(chunks, dataset, others))
+    return _rebuild(_Sources.of(db, data_dir, lineage, skip), data_dir)
 
 
-def _inputs(chunks: list[str], dataset: Path | None, others: list[str]) -> str:
-    """What an index is built from, cheaply: the chunks' passages, the training set by its name (a
-    dataset's folder is named by its content's hash and never rewritten), the background, and what
-    builds and reads it (this format, scikit-learn's version: a pickle another version wrote may not load)."""
-    made_by = [INDEX_FORMAT, metadata.version("scikit-learn")]
-    return hashlib.sha256(json.dumps([chunks, dataset.name if dataset else None, others, made_by]).encode()
-                          ).hexdigest()[:16]
+@dataclass
+class _Sources:
+    """What an index is built from: the chunks' passages, the newest training set, the background."""
+
+    chunks: list[str]
+    dataset: Path | None
+    others: list[str]
+
+    @classmethod
+    def of(cls, db: Any, data_dir: Path, lineage: str, skip: Iterable[str]) -> _Sources:
+        return cls(_chunk_passages(db, skip), _dataset(data_dir, lineage), background())
+
+    def inputs(self) -> str:
+        """These sources, cheaply: the training set by its name (a dataset's folder is named by its
+        content's hash and never rewritten), and what builds and reads the index (this format,
+        scikit-learn's version: a pickle another version wrote may not load)."""
+        made_by = [INDEX_FORMAT, metadata.version("scikit-learn")]
+        named = [self.chunks, self.dataset.name if self.dataset else None, self.others, made_by]
+        return hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
 
 
-def _rebuild(docs: list[str], others: list[str], data_dir: Path, inputs: str) -> DomainIndex | None:
+def _rebuild(sources: _Sources, data_dir: Path) -> DomainIndex | None:
+    docs, inputs = _documents(sources.chunks, sources.dataset), sources.inputs()
     saved = load(data_dir)
-    if saved is not None and saved.hash == _digest(docs, others):
+    if saved is not None and saved.hash == _digest(docs, sources.others):
         _stamp(data_dir, saved, inputs)
         return saved
-    index = build(docs, others)
+    index = build(docs, sources.others)
     if index is not None:
         save(index, data_dir, inputs)
     return index
@@ -306,13 +319,11 @@ def refresh(settings: Settings, db: Any) -> Refreshed | None:
     policy = settings.config.policy
     if policy.mode == "off":
         return None
-    chunks, dataset, others = (_chunk_passages(db, policy.index_skip), _dataset(settings.data_dir, settings.lineage),
-                               background())
-    inputs = _inputs(chunks, dataset, others)
+    sources = _Sources.of(db, settings.data_dir, settings.lineage, policy.index_skip)
     stamp = saved_stamp(settings.data_dir)
-    if stamp is not None and stamp.get("inputs") == inputs:  # nothing new: neither the index nor the training
-        return Refreshed(stamp["hash"], stamp["documents"], tell_server(settings))  # set is read
-    index = _rebuild(_documents(chunks, dataset), others, settings.data_dir, inputs)
+    if stamp is not None and stamp.get("inputs") == sources.inputs():  # nothing new: neither the index nor
+        return Refreshed(stamp["hash"], stamp["documents"], tell_server(settings))  # the training set is read
+    index = _rebuild(sources, settings.data_dir)
     return Refreshed(index.hash if index else None, index.documents if index else 0, tell_server(settings))
 
 

@@ -141,7 +141,7 @@ def test_a_refresh_with_nothing_new_reads_neither_the_index_nor_the_training_set
     assert (again.hash, again.documents) == (current.hash, current.documents)
     # a run killed between the index and its stamp leaves none: the index itself is read, found
     # current, kept, and stamped
-    relevance.path(prepared.data_dir).with_suffix(".json").unlink()
+    relevance.stamp_path(prepared.data_dir).unlink()
     assert relevance.saved_stamp(prepared.data_dir) is None
     after_kill = relevance.refresh(prepared, db)
     assert (after_kill.hash, after_kill.documents) == (current.hash, current.documents)

@@ -347,7 +347,7 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: t
 
 
 def _definition(d: DocItem, x: code.Definition, fence: str, seed: int, new: bool, count: int,
-                sources: dict[str, object], shared: bool = False) -> Made:
+                sources: dict[str, object], shared: bool) -> Made:
     """What a definition is, where it lives and what it does, as short answers in `count` phrasings;
     its code answers the implementation questions. A name that other files define too (`shared`) is
     asked only with its path: "What is `run`?" has one right answer per file, and training each
