@@ -257,15 +257,17 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done,
                     yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
                 elif sent := replies.feed(chunk):
                     yield sent
-            if replies is not None:
-                if rest := replies.close():
-                    yield rest
-                _count_reply(state, replies.cut > 0)
+            if replies is not None and (rest := replies.close()):
+                yield rest
             upstream.release()  # finished: the connection goes back to the pool
         except BaseException:
             status = 499  # the client went away (or the engine did) mid-stream
             raise
         finally:
+            # A client may close as soon as it has read `[DONE]`, which cancels this generator at
+            # that `yield`: a reply whose end was seen is counted however the sending ended.
+            if replies is not None and (replies.ended or status == 200):
+                _count_reply(state, replies.cut > 0)
             upstream.close()  # unfinished: closing the connection aborts the generation upstream
             await done.finish(status)
 
