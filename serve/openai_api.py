@@ -248,28 +248,29 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done,
         return _engine_error(state, upstream.status, content)
 
     async def relay() -> AsyncIterator[bytes]:
-        status = 200
+        tail, ended = b"", False  # the stream's last bytes: `[DONE]` is seen even when a read splits it
         try:
             async for chunk in upstream.content.iter_any():
                 if b'"usage"' in chunk:
                     state.metrics.count_usage(chunk)
+                tail = (tail + chunk)[-64:]
+                ended = ended or b"data: [DONE]" in tail
                 if replies is None:
                     yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
                 elif sent := replies.feed(chunk):
                     yield sent
+            ended = True
             if replies is not None and (rest := replies.close()):
                 yield rest
             upstream.release()  # finished: the connection goes back to the pool
-        except BaseException:
-            status = 499  # the client went away (or the engine did) mid-stream
-            raise
         finally:
             # A client may close as soon as it has read `[DONE]`, which cancels this generator at
-            # that `yield`: a reply whose end was seen is counted however the sending ended.
-            if replies is not None and (replies.ended or status == 200):
+            # that `yield`: a reply whose end was sent is a 200 and its policy decision is counted,
+            # however the sending ended. Otherwise the client (or the engine) went away mid-stream.
+            if replies is not None and ended:
                 _count_reply(state, replies.cut > 0)
             upstream.close()  # unfinished: closing the connection aborts the generation upstream
-            await done.finish(status)
+            await done.finish(200 if ended else 499)
 
     return _ClosingStream(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

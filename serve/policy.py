@@ -105,7 +105,6 @@ class Replies:
         self.text: dict[int, str] = {}
         self.state: dict[int, str] = {}  # index → deciding, passing, refused
         self.cut = 0
-        self.ended = False  # `[DONE]` was seen: every choice's decision is final
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to send on for `data` received."""
@@ -134,7 +133,6 @@ class Replies:
         try:
             chunk = json.loads(body)
         except ValueError:  # [DONE], or what is not a chunk: as it came, after anything still held
-            self.ended = self.ended or body == b"[DONE]"
             return self._release() + event + b"\n\n"
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not choices:

@@ -443,7 +443,7 @@ def _engine_generated(server) -> float:
 
 def test_a_client_that_disconnects_aborts_its_generation(server):
     ask(server, "base")  # warm
-    before = _engine_generated(server)
+    before, counted = _engine_generated(server), metrics(server.url)
     with httpx.stream(
         "POST", f"{server.url}/v1/chat/completions", headers=AUTH,
         json={**HELD, "model": "base"}, timeout=60,  # 8 × 900 tokens with logprobs: seconds of work
@@ -454,6 +454,9 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
     time.sleep(2)
     assert _engine_generated(server) == settled  # nothing is generating any more
     assert settled - before < HELD["n"] * HELD["max_tokens"]  # and the tokens asked for were never all made
+    gone = {"route": "/v1/chat/completions", "model": "base", "status": "499"}  # counted as the client's leaving
+    assert value(metrics(server.url), "repotune_requests_total", **gone) - value(counted, "repotune_requests_total",
+                                                                                  **gone) == 1
 
 
 def _offline_cli(server, config: Path, *args: str) -> None:
