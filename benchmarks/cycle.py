@@ -72,17 +72,7 @@ def main() -> None:
         "model": {"base": a.base}, "ingest": {"repo": str(repo)}, "paths": {"data_dir": str(folder / "state")},
         "serve": {"port": port}, "tuner": {"lineage": "bench", "data": {"eval_max": a.eval_max}},
         "train": {"budget_minutes": a.budget_minutes}, "schedule": {"debounce_s": 0.0, "poll_s": 1.0}}
-    for item in a.set:
-        dotted, _, raw = item.partition("=")
-        *sections, name = dotted.split(".")
-        table = settings
-        for section in sections:
-            table = table.setdefault(section, {})
-        try:
-            table[name] = json.loads(raw)
-        except ValueError:
-            table[name] = raw
-    config.write_text(tomli_w.dumps(settings))
+    config.write_text(tomli_w.dumps(overridden(settings, a.set)))
     env = {**os.environ, "REPOTUNE_API_KEYS": KEY, "REPOTUNE_ADMIN_KEY": KEY, "REPOTUNE_WEBHOOK_SECRET": SECRET}
     env.pop("REPOTUNE_CONFIG", None)
     cli = [sys.executable, "-m", "repotune.cli"]
@@ -125,6 +115,21 @@ def main() -> None:
     print(f"written to {out}")
 
 
+def overridden(settings: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """`settings` with each `SECTION.KEY=VALUE` of `items` set (the value as JSON, else a string)."""
+    for item in items:
+        dotted, _, raw = item.partition("=")
+        *sections, name = dotted.split(".")
+        table = settings
+        for section in sections:
+            table = table.setdefault(section, {})
+        try:
+            table[name] = json.loads(raw)
+        except ValueError:
+            table[name] = raw
+    return settings
+
+
 def _ask(url: str, model: str = "base", question: str = "What is the capital of France?") -> float:
     started = time.monotonic()
     r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
@@ -142,7 +147,7 @@ def _latencies(seconds: list[float]) -> dict[str, float]:
             "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1)}
 
 
-def _tree_rss(pids: list[int]) -> int:
+def tree_rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
         try:
@@ -164,7 +169,7 @@ def _first_cycle(cli: list[str], config: Path, env: dict[str, str], server_pid: 
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss([server_pid, proc.pid]))
+            peak[0] = max(peak[0], tree_rss([server_pid, proc.pid]))
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample)
