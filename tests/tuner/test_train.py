@@ -451,7 +451,10 @@ def test_auto_trains_a_half_precision_model_in_float32_on_a_cpu_that_multiplies_
     for dtype in ("bfloat16", "float32"):
         (tmp_path / dtype).mkdir()
         (tmp_path / dtype / "config.json").write_text(json.dumps({"dtype": dtype}))
-    assert isinstance(backends._slow_on_cpu("bfloat16"), bool)  # the probe runs here
+    threads = torch.get_num_threads()
+    backends._slow_on_cpu.cache_clear()
+    assert isinstance(backends._slow_on_cpu("bfloat16"), bool)  # the probe runs here, on one thread
+    assert torch.get_num_threads() == threads  # and leaves the training its threads
     backends._slow_on_cpu.cache_clear()
     monkeypatch.setattr(backends, "_slow_on_cpu", lambda dtype: True)
     assert backends.training_dtype("auto", tmp_path / "bfloat16") == "float32"

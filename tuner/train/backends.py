@@ -59,18 +59,30 @@ def training_dtype(name: str, base: Path) -> str:
 @functools.cache
 def _slow_on_cpu(dtype: str) -> bool:
     """Whether this CPU multiplies matrices in `dtype` more than twice as slowly as in float32 (timed once
-    per process on 128 x 128 products: well under a second, even where it is slow)."""
+    per process on 128 x 128 products: well under a second, even where it is slow).
+
+    Each kind's time is the fastest of several products: a product of float32 takes about 0.05 ms,
+    less than one time slice of the scheduler, so on a machine busy with other work one preempted
+    product would make float32 look as slow as the fallback kernel (a run on two cores beside a
+    test suite trained smol in bfloat16 at 3 tokens/s instead of 88)."""
     import torch
 
     def seconds(kind: Any) -> float:
         a, b = torch.randn(128, 128, dtype=kind), torch.randn(128, 128, dtype=kind)
         a @ b
-        started = time.perf_counter()
-        for _ in range(3):
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
             a @ b
-        return time.perf_counter() - started
+            times.append(time.perf_counter() - started)
+        return min(times)
 
-    return seconds(getattr(torch, dtype)) > 2 * seconds(torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernels compared, not how the threads of one fare against other work
+    try:
+        return seconds(getattr(torch, dtype)) > 2 * seconds(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _dtype(job: Job) -> Any:
