@@ -247,6 +247,7 @@ def main() -> None:
     train = _pick(datasets.read(data, "train"), keep, a.replay)
     val = _pick(datasets.read(data, "val"), keep, 0)
     evals = [r for r in datasets.read(data, "eval") if keep(r)]
+    kept_base = _base_from(Path(a.base_from), evals) if a.base_from else None  # refused before training, not after
     base = models.resolve(a.base).path
     from tuner.train import pinned
 
@@ -280,8 +281,7 @@ def main() -> None:
     from repotune import db as store_db
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
-    points = [{"epoch": 0, "tokens": 0, **(_base_from(Path(a.base_from), evals) if a.base_from
-                                           else _base_scores(a.base, evals, store))}]
+    points = [{"epoch": 0, "tokens": 0, **(kept_base or _base_scores(a.base, evals, store))}]
     print("base", {k: v for k, v in points[0].items() if k != "answers"}, flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)
