@@ -153,11 +153,14 @@ def _first_cycle(settings: Any, up: subprocess.Popen[str], timeout: float) -> di
 
     path = store.db_path(settings.data_dir)
     found: list[Any] = []
+    opened: list[Any] = []  # the store, opened once it exists (not once a poll)
 
     def decided() -> bool:
-        if not path.exists():
+        if not opened and path.exists():
+            opened.append(store.open_db(path))
+        if not opened:
             return False
-        runs = cycles.runs(store.open_db(path), settings.lineage, limit=1)
+        runs = cycles.runs(opened[0], settings.lineage, limit=1)
         found[:] = runs
         return bool(runs) and runs[0].status != "running"
 

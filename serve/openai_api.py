@@ -253,7 +253,7 @@ async def _stream(state: GatewayState, url: str, payload: bytes, done: _Done,
             async for chunk in upstream.content.iter_any():
                 if b'"usage"' in chunk:
                     state.metrics.count_usage(chunk)
-                tail = (tail + chunk)[-64:]
+                tail = (tail + chunk[-64:])[-64:]  # never a copy of a whole chunk
                 ended = ended or b"data: [DONE]" in tail
                 if replies is None:
                     yield chunk  # as bytes: conforming chunks are not decoded and re-encoded
