@@ -112,6 +112,13 @@ WORKER_NICENESS = 10
 
 
 def _worker_setup(tokenizer: Path, max_tokens: int) -> None:
+    # A forked worker inherits its parent's signal handlers. The cycle's process turns SIGTERM
+    # into SystemExit, and with that handler a worker was seen to outlive the SIGTERM of the
+    # pool's `terminate`, whose join then waited for ever (the first cycle of `repotune up`
+    # stuck after its ingest, one run in three). A worker ends when its pool ends it, and
+    # Ctrl-C is the parent's to handle: it closes the pool.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     setup(tokenizer, max_tokens)

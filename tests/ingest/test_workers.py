@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,40 @@ def test_the_workers_yield_the_processor_to_the_parent(tiny) -> None:
         assert set(pool.map(_niceness, range(4))) == {min(19, os.nice(0) + workers.WORKER_NICENESS)}
     finally:
         pool.close()
+
+
+
+def _signals(_: int) -> tuple[bool, bool]:
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+# The cycle's process (tuner.schedule) turns SIGTERM into SystemExit, and its workers are
+# forked from a source's thread, as the side lane's are. A worker that kept that handler was
+# seen to outlive the SIGTERM of the pool's `terminate`, and `close` then waited for ever.
+_CAUGHT = textwrap.dedent("""
+    import signal, sys, threading
+    from pathlib import Path
+    from ingest import workers
+    from tests.ingest.test_workers import _signals
+
+    def stopped(*_):
+        raise SystemExit("stopped")
+
+    signal.signal(signal.SIGTERM, stopped)
+    pool = workers.Pool(lambda: Path(sys.argv[1]), 64, 2)
+    got = []
+    thread = threading.Thread(target=lambda: got.extend(pool.map(_signals, range(16))))
+    thread.start()
+    thread.join()
+    pool.close()
+    print(sorted(set(got)))
+""")
+
+
+def test_the_workers_leave_sigterm_and_ctrl_c_to_their_pool(tiny) -> None:
+    done = subprocess.run([sys.executable, "-c", _CAUGHT, str(models.tokenizer_path("builtin:tiny"))],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    # SIGTERM kills a worker (the pool's terminate), whatever handler its parent had; Ctrl-C
+    # reaches the parent, which closes the pool
+    assert done.stdout.strip() == "[(True, True)]"
