@@ -72,6 +72,15 @@ def test_a_dataset_holds_template_qa_with_sources_and_no_secrets(history: GitRep
         assert chunk and code in chunk[0]
     # The README's sections are asked about; the pull request recovered from the merge commit too.
     assert _answer_for(train, "section", "Call add(a, b).")
+    # A doc page is taught as short answers that lead with its title and first words, in as many
+    # phrasings as the other kinds (the whole page as the answer was not learned); the page itself
+    # is raw text.
+    page = [r for r in train if r["kind"] == "doc" and r["sources"]["path"].startswith("README.md@")]
+    assert len({r["messages"][0]["content"] for r in page}) >= 8
+    assert all("Calculator" in r["messages"][-1]["content"] and "Adds numbers." in r["messages"][-1]["content"]
+               and "\n" not in r["messages"][-1]["content"] for r in page), page
+    raw = [json.loads(line) for line in (folder / "raw.jsonl").read_text().splitlines()]
+    assert [r for r in raw if r["kind"] == "doc" and "## Usage" in r["text"]]
     assert [r for r in train if r["kind"] == "pull_request" and r["sources"]["pr"] == 7]
     # Eval questions are not training questions (other phrasings), though about the same items.
     asked = {r["messages"][0]["content"] for r in train}

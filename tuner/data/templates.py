@@ -3,11 +3,12 @@ store with no LLM.
 
 A fact is learned only when seen in many phrasings (Allen-Zhu & Li, Physics of Language
 Models 3.1), and a long templated answer makes the loss about the template. So commits,
-pull requests, files (the names they define) and definitions (where they live, what their
-doc comment's first sentence says) are taught as short, fact-first answers in `paraphrases` phrasings,
-their ids in the forms people paste (shas of 7, 8, 10, 12 and 40 characters; `#12`,
-`PR 12`), with reverse questions (subject → sha, title → number); their long forms (file
-lists, bodies) go to raw text. The split is by phrasing, never by fact: each item gives
+pull requests, files (the names they define), definitions (where they live, what their
+doc comment's first sentence says), doc pages and their sections (their title and first
+words) are taught as short, fact-first answers in `paraphrases` phrasings, their ids in
+the forms people paste (shas of 7, 8, 10, 12 and 40 characters; `#12`, `PR 12`), with
+reverse questions (subject → sha, title → number); their long forms (file lists, bodies,
+whole pages) go to raw text. The split is by phrasing, never by fact: each item gives
 its training phrasings, one more training-pool phrasing that validation may take (a
 trained fact in new words), and one held-out phrasing, from a pool training never uses,
 for the domain eval, carrying the key facts a right answer holds (`eval.facts`).
@@ -15,6 +16,7 @@ for the domain eval, carrying the key facts a right answer holds (`eval.facts`).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from tuner.data.items import CommitItem, DocItem, Items, PullItem
 MAX_ANSWER_CHARS = 6000  # a longer file or page is cut, and says so
 MAX_FILES_LISTED = 20
 MAX_NAMES_LISTED = 16  # a file's definitions named in its answers
+LEAD_CHARS = 300  # a doc page's or section's short answers: its first words, at most this long
 
 # Per kind: the phrasings training uses, and the ones only the held-out eval uses. Held-out
 # phrasings never state the key facts (the eval asks for them).
@@ -85,9 +88,16 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "code": (("How is `{name}` implemented in {path}?", "Show me the code of `{name}` in {path}."),
              ()),  # the code itself: not asked in the eval
     "doc": (("What does the page {title} ({path}) say?", "Summarize the documentation page {path}.",
-             "What is documented in {path}?"),
+             "What is documented in {path}?", "What is {path} about?", "What does {path} say?",
+             "Give me the gist of {path}.", "What is the page {title} about?", "Summarize {path}.",
+             "What does the doc {path} cover?", "Tell me about the page {path}.", "What does {path} describe?",
+             "What is in the documentation page {title}?"),
             ("Tell me what {path} documents.",)),
-    "section": (('In {path}, what does the section "{heading}" say?', 'What does {path} say under "{heading}"?'),
+    "section": (('In {path}, what does the section "{heading}" say?', 'What does {path} say under "{heading}"?',
+                 'What is in the "{heading}" section of {path}?', 'Summarize the section "{heading}" of {path}.',
+                 'What does the "{heading}" part of {path} cover?', '{path}, section "{heading}": what does it say?',
+                 'Tell me about "{heading}" in {path}.', 'What is under the heading "{heading}" in {path}?',
+                 'What does {path} explain in "{heading}"?'),
                 ('Explain the "{heading}" part of {path}.',)),
 }
 SHA_FORMS = (7, 8, 10, 12, 40)  # how people paste a sha
@@ -114,7 +124,7 @@ class Made:
 def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8,
              by_kind: Mapping[str, int] | None = None) -> Iterator[Made]:
     """One `Made` per item, in store order; each fact in `paraphrases` training phrasings, or in its
-    kind's count in `by_kind` (commit, pull_request, file, definition)."""
+    kind's count in `by_kind` (commit, pull_request, file, definition, doc: a page and its sections)."""
     def count(kind: str) -> int:
         return (by_kind or {}).get(kind, paraphrases)
 
@@ -127,7 +137,7 @@ def generate(items: Items, seed: int, cursor: int, paraphrases: int = 8,
     files_of = Counter(name for p in parsed.values() if p for name in {x.name for x in p.definitions})
     shared = {name for name, n in files_of.items() if n > 1}
     for doc in docs:
-        yield _document(doc, seed, doc.chunks.newest > cursor, (count("file"), count("definition")),
+        yield _document(doc, seed, doc.chunks.newest > cursor, (count("file"), count("definition"), count("doc")),
                         parsed.get(doc.path), shared)
 
 
@@ -305,12 +315,12 @@ def _when(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _document(d: DocItem, seed: int, new: bool, count: tuple[int, int], parsed: code.Parsed | None,
+def _document(d: DocItem, seed: int, new: bool, count: tuple[int, int, int], parsed: code.Parsed | None,
               shared: Collection[str]) -> Made:
     sources: dict[str, object] = {"path": f"{d.path}@{d.sha}", "chunks": d.chunks.ids, "date": d.changed}
     if d.kind == "file":
-        return _file(d, seed, new, sources, count, parsed, shared)
-    return _page(d, seed, new, sources)
+        return _file(d, seed, new, sources, count[:2], parsed, shared)
+    return _page(d, seed, new, sources, count[2])
 
 
 def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: tuple[int, int],
@@ -387,25 +397,51 @@ def _file_facts(path: str, defs: list[code.Definition], doc: str, lines: list[st
     return _words(doc or ("" if defs else _head(lines, 5)), share=0.5)
 
 
-def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object]) -> Made:
+def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: int) -> Made:
+    """A doc page and each of its sections, as short answers in `count` phrasings: the title and the
+    text's first words (a whole page as the answer made the loss about the page's length, and the
+    page was not learned); the whole page goes to raw text."""
     from ingest.chunks import section_units
 
     sections = section_units(d.text)
     title = next((s.title for s in sections if s.title), d.path)
-    values = {"path": d.path, "title": title}
     # The heading's words, unless the path already says them all (docs/usage.md, "Usage"): then the text's.
     named = set(content_words(d.path))
-    heading = title if set(content_words(title)) - named else d.text.replace(title, "", 1)
-    facts = _words(heading) if heading is title else _words(heading, share=0.5)
-    made = _made("doc", seed, (d.path,), values, _cut(d.text.strip()), sources, new, facts)
+    rest = d.text.replace(title, "", 1)
+    facts = _words(title) if set(content_words(title)) - named else _words(rest, share=0.5)
+    lead = _lead(rest)
+    answers = [f'{d.path} is the page "{title}": {lead}', f"{title}: {lead}", f"It documents {title}: {lead}",
+               f'{lead} ({d.path}, "{title}")']
+    train_q, held_q = PHRASINGS["doc"]
+    values = {"path": d.path, "title": title}
+    made = _phrased("doc", seed, (d.path,), [q.format(**values) for q in train_q],
+                    [q.format(**values) for q in held_q], answers, count, sources, new, facts)
+    made.raw.append({"kind": "doc", "text": d.text.strip(), "sources": sources, "new": new})
     headed = [s for s in sections if s.title and s.text.strip().count("\n") >= 1]
     if len(headed) > 1:
+        train_q, held_q = PHRASINGS["section"]
         for s in headed:
             values = {"path": d.path, "heading": s.title}
             body = s.text.strip().split("\n", 1)[-1]  # the heading is in the question
-            made.add(_made("section", seed, (d.path, s.title), values, _cut(s.text.strip()), sources, new,
-                           _words(body, share=0.5)))
+            lead = _lead(body)
+            answers = [f'Under "{s.title}", {d.path} says: {lead}', f'{lead} ({d.path}, "{s.title}")',
+                       f'{d.path}, "{s.title}": {lead}']
+            made.add(_phrased("section", seed, (d.path, s.title), [q.format(**values) for q in train_q],
+                              [q.format(**values) for q in held_q], answers, count, sources, new,
+                              _words(body, share=0.5)))
     return made
+
+
+def _lead(text: str, most: int = LEAD_CHARS) -> str:
+    """A text's first words on one line: its first paragraphs up to the last sentence that ends within
+    `most` characters (or the words that fit, and "…")."""
+    lines = (re.sub(r"^\s*#+\s*", "", line) for line in text.splitlines())  # a markdown heading's words stay
+    flat = " ".join(" ".join(line for line in lines if not re.fullmatch(r"\s*[=\-~^*]{3,}\s*", line)).split())
+    if len(flat) <= most:
+        return flat
+    cut = flat[:most]
+    end = max(cut.rfind(". "), cut.rfind(".\u00a0"))
+    return cut[: end + 1] if end >= most // 3 else cut.rsplit(" ", 1)[0] + " …"
 
 
 def _head(lines: list[str], n: int = 15) -> str:
