@@ -359,7 +359,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         replay += f", pinned by KL (weight {result['replay_kl']:g}, {result.get('kl_rows', 8)} rows a step{top})"
     source = result["source"] + (", all kinds" if result.get("all_kinds") else "") \
         + (" but code" if result.get("all_kinds") and not result.get("code_answers", True) else "")
-    fig.suptitle(f"{result['base']}: {source}, {result['paraphrases']} phrasings, lr {result['lr']} "
+    own = ", ".join(f"{k} {n}" for k, n in sorted((result.get("paraphrases_by_kind") or {}).items()))
+    phrasings = f"{result['paraphrases']} phrasings" + (f" ({own})" if own else "")
+    fig.suptitle(f"{result['base']}: {source}, {phrasings}, lr {result['lr']} "
                  f"{result.get('scheduler', '')}, rank {result['rank']}\n{replay}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
