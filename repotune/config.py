@@ -186,7 +186,7 @@ class IngestSection(Section):
 
 
 DATA_GENERATORS = ("templates", "teacher", "replay", "raw")
-PHRASED_KINDS = ("commit", "pull_request", "file", "definition")
+PHRASED_KINDS = ("commit", "pull_request", "file", "definition", "doc")
 
 
 class DataSection(Section):
@@ -205,7 +205,8 @@ class DataSection(Section):
     paraphrases_by_kind: dict[str, int] = Field(
         default_factory=dict,
         description="Training phrasings of one kind's facts where they differ from `paraphrases` (commit, "
-        "pull_request, file, definition; a reverse question follows its kind, halved), e.g. "
+        "pull_request, file, definition, doc: a page and its sections; a reverse question follows its kind, "
+        "halved), e.g. "
         "{commit = 16, file = 16}. A count above the phrasings a kind has gives each of them once (a commit's "
         "reverse questions have 10, a file 17).",
     )

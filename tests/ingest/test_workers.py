@@ -101,7 +101,6 @@ def test_the_workers_yield_the_processor_to_the_parent(tiny) -> None:
         pool.close()
 
 
-
 def _signals(_: int) -> tuple[bool, bool]:
     return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 

@@ -297,7 +297,8 @@ def test_a_kind_can_have_its_own_count_of_phrasings(history: GitRepo, settings_f
     from repotune import config as cfg
 
     plain = settings_for(history.path, workers=1)
-    raw = {**plain.config.model_dump(), "tuner": {"data": {"paraphrases_by_kind": {"commit": 16, "file": 12}}}}
+    raw = {**plain.config.model_dump(), "tuner": {"data": {"paraphrases_by_kind": {"commit": 16, "file": 12,
+                                                                                  "doc": 4}}}}
     settings = cfg.Settings(config=cfg.parse(raw), source=None, root=plain.root, secrets=cfg.Secrets())
     ingest(settings)
     train = read(build(settings).path, "train")
@@ -310,6 +311,8 @@ def test_a_kind_can_have_its_own_count_of_phrasings(history: GitRepo, settings_f
         assert len(asked("commit", title)) == 16, title
         assert len(asked("commit_reverse", title)) == 8, title  # a reverse question follows its kind, halved
     assert len(asked("file", "calculator.py")) == 12
+    assert len(asked("doc", "Adds numbers.")) == 4  # a page; and each of its sections
+    assert len(asked("section", "Call add(a, b).")) == 4
     assert len(asked("definition", "`add`")) == settings.config.tuner.data.paraphrases == 8  # the others keep theirs
 
 

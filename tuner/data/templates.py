@@ -173,6 +173,12 @@ def _phrased(kind: str, seed: int, key: tuple[object, ...], questions: list[str]
                 val)
 
 
+def _asked(kind: str, values: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """A kind's training and held-out questions about one item."""
+    train, held_out = PHRASINGS[kind]
+    return [q.format(**values) for q in train], [q.format(**values) for q in held_out]
+
+
 def _checkable(facts: Mapping[str, object] | None) -> bool:
     """A held-out question only where a right answer has something to show beyond what it asks: words,
     an exact string, a sha or a number to find (the share alone checks nothing)."""
@@ -345,9 +351,7 @@ def _file(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: t
     else:
         answers = [f"{d.path} begins:\n\n```\n{_head(lines, 8)}\n```"]  # short: asked in every phrasing
     values = {"path": d.path, "date": date or "the current head"}
-    train_q, held_q = PHRASINGS["file"]
-    made = _phrased("file", seed, (d.path,), [q.format(**values) for q in train_q],
-                    [q.format(**values) for q in held_q], answers, count[0], sources, new,
+    made = _phrased("file", seed, (d.path,), *_asked("file", values), answers, count[0], sources, new,
                     _file_facts(d.path, defs, doc, lines))
     made.add(_made("show", seed, (d.path,), values, _cut(f"```\n{d.text.rstrip()}\n```"), sources, new))
     for x in defs:
@@ -412,22 +416,18 @@ def _page(d: DocItem, seed: int, new: bool, sources: dict[str, object], count: i
     lead = _lead(rest)
     answers = [f'{d.path} is the page "{title}": {lead}', f"{title}: {lead}", f"It documents {title}: {lead}",
                f'{lead} ({d.path}, "{title}")']
-    train_q, held_q = PHRASINGS["doc"]
-    values = {"path": d.path, "title": title}
-    made = _phrased("doc", seed, (d.path,), [q.format(**values) for q in train_q],
-                    [q.format(**values) for q in held_q], answers, count, sources, new, facts)
+    made = _phrased("doc", seed, (d.path,), *_asked("doc", {"path": d.path, "title": title}), answers, count,
+                    sources, new, facts)
     made.raw.append({"kind": "doc", "text": d.text.strip(), "sources": sources, "new": new})
     headed = [s for s in sections if s.title and s.text.strip().count("\n") >= 1]
     if len(headed) > 1:
-        train_q, held_q = PHRASINGS["section"]
         for s in headed:
-            values = {"path": d.path, "heading": s.title}
             body = s.text.strip().split("\n", 1)[-1]  # the heading is in the question
             lead = _lead(body)
             answers = [f'Under "{s.title}", {d.path} says: {lead}', f'{lead} ({d.path}, "{s.title}")',
                        f'{d.path}, "{s.title}": {lead}']
-            made.add(_phrased("section", seed, (d.path, s.title), [q.format(**values) for q in train_q],
-                              [q.format(**values) for q in held_q], answers, count, sources, new,
+            asked = _asked("section", {"path": d.path, "heading": s.title})
+            made.add(_phrased("section", seed, (d.path, s.title), *asked, answers, count, sources, new,
                               _words(body, share=0.5)))
     return made
 
@@ -440,7 +440,7 @@ def _lead(text: str, most: int = LEAD_CHARS) -> str:
     if len(flat) <= most:
         return flat
     cut = flat[:most]
-    end = max(cut.rfind(". "), cut.rfind(".\u00a0"))
+    end = cut.rfind(". ")
     return cut[: end + 1] if end >= most // 3 else cut.rsplit(" ", 1)[0] + " …"
 
 
