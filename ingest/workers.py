@@ -359,10 +359,34 @@ class Pool:
         with self._starting:
             self._closing.set()  # for good: a source still running gets no new workers
             if self._pool is not None:
+                self._free_locks_of_the_dead()
                 self._pool.terminate()
                 self._pool.join()
                 self._pool = None
                 gc.unfreeze()
+
+
+    def _free_locks_of_the_dead(self) -> None:
+        """Where a worker was killed, end the others too and free the queues' locks it may have held.
+
+        An idle worker waits for its next task holding the task queue's read lock, and one
+        that sends results holds the result queue's write lock. A worker killed there (the
+        out-of-memory killer) never releases it, and the pool's `terminate` waits for ever to
+        take the read lock (to drain the task queue) or to send its own sentinel. Once no
+        worker is left, nobody else can hold them, and a lock that is free refuses a release
+        (ValueError). This reaches into `multiprocessing.pool.Pool`'s queues (`_inqueue`,
+        `_outqueue`) and their locks (`_rlock`, `_wlock`), unchanged since Python 3.8; if they
+        are renamed, the AttributeError says so here, in the tests, before any pool hangs."""
+        if all(w.exitcode is None for w in self._workers):
+            return
+        for w in self._workers:
+            if w.exitcode is None:
+                w.kill()
+        for w in self._workers:
+            w.join()
+        for lock in (self._pool._inqueue._rlock, self._pool._outqueue._wlock):
+            with contextlib.suppress(ValueError):
+                lock.release()
 
 
 def pool_for(settings: Settings) -> Pool:
