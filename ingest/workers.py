@@ -359,15 +359,18 @@ class Pool:
         with self._starting:
             self._closing.set()  # for good: a source still running gets no new workers
             if self._pool is not None:
-                self._free_locks_of_the_dead()
-                self._pool.terminate()
-                self._pool.join()
+                if self._free_locks_of_the_dead():
+                    self._end_bounded(self._pool)
+                else:
+                    self._pool.terminate()
+                    self._pool.join()
                 self._pool = None
                 gc.unfreeze()
 
 
-    def _free_locks_of_the_dead(self) -> None:
-        """Where a worker was killed, end the others too and free the queues' locks it may have held.
+    def _free_locks_of_the_dead(self) -> bool:
+        """Where a worker was killed, end the others too and free the queues' locks it may have held;
+        says whether one was.
 
         An idle worker waits for its next task holding the task queue's read lock, and one
         that sends results holds the result queue's write lock. A worker killed there (the
@@ -378,7 +381,7 @@ class Pool:
         `_outqueue`) and their locks (`_rlock`, `_wlock`), unchanged since Python 3.8; if they
         are renamed, the AttributeError says so here, in the tests, before any pool hangs."""
         if all(w.exitcode is None for w in self._workers):
-            return
+            return False
         for w in self._workers:
             if w.exitcode is None:
                 w.kill()
@@ -387,6 +390,24 @@ class Pool:
         for lock in (self._pool._inqueue._rlock, self._pool._outqueue._wlock):
             with contextlib.suppress(ValueError):
                 lock.release()
+        return True
+
+    @staticmethod
+    def _end_bounded(pool: Any, wait_s: float = 30.0) -> None:
+        """The pool's `terminate` and `join` once its workers are all gone, given at most `wait_s`.
+
+        A worker killed halfway through sending a result (or reading a task) leaves part of a
+        message in a pipe, and the pool's own thread that reads it may then wait for the rest
+        for ever. No worker is left to wait for, so the pool's threads (daemons) are left to
+        the process's exit rather than holding up `close`."""
+        def end() -> None:
+            with contextlib.suppress(Exception):
+                pool.terminate()
+                pool.join()
+
+        ending = threading.Thread(target=end, name="end ingest pool", daemon=True)
+        ending.start()
+        ending.join(wait_s)
 
 
 def pool_for(settings: Settings) -> Pool:
