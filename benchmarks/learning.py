@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("commit", "commit_reverse")
-FILE_KINDS = ("file", "definition", "doc")  # of the files the slice touched (--all-kinds)
+FILE_KINDS = ("file", "definition", "doc", "section")  # of the files the slice touched (--all-kinds)
 CODE_KINDS = ("code", "show")  # trained with --all-kinds unless --no-code; asked by no held-out question
 BATCH = 8
 
@@ -160,7 +160,8 @@ def main() -> None:
     ap.add_argument("--replay-answers", choices=("base", "gold", "both"), default="base",
                     help="the replayed general questions answered by the base itself or by the set's gold answers")
     ap.add_argument("--all-kinds", action="store_true", help="with --commits: also the files the slice touched, "
-                    "their definitions and docs (file, definition, code, show, doc questions), not only commits")
+                    "their definitions and docs (file, definition, code, show, doc and doc section questions), "
+                    "not only commits")
     ap.add_argument("--replay-kl", type=float, default=0.0, help="train.replay_kl: pin the base's distribution on "
                     "the general replay with a KL term of this weight (0: the replay is trained on as examples)")
     ap.add_argument("--kl-rows", type=int, default=0, help="train.replay_kl_rows: replay rows the KL term runs "
