@@ -140,7 +140,8 @@ def main() -> None:
     for r in runs:
         print(f"{r['what']}: {r['status']} in {r['seconds']} s; asked {r['asked']}")
         for label, m in r["models"].items():
-            print(f"  {label:10} general {m['general']:.3f}  mc {m['general_mc']:.3f}  domain {m['domain']:.3f}  "
+            mc = "—" if m["general_mc"] is None else f"{m['general_mc']:.3f}"  # base#2: not asked again
+            print(f"  {label:10} general {m['general']:.3f}  mc {mc:5}  domain {m['domain']:.3f}  "
                   f"{m['by_kind']}")
         for reason in r["reasons"]:
             print(f"  ✗ {reason}")

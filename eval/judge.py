@@ -7,7 +7,8 @@ it) for the length of the run. `base`, the promoted version and
 the candidate answer the general set's eval split greedily and the candidate's
 dataset's held-out domain questions (scored by their key facts); the base is asked
 twice, and the difference between its two scorings is the noise no margin is taken
-below. Multiple choice (the options' log-likelihood) is scored in-process, with the
+below (its second scoring leaves out multiple choice, which is computed in-process and
+gives the same figure every time). Multiple choice (the options' log-likelihood) is scored in-process, with the
 same weights and adapter folder: the log-probabilities of a given reply are the
 prompt's, which vLLM cannot compute with LoRA enabled (vllm-project/vllm#16668 kills
 its engine core; the server refuses such requests).
@@ -385,11 +386,13 @@ def _score(db: Any, run_id: int, answerer: _Answerer, label: str, identity: str,
         return (lambda done, total: progress(f"{label}: {name}", done, total)) if progress else None
 
     cached = True
-    g_key = _digest({"model": identity, "suite": "general", **{k: v for k, v in fixed.items() if k != "domain"}})
+    mc = label != "base#2"  # base#2 measures the served answers' noise; multiple choice in-process has none
+    g_key = _digest({"model": identity, "suite": "general", **{k: v for k, v in fixed.items() if k != "domain"},
+                     **({} if mc else {"mc": False})})
     g = _cached(db, g_key, general.Report, general.Result)
     if g is None:
         cached = False
-        g = general.run(answerer, general_qs, model=answerer.model, mc=True, progress=step("general"))
+        g = general.run(answerer, general_qs, model=answerer.model, mc=mc, progress=step("general"))
         _keep(db, g_key, answerer.model, "general", g)
     d_key = _digest({"model": identity, "suite": "domain", **{k: v for k, v in fixed.items() if k != "general"}})
     d = _cached(db, d_key, domain.Report, domain.Result)

@@ -163,7 +163,8 @@ def test_a_sensible_adapter_is_promoted_a_destructive_one_rejected_and_the_alias
     base, candidate = run["models"]["base"], run["models"]["candidate"]
     assert candidate["general"] >= base["general"] - 0.02 and candidate["general_mc"] >= base["general_mc"] - 0.02
     again = run["models"]["base#2"]
-    assert run["noise"] == round(max(abs(base[k] - again[k]) for k in ("general", "general_mc", "domain")), 4)
+    assert again["general_mc"] is None  # computed in-process: the same every time, so once
+    assert run["noise"] == round(max(abs(base[k] - again[k]) for k in ("general", "domain")), 4)
     # The live server now answers the alias with v1, and the registry says why.
     assert registry.promoted(_db(settings), settings.lineage).version == first.version
     assert _ask(server, settings.lineage, "Hello").status_code == 200
