@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--targets", default="", metavar="M,M,…",
+                    help="train.target_modules (default: the config's), e.g. add embed_tokens")
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
     ap.add_argument("--replay-answers", choices=("base", "gold", "both"), default="base",
                     help="the replayed general questions answered by the base itself or by the set's gold answers")
@@ -254,7 +256,8 @@ def main() -> None:
 
     supervised = pinned.split(train)[0] if a.replay_kl else train  # the replay feeds the KL term only
     steps_per_epoch = -(-len(supervised) // BATCH)
-    cfg = TrainSection(learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
+    targets = {"target_modules": a.targets.split(",")} if a.targets else {}
+    cfg = TrainSection(**targets, learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=BATCH, replay_kl=a.replay_kl,
                        replay_kl_rows=a.kl_rows, replay_kl_top=a.kl_top,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
@@ -304,8 +307,8 @@ def main() -> None:
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "paraphrases_by_kind": by_kind,
-              "epochs": a.epochs, "lr": a.lr,
-              "rank": a.rank, "replay": a.replay, "replay_answers": a.replay_answers,
+              "epochs": a.epochs, "lr": a.lr, "rank": a.rank, "targets": list(cfg.target_modules),
+              "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "kl_top": a.kl_top,
               "all_kinds": a.all_kinds,
               "code_answers": a.all_kinds and not a.no_code,
