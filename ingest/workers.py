@@ -367,7 +367,6 @@ class Pool:
                 self._pool = None
                 gc.unfreeze()
 
-
     def _free_locks_of_the_dead(self) -> bool:
         """Where a worker was killed, end the others too and free the queues' locks it may have held;
         says whether one was.

@@ -204,12 +204,10 @@ def _commit(c: CommitItem, seed: int, new: bool, count: int) -> Made:
     facts = {"words": _subject_words(title), "share": 2 / 3}
     made = _phrased("commit", seed, (c.sha,), [q.format(id=i) for q in train_q for i in ids],
                     [q.format(id=i) for q in held_q for i in ids], answers, count, sources, new, facts)
-    rev_q, rev_held = PHRASINGS["commit_reverse"]
     reverse = [f"Commit {c.sha[:7]}.", f"That is {c.sha[:10]}, by {c.author} on {when}.", f"{c.sha[:12]}: {title}.",
                f"It is commit {c.sha[:8]}."]
-    made.add(_phrased("commit_reverse", seed, (c.sha,), [q.format(title=title) for q in rev_q],
-                      [q.format(title=title) for q in rev_held], reverse, max(2, count // 2), sources, new,
-                      {"sha": c.sha}))
+    made.add(_phrased("commit_reverse", seed, (c.sha,), *_asked("commit_reverse", {"title": title}), reverse,
+                      max(2, count // 2), sources, new, {"sha": c.sha}))
     made.raw.append({"kind": "commit", "text": _commit_long(c), "sources": sources, "new": new})
     return made
 
@@ -271,10 +269,9 @@ def _pull(p: PullItem, seed: int, new: bool, count: int) -> Made:
     made = _phrased("pull_request", seed, (p.number,), [q.format(id=i) for q in train_q for i in ids],
                     [q.format(id=i) for q in held_q for i in ids], answers, count, sources, new,
                     {"words": _subject_words(title), "share": 2 / 3})
-    rev_q, rev_held = PHRASINGS["pull_request_reverse"]
     reverse = [f"Pull request #{p.number}.", f"That is #{p.number}{by}, {state}.", f"PR {p.number}: {title}."]
-    made.add(_phrased("pull_request_reverse", seed, (p.number,), [q.format(title=title) for q in rev_q],
-                      [q.format(title=title) for q in rev_held], reverse, max(2, count // 2), sources, new,
+    made.add(_phrased("pull_request_reverse", seed, (p.number,), *_asked("pull_request_reverse", {"title": title}),
+                      reverse, max(2, count // 2), sources, new,
                       {"number": p.number}))
     made.raw.append({"kind": "pull_request", "text": long, "sources": sources, "new": new})
     said = [c for c in p.comments if c.body.strip() or c.state]
