@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--embedding-lr", type=float, default=0.0,
+                    help="train.embedding_learning_rate: the rate of a LoRA on embed_tokens (with --targets)")
     ap.add_argument("--targets", default="", metavar="M,M,…",
                     help="train.target_modules (default: the config's), e.g. add embed_tokens")
     ap.add_argument("--replay", type=float, default=0.25, help="general replay examples per commit example")
@@ -257,7 +259,8 @@ def main() -> None:
     supervised = pinned.split(train)[0] if a.replay_kl else train  # the replay feeds the KL term only
     steps_per_epoch = -(-len(supervised) // BATCH)
     targets = {"target_modules": a.targets.split(",")} if a.targets else {}
-    cfg = TrainSection(**targets, learning_rate=a.lr, epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
+    cfg = TrainSection(**targets, learning_rate=a.lr, embedding_learning_rate=a.embedding_lr,
+                       epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=BATCH, replay_kl=a.replay_kl,
                        replay_kl_rows=a.kl_rows, replay_kl_top=a.kl_top,
                        max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
@@ -308,6 +311,7 @@ def main() -> None:
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "paraphrases_by_kind": by_kind,
               "epochs": a.epochs, "lr": a.lr, "rank": a.rank, "targets": list(cfg.target_modules),
+              "embedding_lr": a.embedding_lr,
               "replay": a.replay, "replay_answers": a.replay_answers,
               "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "kl_top": a.kl_top,
               "all_kinds": a.all_kinds,
@@ -365,8 +369,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         + (" but code" if result.get("all_kinds") and not result.get("code_answers", True) else "")
     own = ", ".join(f"{k} {n}" for k, n in sorted((result.get("paraphrases_by_kind") or {}).items()))
     phrasings = f"{result['paraphrases']} phrasings" + (f" ({own})" if own else "")
+    embedding = f", embed_tokens at lr {result.get('embedding_lr') or result['lr']}" \
+        if "embed_tokens" in result.get("targets", ()) else ""
     fig.suptitle(f"{result['base']}: {source}, {phrasings}, lr {result['lr']} "
-                 f"{result.get('scheduler', '')}, rank {result['rank']}\n{replay}", fontsize=9)
+                 f"{result.get('scheduler', '')}, rank {result['rank']}{embedding}\n{replay}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

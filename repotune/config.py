@@ -305,6 +305,10 @@ class TrainSection(Section):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA layers' input.")
     target_modules: list[str] = Field(list(LORA_TARGETS), min_length=1, description="Modules given LoRA layers.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    embedding_learning_rate: float = Field(
+        0.0, ge=0, description="Peak learning rate of a LoRA on embed_tokens (0: learning_rate); it follows the same "
+        "schedule. An embedding's rows move once per use, so one rate for all moves them far faster than the rest."
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training examples.")
     max_steps: int = Field(0, ge=0, description="Optimizer steps; 0: as many as the epochs take.")
     batch_size: int = Field(8, ge=1, description="Examples per device per step.")
@@ -365,17 +369,22 @@ class TrainSection(Section):
     @field_validator("target_modules")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        # vLLM serves LoRA on the linear layers of attention and MLP; it refuses adapters on
-        # the embeddings or the output head (and whole modules, PEFT's modules_to_save).
-        refused = [m for m in v if m in ("embed_tokens", "lm_head", "wte", "embed_out")]
+        # vLLM serves LoRA on the linear layers of attention and MLP and on the input embeddings
+        # of the models that declare them (Llama's `embed_tokens`); it refuses adapters on the
+        # output head and the other models' embeddings (and whole modules, modules_to_save).
+        refused = [m for m in v if m in ("lm_head", "wte", "embed_out")]
         if refused:
-            raise ValueError(f"{', '.join(refused)}: the engine cannot serve LoRA on embeddings or the output head")
+            raise ValueError(f"{', '.join(refused)}: the engine cannot serve LoRA on these embeddings or the output "
+                             "head (embed_tokens it can)")
         return v
 
     @model_validator(mode="after")
     def _best(self) -> TrainSection:
         if self.early_stopping_patience and not self.keep_best:
             raise ValueError("train.early_stopping_patience needs train.keep_best = true (the best weights are kept)")
+        if self.embedding_learning_rate and "embed_tokens" not in self.target_modules:
+            raise ValueError("train.embedding_learning_rate sets the rate of a LoRA on embed_tokens, which "
+                             "train.target_modules does not name")
         if 0 < self.max_batch_tokens < self.max_seq_len:
             raise ValueError(f"train.max_batch_tokens ({self.max_batch_tokens}) is less than one row of "
                              f"train.max_seq_len ({self.max_seq_len}): raise it, or cut max_seq_len")

@@ -211,7 +211,9 @@ def test_show_prints_toml_that_loads_back(write_config, tmp_path):
 
 
 @pytest.mark.parametrize(("train", "message"), [
-    ('target_modules = ["q_proj", "lm_head"]', "lm_head: the engine cannot serve LoRA on embeddings"),
+    ('target_modules = ["q_proj", "lm_head"]', "lm_head: the engine cannot serve LoRA on these embeddings"),
+    ("embedding_learning_rate = 1e-4", "train.embedding_learning_rate sets the rate of a LoRA on embed_tokens, "
+                                       "which train.target_modules does not name"),
     ("early_stopping_patience = 2", "needs train.keep_best = true"),
     ('backend = "deepspeed"', "train.backend: must be one of auto, trl, unsloth"),
     ('strategy = "sometimes"', "train.strategy: must be one of full, incremental"),
@@ -223,6 +225,12 @@ def test_train_settings_the_trainer_or_the_engine_cannot_use_are_refused_at_load
     with pytest.raises(cfg.ConfigError) as e:
         cfg.load(write_config(f"[train]\n{train}\n"))
     assert message in str(e.value)
+
+
+def test_a_lora_on_the_input_embeddings_loads_with_a_rate_of_its_own(write_config):
+    train = cfg.load(write_config('[train]\ntarget_modules = ["q_proj", "embed_tokens"]\n'
+                                  "embedding_learning_rate = 1e-4\n")).config.train
+    assert train.target_modules == ["q_proj", "embed_tokens"] and train.embedding_learning_rate == 1e-4
 
 
 def test_the_default_recipe_pins_the_base_and_replay_kl_0_alone_turns_it_off(write_config):

@@ -290,6 +290,26 @@ def test_replay_kl_holds_the_general_answers_to_the_base_and_the_domain_is_still
     assert same["pinned to the top 64"] >= same["unpinned"] + 10, same
 
 
+def test_a_lora_on_the_input_embeddings_is_saved_without_them_and_trained_at_its_own_rate(tmp_path, tiny):
+    """The adapter holds the embedding's LoRA, not the base's embedding matrix (the base has it), and
+    `train.embedding_learning_rate` sets how fast that LoRA moves while the others keep `learning_rate`."""
+    same = {"max_steps": 3, "learning_rate": 5e-3, "warmup_ratio": 0.0, "scheduler": "constant",
+            "target_modules": ["q_proj", "v_proj", "embed_tokens"]}
+    moved = {}
+    for name, rate in (("same rate", 0.0), ("a hundredth", 5e-5)):
+        result = train(training.prepared(tmp_path / name.replace(" ", "-"), **same, embedding_learning_rate=rate))
+        weights = load_file(result.adapter.path / "adapter_model.safetensors")
+        assert not [k for k in weights if k.endswith(("embed_tokens.weight", "base_layer.weight"))], list(weights)
+        embedding = [v for k, v in weights.items() if "lora_embedding_A" in k]  # zero before training
+        query = [v for k, v in weights.items() if "q_proj.lora_B" in k]  # zero before training
+        assert embedding and query
+        moved[name] = (sum(float(v.norm()) for v in embedding), sum(float(v.norm()) for v in query))
+        assert result.record.hyperparameters["embedding_learning_rate"] == rate
+    # Adam moves each weight by about its rate a step: a hundredth of the rate, about a hundredth of the way.
+    assert 0 < moved["a hundredth"][0] < moved["same rate"][0] / 20, moved
+    assert moved["a hundredth"][1] == pytest.approx(moved["same rate"][1], rel=0.5), moved
+
+
 def test_a_batch_split_under_max_batch_tokens_makes_the_same_optimizer_steps(tmp_path, tiny):
     """A batch too large for `train.max_batch_tokens` goes through the model in parts whose gradients are
     accumulated: the same steps on the same examples, so the same adapter, in a fraction of the memory."""

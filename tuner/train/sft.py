@@ -22,6 +22,7 @@ import json
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,37 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _embedding_notices() -> Iterator[None]:
+    """PEFT's two warnings about a LoRA on `embed_tokens`, which say nothing to act on here: the LoRA is
+    not tied to the output head on purpose (the engine serves no LoRA on the head), and checkpoints hold
+    the base's embedding whole (they are resumed from, then removed; the adapter does not)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Model has `tie_word_embeddings=True` and a tied layer")
+        warnings.filterwarnings("ignore", message=r"Setting `save_embedding_layers` to `True`")
+        yield
+
+
+def embedding_rate(trainer_class: Any, ratio: float) -> Any:
+    """`trainer_class` with the LoRA parameters of embeddings (PEFT's `lora_embedding_A`/`_B`) in
+    optimizer groups of their own, at `ratio` times their group's rate. The scheduler is made after
+    the optimizer and scales each group's own initial rate, so they follow the same schedule."""
+
+    class EmbeddingRate(trainer_class):  # type: ignore[misc]
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            embedding = {id(p) for n, p in self.model.named_parameters() if "lora_embedding_" in n}
+            for group in list(optimizer.param_groups):
+                moved = [p for p in group["params"] if id(p) in embedding]
+                if moved:
+                    group["params"] = [p for p in group["params"] if id(p) not in embedding]
+                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                               "params": moved, "lr": group["lr"] * ratio})
+            return optimizer
+
+    return EmbeddingRate
+
+
 def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) -> Trained:
     """Train `model` (a PEFT model, or a plain one with `peft_config`) on the job; save the adapter."""
     import datasets
@@ -131,6 +163,8 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
         trainer_class = pinned.trainer_class(cfg.replay_kl, pinned.encode(replay, tokenizer, cfg.max_seq_len),
                                              cfg.replay_kl_rows or rows, cfg.seed, tokenizer.pad_token_id,
                                              cfg.replay_kl_top)
+    if cfg.embedding_learning_rate:
+        trainer_class = embedding_rate(trainer_class, cfg.embedding_learning_rate / cfg.learning_rate)
     train = datasets.Dataset.from_list(as_dataset_rows(supervised, markers))
     val = datasets.Dataset.from_list(as_dataset_rows(job.val, markers)) if job.val else None
     checkpoints = job.work / CHECKPOINTS
@@ -170,20 +204,23 @@ def run(job: Job, model: Any, tokenizer: Any, peft_config: Any, backend: str) ->
     callbacks: list[Any] = [meter]
     if cfg.early_stopping_patience and val is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=val if evaluate else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    with _embedding_notices():
+        trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=val if evaluate else None,
+                                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints every log line; the progress callback shows them
     resume = last_complete_checkpoint(checkpoints) if job.resume else None
     if not job.resume:
         shutil.rmtree(checkpoints, ignore_errors=True)
     started = time.monotonic()
-    with answers_only_head():
+    with answers_only_head(), _embedding_notices():
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.monotonic() - started
     adapter = job.work / "adapter"
     tmp = job.work / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
+    # With a LoRA on `embed_tokens`, PEFT saves the base's whole embedding matrix beside the
+    # adapter unless told not to (113 MB on builtin:smol); the base already has it.
+    trainer.model.save_pretrained(tmp, save_embedding_layers=False)
     shutil.rmtree(adapter, ignore_errors=True)
     tmp.rename(adapter)
     state = trainer.state
