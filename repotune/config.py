@@ -417,7 +417,7 @@ class GateSection(Section):
 
 class EvalSection(Section):
     gate: GateSection = GateSection()
-    concurrency: int = Field(4, ge=1, le=64, description="Questions in flight at once through the endpoint.")
+    concurrency: int = Field(16, ge=1, le=64, description="Questions in flight at once through the endpoint.")
     wait_s: float = Field(
         180.0, gt=0, description="How long one question waits out an engine that restarts before the eval fails."
     )
