@@ -538,6 +538,13 @@ class Config(Section):
                 f"({self.serve.max_concurrent_per_key}): a request of n choices counts as n against its key's "
                 "limit, so one of max_n could never run"
             )
+        allowed = self.serve.max_concurrent_per_key + self.serve.max_queued_per_key
+        if self.eval.concurrency > allowed:
+            raise ValueError(
+                f"eval.concurrency ({self.eval.concurrency}) exceeds what one key may have running and waiting "
+                f"(serve.max_concurrent_per_key {self.serve.max_concurrent_per_key} + max_queued_per_key "
+                f"{self.serve.max_queued_per_key} = {allowed}): the server would refuse the gate's questions (429)"
+            )
         if self.train.lora_rank > self.serve.max_lora_rank:
             raise ValueError(
                 f"train.lora_rank ({self.train.lora_rank}) exceeds serve.max_lora_rank "

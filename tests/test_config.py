@@ -123,6 +123,15 @@ def test_max_n_above_a_keys_concurrency_is_refused_at_load(write_config):
     assert cfg.load(write_config("[serve]\nmax_concurrent_per_key = 8\nmax_n = 8\n")).config.serve.max_n == 8
 
 
+def test_eval_concurrency_above_what_a_key_may_run_and_queue_is_refused_at_load(write_config):
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load(write_config("[serve]\nmax_concurrent_per_key = 8\nmax_queued_per_key = 4\nmax_n = 8\n"
+                              "[eval]\nconcurrency = 16\n"))
+    assert "eval.concurrency (16) exceeds" in str(e.value) and "= 12)" in str(e.value)
+    assert cfg.load(write_config("[serve]\nmax_concurrent_per_key = 8\nmax_queued_per_key = 8\nmax_n = 8\n"
+                                 "[eval]\nconcurrency = 16\n")).config.eval.concurrency == 16
+
+
 def test_engine_rank_must_be_one_vllm_accepts(write_config):
     path = write_config("[serve]\nmax_lora_rank = 24\n[train]\nlora_rank = 8\n")
     with pytest.raises(cfg.ConfigError) as e:

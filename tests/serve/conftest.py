@@ -66,8 +66,8 @@ def policy_server(root: Path, policy_toml: str, repo: Path | None = None) -> Ite
     port = free_port()
     config = root / "config.toml"
     ingest = f'[ingest]\nrepo = "{repo}"\nworkers = 1\n' if repo else ""
-    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n'
-                      f'{ingest}[policy]\n{policy_toml}')
+    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}{EVAL_TOML}[tuner]\nlineage = "proj"\n'
+                      f'[paths]\ndata_dir = "state"\n{ingest}[policy]\n{policy_toml}')
     env = {**os.environ, "REPOTUNE_API_KEYS": API_KEY, "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
     cli = [sys.executable, "-m", "repotune.cli"]
@@ -102,12 +102,14 @@ SERVE_TOML = (
     'dtype = "float32"\nmax_model_len = 1024\nreconcile_interval_s = 1.0\n'
     "max_concurrent_per_key = 8\nmax_queued_per_key = 0\nmax_n = 8\nmax_cpu_loras = 16\n"
 )
+EVAL_TOML = "[eval]\nconcurrency = 8\n"  # within the key's 8: the gate's questions are not refused
 
 
 def _start(adapters: dict[str, Path], root: Path) -> Server:
     port = free_port()
     config = root / "config.toml"
-    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}[tuner]\nlineage = "proj"\n[paths]\ndata_dir = "state"\n')
+    config.write_text(f'[serve]\nport = {port}\n{SERVE_TOML}{EVAL_TOML}[tuner]\nlineage = "proj"\n'
+                      '[paths]\ndata_dir = "state"\n')
     env = {**os.environ, "REPOTUNE_API_KEYS": f"other-key,{API_KEY}", "REPOTUNE_ADMIN_KEY": ADMIN_KEY}
     env.pop("REPOTUNE_CONFIG", None)
     (root / "state").mkdir()

@@ -323,14 +323,20 @@ def test_a_batch_split_under_max_batch_tokens_makes_the_same_optimizer_steps(tmp
     a = load_file(str(whole.adapter.path / "adapter_model.safetensors"))
     b = load_file(str(parts.adapter.path / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
-    moved = max(float(t.abs().max()) for k, t in a.items() if "lora_B" in k)
+    # Measured over the whole adapter as one vector: Adam moves a weight whose gradient is nearly zero by
+    # a whole step either way, so float error may flip single weights (on one build of tiny the largest
+    # single difference was a fifth of the largest move), not the whole.
+    def norm(d: dict[str, torch.Tensor]) -> float:
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
+
+    moved = norm({k: t for k, t in a.items() if "lora_B" in k})
     assert moved > 1e-3  # the steps changed the adapter (lora_B starts at zero)
-    split = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert split < 0.02 * moved  # float error, amplified by Adam's normalised steps
+    split = norm({k: a[k] - b[k] for k in a})
+    assert split < 0.01 * moved, (split, moved)  # float error, amplified by Adam's normalised steps
     # against the same run from another seed (other initial weights, another order): a real difference
     other = train(training.prepared(tmp_path / "other", max_batch_tokens=0, seed=1, **same))
     c = load_file(str(other.adapter.path / "adapter_model.safetensors"))
-    assert max(float((a[k] - c[k]).abs().max()) for k in a if "lora_B" in k) > 10 * split
+    assert norm({k: a[k] - c[k] for k in a}) > 10 * split, (norm({k: a[k] - c[k] for k in a}), split)
 
 
 def test_replay_batches_cover_every_row_each_pass_and_are_padded_little():
@@ -370,7 +376,7 @@ def _moved_adapter(tiny):
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+            torch.nn.init.normal_(p, std=0.1)
     return AutoTokenizer.from_pretrained(tiny.path), model
 
 
