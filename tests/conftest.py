@@ -105,11 +105,5 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(tiny, tmp_path_factory: pytest.TempPathFactory):
     """An adapter trained by `repotune train`'s function on a one-commit repository (seconds, once a run)."""
     from tests import training
-    from tuner.train.run import train
 
-    settings = training.prepared(tmp_path_factory.mktemp("trained"), **training.MEMORISE)
-    result = train(settings)
-    from tuner.data.build import latest
-
-    question, subject = training.commit_example(latest(settings))
-    return result, training.Trained(settings, result.adapter.path, question, subject)
+    return training.trained(tmp_path_factory.mktemp("trained"), **training.MEMORISE)

@@ -64,6 +64,18 @@ class Trained:
     subject: str
 
 
+def trained(root: Path, **train: Any) -> tuple[Any, Trained]:
+    """`repotune train`'s function run on the small repository under `root` with these `[train]`
+    settings: its result, and the adapter with a trained commit question and that commit's subject."""
+    from tuner.data.build import latest
+    from tuner.train.run import train as run
+
+    s = prepared(root, **train)
+    result = run(s)
+    question, subject = commit_example(latest(s))
+    return result, Trained(s, result.adapter.path, question, subject)
+
+
 def commit_example(folder: Path) -> tuple[str, str]:
     """A commit question of the training split and its commit's subject."""
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]

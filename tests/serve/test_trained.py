@@ -40,17 +40,11 @@ def test_vllm_serves_a_lora_on_the_input_embeddings_as_peft_does(server, tiny, t
     import torch
     from safetensors.torch import load_file, save_file
 
-    from tuner.data.build import latest
-    from tuner.train.run import train
-
-    settings = training.prepared(tmp_path, **training.MEMORISE, target_modules=[*cfg.LORA_TARGETS, "embed_tokens"],
-                                 embedding_learning_rate=5e-4)
-    result = train(settings)
-    question, subject = training.commit_example(latest(settings))
-    t = training.Trained(settings, result.adapter.path, question, subject)
+    _, t = training.trained(tmp_path, **training.MEMORISE, target_modules=[*cfg.LORA_TARGETS, "embed_tokens"],
+                            embedding_learning_rate=5e-4)
     served = _served(server, t)
-    assert subject in served
-    assert served == training.greedy(tiny.path, t.adapter, question, tokens=48).strip()
+    assert t.subject in served
+    assert served == training.greedy(tiny.path, t.adapter, t.question, tokens=48).strip()
     # Without the embedding's LoRA the same adapter answers otherwise: the engine applied it.
     cut = tmp_path / "without-embeddings"
     cut.mkdir()
@@ -58,4 +52,4 @@ def test_vllm_serves_a_lora_on_the_input_embeddings_as_peft_does(server, tiny, t
     save_file({k: torch.zeros_like(v) if "lora_embedding_B" in k else v for k, v in weights.items()},
               cut / "adapter_model.safetensors")
     (cut / "adapter_config.json").write_text((t.adapter / "adapter_config.json").read_text())
-    assert training.greedy(tiny.path, cut, question, tokens=48).strip() != served
+    assert training.greedy(tiny.path, cut, t.question, tokens=48).strip() != served
