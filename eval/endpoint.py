@@ -33,7 +33,7 @@ class Endpoint:
     url: str  # the server, e.g. http://127.0.0.1:8000
     key: str
     model: str  # "base", "<lineage>@v<N>"
-    concurrency: int = 4
+    concurrency: int  # `eval.concurrency`: questions in flight at once
     wait_s: float = 180.0  # how long one request may wait out an engine that is restarting
     on_missing: Callable[[], object] | None = None  # called once when the model is gone (404), then retried
     _client: Any = field(default=None, repr=False)
