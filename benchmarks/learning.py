@@ -187,6 +187,12 @@ def main() -> None:
     ap.add_argument("--base-from", default="", metavar="JSON",
                     help="the base's scores from an earlier run's figures, when it asked the same questions with the "
                          "same key facts (a change to the training answers changes the reference answers, not them)")
+    ap.add_argument("--data-from", default="", metavar="FOLDER",
+                    help="the repository, store and dataset of an earlier run's folder, copied instead of ingested "
+                         "and built again (its --at, --paraphrases, --paraphrases-for and --replay-answers must be "
+                         "this run's)")
+    ap.add_argument("--warmup", type=float, default=0.03,
+                    help="train.warmup_ratio: the share of the steps spent warming up")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning"))
     a = ap.parse_args()
     if a.no_code and not a.all_kinds:
@@ -203,13 +209,17 @@ def main() -> None:
     from tuner.train.sft import Job
 
     folder = Path(a.score_only) if a.score_only else Path(tempfile.mkdtemp(prefix="learning-"))
+    if a.data_from and not a.score_only:
+        for part in ("repository", "typescript", "state"):
+            if (Path(a.data_from) / part).is_dir():
+                shutil.copytree(Path(a.data_from) / part, folder / part, symlinks=True)
     print(f"run folder: {folder}; the slice at {a.at}", flush=True)
     repo = ROOT
     if a.typescript:
         from benchmarks.ts_repo import generate
 
         repo = folder / "typescript"
-        if not a.score_only:
+        if not (a.score_only or a.data_from):
             generate(repo, a.typescript)
         kinds: tuple[str, ...] = ("commit", "commit_reverse", "pull_request", "pull_request_reverse", "definition")
 
@@ -219,7 +229,7 @@ def main() -> None:
         # this repository as it stood at --at, so that a run's questions and chunks are those of the revision
         # it names, whatever is checked out (and the base's scores can be kept between runs)
         repo = folder / "repository"
-        if not a.score_only:
+        if not (a.score_only or a.data_from):
             checkout(repo, a.at)
         kinds = KINDS + (FILE_KINDS if a.all_kinds else ())
         taught = kinds + (CODE_KINDS if a.all_kinds and not a.no_code else ())
@@ -245,7 +255,7 @@ def main() -> None:
                                                 "paraphrases_by_kind": by_kind,
                                                 "replay_general": 1.0, "eval_max": 100000,
                                                 "replay_answers": a.replay_answers}}}))
-    if not a.score_only:
+    if not (a.score_only or a.data_from):
         _cli(config, "ingest")
         _build(config, folder / "state", a.base)
     data = datasets.find(folder / "state", "learn")
@@ -263,7 +273,7 @@ def main() -> None:
                        epochs=a.epochs, scheduler=a.scheduler, lora_rank=a.rank,
                        lora_alpha=2 * a.rank, batch_size=BATCH, replay_kl=a.replay_kl,
                        replay_kl_rows=a.kl_rows, replay_kl_top=a.kl_top,
-                       max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=0.03,
+                       max_seq_len=256, checkpoint_steps=steps_per_epoch, keep_checkpoints=0, warmup_ratio=a.warmup,
                        budget_minutes=a.minutes)
     print(f"{len(train)} training examples ({len(evals)} held-out questions), {steps_per_epoch} steps an epoch",
           flush=True)
@@ -316,7 +326,7 @@ def main() -> None:
               "replay_kl": a.replay_kl, "kl_rows": a.kl_rows or BATCH, "kl_top": a.kl_top,
               "all_kinds": a.all_kinds,
               "code_answers": a.all_kinds and not a.no_code,
-              "scheduler": a.scheduler, "train_examples": len(train), "held_out": len(evals),
+              "scheduler": a.scheduler, "warmup": a.warmup, "train_examples": len(train), "held_out": len(evals),
               "epochs_trained": stages[-1][0] if stages else 0, "minutes_budget": a.minutes,
               "train_tokens": trained.tokens, "train_minutes": round(minutes, 1),
               "tokens_per_s": round(trained.tokens_per_s, 1), "points": points}

@@ -66,18 +66,31 @@ class LocalModel:
         return replies
 
     def option_logprobs(self, question: str, options: Sequence[str]) -> list[float]:
-        """Log-likelihood of each option as the whole reply (its end-of-turn token included)."""
+        """Log-likelihood of each option as the whole reply (its end-of-turn token included).
+
+        The prompt goes through the model once, and the options together after it, from its cached keys
+        and values: the prompt is most of each sequence, and was run once per option before. The options
+        are padded on the right, where no option's own tokens attend, so the padding changes nothing."""
         torch = self.torch
-        prompt = self.prompt(question)
+        prompt_ids = self.tokenizer(self.prompt(question), add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token or ""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        option_ids = [self.tokenizer(option + eos, add_special_tokens=False)["input_ids"] for option in options]
+        if not option_ids:
+            return []
+        width = max(len(ids) for ids in option_ids)
+        batch = torch.full((len(option_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        for i, ids in enumerate(option_ids):
+            batch[i, : len(ids)] = torch.tensor(ids)
+        with torch.no_grad():
+            head = self.model(input_ids=torch.tensor([prompt_ids], device=self.device), use_cache=True,
+                              logits_to_keep=1)
+            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)  # predicts each option's first token
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(len(option_ids))
+            logits = self.model(input_ids=batch.to(self.device), past_key_values=cache, use_cache=False).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
         scores = []
-        for option in options:
-            option_ids = self.tokenizer(option + eos, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt_ids + option_ids], device=self.device)
-            with torch.no_grad():
-                logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            target = torch.tensor(option_ids, device=self.device)
-            scores.append(float(logprobs.gather(1, target[:, None]).sum()))
+        for i, ids in enumerate(option_ids):
+            rest = torch.tensor(ids[1:], device=self.device)
+            scores.append(float(first[ids[0]] + logprobs[i, : len(ids) - 1].gather(1, rest[:, None]).sum()))
         return scores
