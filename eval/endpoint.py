@@ -50,6 +50,17 @@ class Endpoint:
         """Greedy replies, one per question, in order."""
         return self.answer_turns([(q,) for q in questions], max_new_tokens)
 
+    def generate(self, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[tuple[str, bool]]:
+        """Greedy replies, each with whether it ended by itself rather than at `max_new_tokens`, in order."""
+
+        def ask(question: str) -> tuple[str, bool]:
+            r = self._call(lambda: self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": question}], temperature=0,
+                max_tokens=max_new_tokens))
+            return (r.choices[0].message.content or "").strip(), r.choices[0].finish_reason == "stop"
+
+        return self._map(ask, questions)
+
     def answer_turns(self, conversations: Sequence[Sequence[str]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy replies to conversations of user turns (a request split over turns), in order."""
 

@@ -43,7 +43,8 @@ def _state(request: Request) -> GatewayState:
 @router.get("/v1/models")
 async def list_models(request: Request, key: ClientKey) -> JSONResponse:
     manager = _state(request).manager
-    base = {"id": "base", "object": "model", "created": 0, "owned_by": "repotune", "base_model": manager.base_model}
+    base = {"id": "base", "object": "model", "created": 0, "owned_by": "repotune", "base_model": manager.base_model,
+            "base_fingerprint": manager.base_fingerprint}
     return JSONResponse({"object": "list", "data": [base, *manager.models()]})
 
 

@@ -354,6 +354,30 @@ def test_general_replay_carries_the_bases_own_answers_made_once(history: GitRepo
     assert by_question[first] == {gold[first], "The base said this, in its own words."}
 
 
+def test_own_answers_go_on_in_process_when_the_server_stops_answering(tiny, tmp_path, monkeypatch) -> None:
+    from eval.endpoint import EndpointError
+    from eval.local import LocalModel
+    from tuner.data import own
+
+    monkeypatch.setattr(own, "SERVED_BATCH", 4)
+    questions = load(split="train")[:10]
+    asked: list[list[str]] = []
+
+    def server_gone_after_one_batch(texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+        asked.append(texts)
+        if len(asked) > 1:
+            raise EndpointError("http://127.0.0.1:1 did not answer for base within 1 s")
+        return [("Served.", True)] * len(texts)
+
+    notes: list[str] = []
+    got = own.answers(tiny, questions, tmp_path, lambda *a: notes.append(a[3]), server_gone_after_one_batch)
+    assert [got[q.id] for q in questions[:4]] == ["Served."] * 4
+    local = LocalModel(tiny.path).generate([q.question for q in questions[4:]], own.MAX_TOKENS)
+    assert [got.get(q.id) for q in questions[4:]] == [own.whole(reply, ended) for reply, ended in local]
+    assert any("stopped answering" in n and "in-process" in n for n in notes)
+    assert set(json.loads(own.cache_path(tmp_path, tiny).read_text())) == {q.id for q in questions}
+
+
 @pytest.mark.parametrize(("reply", "ended", "kept"), [
     ("Paris is the capital. It has", False, "Paris is the capital."),
     ("It is 3.14 or so! Then more", False, "It is 3.14 or so!"),
