@@ -52,25 +52,17 @@ class Endpoint:
 
     def generate(self, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[tuple[str, bool]]:
         """Greedy replies, each with whether it ended by itself rather than at `max_new_tokens`, in order."""
-
-        def ask(question: str) -> tuple[str, bool]:
-            r = self._call(lambda: self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": question}], temperature=0,
-                max_tokens=max_new_tokens))
-            return (r.choices[0].message.content or "").strip(), r.choices[0].finish_reason == "stop"
-
-        return self._map(ask, questions)
+        return self._map(lambda q: self._reply((q,), max_new_tokens), questions)
 
     def answer_turns(self, conversations: Sequence[Sequence[str]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """Greedy replies to conversations of user turns (a request split over turns), in order."""
+        return [text for text, _ in self._map(lambda turns: self._reply(turns, max_new_tokens), conversations)]
 
-        def ask(turns: Sequence[str]) -> str:
-            r = self._call(lambda: self.client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": t} for t in turns], temperature=0,
-                max_tokens=max_new_tokens))
-            return (r.choices[0].message.content or "").strip()
-
-        return self._map(ask, conversations)
+    def _reply(self, turns: Sequence[str], max_new_tokens: int) -> tuple[str, bool]:
+        r = self._call(lambda: self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": t} for t in turns], temperature=0,
+            max_tokens=max_new_tokens))
+        return (r.choices[0].message.content or "").strip(), r.choices[0].finish_reason == "stop"
 
     def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.mc_scoring import whole_passes
 from eval.local import LocalModel
 from repotune import models
 from repotune.cli import app
@@ -63,18 +64,6 @@ def test_an_adapter_is_evaluated_and_one_for_another_base_is_refused(tiny, tmp_p
     assert "f" * 16 in refused.stderr and tiny.fingerprint in refused.stderr and "refused" in refused.stderr
 
 
-def _whole_reply_logprob(local: LocalModel, question: str, option: str) -> float:
-    """An option's log-likelihood by its definition: one forward over the prompt and the option, the
-    option's tokens (its end-of-turn token included) scored where they are predicted."""
-    import torch
-
-    prompt = local.tokenizer(local.prompt(question), add_special_tokens=False)["input_ids"]
-    reply = local.tokenizer(option + local.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = local.model(input_ids=torch.tensor([prompt + reply])).logits[0, len(prompt) - 1: -1]
-    return float(torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(reply)[:, None]).sum())
-
-
 @pytest.mark.slow
 def test_options_scored_after_one_pass_over_the_prompt_are_each_whole_replys_likelihood(tiny, tmp_path):
     # options of different lengths, so that the shorter ones are padded; with an adapter too (PEFT's forward)
@@ -82,7 +71,7 @@ def test_options_scored_after_one_pass_over_the_prompt_are_each_whole_replys_lik
     options = ["Paris", "Lyon", "The city of Marseille, in the south", "Nice"]
     for local in (LocalModel(tiny.path), LocalModel(tiny.path, adapter)):
         got = local.option_logprobs(FRANCE, options)
-        want = [_whole_reply_logprob(local, FRANCE, o) for o in options]
+        want = whole_passes(local, FRANCE, options)  # one forward over the prompt and each option
         assert got == pytest.approx(want, abs=1e-3)
         assert len(set(want)) == len(want)  # the options are told apart, so the comparison means something
     assert max(range(4), key=got.__getitem__) == 1  # the adapter's answer is its likeliest option

@@ -370,7 +370,8 @@ def test_own_answers_go_on_in_process_when_the_server_stops_answering(tiny, tmp_
         return [("Served.", True)] * len(texts)
 
     notes: list[str] = []
-    got = own.answers(tiny, questions, tmp_path, lambda *a: notes.append(a[3]), server_gone_after_one_batch)
+    got = own.answers(tiny, questions, tmp_path, lambda *a: notes.append(a[3]),
+                      lambda: server_gone_after_one_batch)
     assert [got[q.id] for q in questions[:4]] == ["Served."] * 4
     local = LocalModel(tiny.path).generate([q.question for q in questions[4:]], own.MAX_TOKENS)
     assert [got.get(q.id) for q in questions[4:]] == [own.whole(reply, ended) for reply, ended in local]

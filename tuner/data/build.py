@@ -23,12 +23,11 @@ import os
 import shutil
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.questions import Question
 from repotune import datasets, manifests, models, registry, relevance
 from repotune import db as store
 from repotune.config import Settings
@@ -207,18 +206,15 @@ def _jsonl(rows: Any) -> bytes:
 
 
 def _own_answers(settings: Settings, base: models.Base, progress: Progress) -> others.Answers:
-    """The base's own answers to replayed general questions: from the running server when it serves this
+    """The base's own answers to replayed general questions: by the running server when it serves this
     base (looked for only when some are not cached yet), else in-process."""
     from repotune import promotion
 
-    def answered(questions: Sequence[Question]) -> dict[str, str]:
-        served = None
-        if not own.cached_all(base, questions, settings.data_dir):
-            served = own.served_base(promotion.server_url(settings), settings.secrets.admin_key, base,
-                                     settings.config.eval.concurrency, settings.config.eval.wait_s)
-        return own.answers(base, questions, settings.data_dir, progress, served)
+    def server() -> own.Generate | None:
+        return own.served_base(promotion.server_url(settings), settings.secrets.admin_key, base,
+                               settings.config.eval.concurrency, settings.config.eval.wait_s)
 
-    return answered
+    return lambda questions: own.answers(base, questions, settings.data_dir, progress, server)
 
 
 def _base(settings: Settings) -> models.Base:

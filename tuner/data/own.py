@@ -23,8 +23,9 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from eval.endpoint import EndpointError
+from eval.endpoint import Endpoint, EndpointError
 from eval.questions import Question
 from repotune import models
 
@@ -42,56 +43,61 @@ def cache_path(data_dir: Path, base: models.Base) -> Path:
 
 
 def answers(base: models.Base, questions: Sequence[Question], data_dir: Path,
-            progress: Progress | None = None, served: Generate | None = None) -> dict[str, str]:
-    """The base's own answer to each question that it answered in whole sentences, by question id;
-    `served`: a running server's `base` (`eval.endpoint.Endpoint.generate`), asked first."""
+            progress: Progress | None = None, server: Callable[[], Generate | None] | None = None) -> dict[str, str]:
+    """The base's own answer to each question that it answered in whole sentences, by question id.
+    `server` finds a running server's `base` (`served_base`); it is called only when some answers are not
+    cached yet, and what it finds is asked before the model is loaded in-process."""
     progress = progress or (lambda *a: None)
     if any(q.split != "train" for q in questions):
         raise ValueError("only train-split questions are replayed")
     path = cache_path(data_dir, base)
     cached = _load(path)
     missing = [q for q in questions if q.id not in cached]
-    label = "the base's own answers"
+    if not missing:
+        return _known(questions, cached)
+    served = server() if server else None
+    ways = ([(served, SERVED_BATCH, "from the server")] if served else []) + [(_in_process(base), BATCH, "")]
     done = 0
-    if missing and served is not None:
+    for generate, size, how in ways:
+        todo = [q for q in missing if q.id not in cached]
         try:
-            for i in range(0, len(missing), SERVED_BATCH):
-                batch = missing[i: i + SERVED_BATCH]
-                for q, (reply, ended) in zip(batch, served([q.question for q in batch], MAX_TOKENS), strict=True):
+            for i in range(0, len(todo), size):
+                batch = todo[i: i + size]
+                for q, (reply, ended) in zip(batch, generate([q.question for q in batch], MAX_TOKENS), strict=True):
                     cached[q.id] = whole(reply, ended)
-                _save(path, cached)
+                _save(path, cached)  # after each batch: a build killed halfway keeps what was answered
                 done += len(batch)
-                progress(label, done, len(missing), "from the server")
+                progress("the base's own answers", done, len(missing), how)
         except EndpointError as e:
-            progress(label, done, len(missing), f"the server stopped answering ({e}); the rest in-process")
-    rest = [q for q in missing if q.id not in cached]
-    if rest:
-        from eval.local import LocalModel
+            progress("the base's own answers", done, len(missing),
+                     f"the server stopped answering ({e}); the rest in-process")
+    return _known(questions, cached)
 
-        model = LocalModel(base.path, batch_size=BATCH)
-        for i in range(0, len(rest), BATCH):
-            batch = rest[i: i + BATCH]
-            for q, (reply, ended) in zip(batch, model.generate([q.question for q in batch], MAX_TOKENS), strict=True):
-                cached[q.id] = whole(reply, ended)
-            _save(path, cached)  # after each batch: a build killed halfway keeps what was answered
-            done += len(batch)
-            progress(label, done, len(missing), "")
+
+def _known(questions: Sequence[Question], cached: dict[str, str | None]) -> dict[str, str]:
     return {q.id: text for q in questions if (text := cached[q.id])}
 
 
-def cached_all(base: models.Base, questions: Sequence[Question], data_dir: Path) -> bool:
-    """Whether every question's answer is in the cache already (nothing to ask anyone)."""
-    cached = _load(cache_path(data_dir, base))
-    return all(q.id in cached for q in questions)
+def _in_process(base: models.Base) -> Generate:
+    """Greedy answers from the model loaded in-process, loaded at the first question."""
+    loaded: list[Any] = []
+
+    def generate(texts: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+        if not loaded:
+            from eval.local import LocalModel
+
+            loaded.append(LocalModel(base.path, batch_size=BATCH))
+        result: list[tuple[str, bool]] = loaded[0].generate(texts, max_tokens)
+        return result
+
+    return generate
 
 
 def served_base(url: str, key: str | None, base: models.Base, concurrency: int, wait_s: float) -> Generate | None:
     """The `base` of the server at `url` when it is this base (by its fingerprint, which `/v1/models`
     lists), asked with the admin `key` (the domain policy scores no admin request); None when no server
-    answers there, it runs another base, or there is no key."""
+    answers there, it runs another base, the key is not accepted, or there is none."""
     import httpx
-
-    from eval.endpoint import Endpoint
 
     if not key:
         return None
