@@ -100,3 +100,28 @@ def test_a_trial_that_timed_nothing_is_not_kept_as_the_speed(tmp_path, monkeypat
     for _ in range(2):
         assert speed.for_budget([], backend, base, [], TrainSection(), tmp_path) == (0.0, True)
     assert len(trials) == 2 and not (tmp_path / speed.FILE).exists()
+
+
+OLDER_AND_LARGER = (
+    [_row("file", {"path": "big.py@2222"}, "2026-01-01")] * 8
+    + [_row("commit", {"commit": "c" * 40}, "2026-02-01")] * 2
+    + [_row("general", {})] * 4
+)
+
+
+def test_the_room_a_fact_too_large_leaves_goes_to_more_passes_over_the_kept_ones() -> None:
+    # 140 tokens a pass; 100 hold the newest commit (20) and 2 of the 4 general rows: 40 a pass, room for 2.5
+    # passes, capped at twice the planned one.
+    planned = budget.plan(OLDER_AND_LARGER, ten_each, budget=100, times=1)
+    assert {budget.fact(r) for r in planned.rows} - {None} == {"commit:" + "c" * 40}
+    assert planned.more == budget.MAX_PASSES
+    # 70 tokens for 1 pass: 20 + 1 general row (30 a pass), room for 2.33; planned at 2 passes: 1.17 of them.
+    planned = budget.plan(OLDER_AND_LARGER, ten_each, budget=70, times=2)
+    assert planned.rows == [OLDER_AND_LARGER[8], OLDER_AND_LARGER[9], OLDER_AND_LARGER[10]]
+    assert planned.more == round(70 / 60, 3)
+
+
+def test_no_more_passes_when_the_kept_facts_fill_the_budget_or_overrun_it() -> None:
+    assert budget.plan(ROWS, ten_each, budget=180, times=2).more == 1.0  # 180 spent of 180
+    assert budget.plan(ROWS, ten_each, budget=1, times=1).more == 1.0  # the newest fact alone is over it
+    assert budget.plan(ROWS, ten_each, budget=120 * 3, times=3).more == 1.0  # everything fits: as configured

@@ -33,7 +33,7 @@ from typing import Any
 
 from repotune import db as store
 from repotune import manifests, models, registry
-from repotune.config import Settings
+from repotune.config import Settings, TrainSection
 from repotune.manifests import AdapterManifest, DatasetManifest, TrainingRecord
 from tuner.data import build as dataset_build
 from tuner.train import budget, speed
@@ -78,6 +78,7 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
             raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
         planned = _plan(settings, db, base, chosen, rows, notes)
         rows = planned.rows
+        cfg = _with_passes(cfg, planned.more)
         part = part_size(cfg.batch_size, cfg.max_seq_len, cfg.max_batch_tokens)
         if part < cfg.batch_size:
             notes.append(f"batches of {cfg.batch_size} go through the model in parts of {part} "
@@ -178,7 +179,20 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
         c = planned.covers
         notes.append(f"budget: {tokens:,} tokens hold the newest {c.facts:,} of {c.of:,} facts "
                      f"({c.since or '?'} to {c.until or '?'}), {len(planned.rows):,} of {len(rows):,} examples")
+    if planned.more > 1:
+        notes.append(f"budget: the room the next fact did not fit goes to {times * planned.more:.3g} passes over "
+                     f"these examples instead of {times:.3g}")
     return planned
+
+
+def _with_passes(cfg: TrainSection, more: float) -> TrainSection:
+    """The run's settings with its passes multiplied by `more` (`budget.Plan.more`): the epochs, or the steps
+    where `train.max_steps` decides."""
+    if more <= 1:
+        return cfg
+    if cfg.max_steps:
+        return cfg.model_copy(update={"max_steps": round(cfg.max_steps * more)})
+    return cfg.model_copy(update={"epochs": round(cfg.epochs * more, 3)})
 
 
 def _base(settings: Settings) -> models.Base:
