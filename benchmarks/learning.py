@@ -104,7 +104,8 @@ def _scores(base: Path, adapter: Path | None, evals: list[dict[str, Any]], gener
     out = {"forward": d.score, "commit": d.by_kind.get("commit", {}).get("score", 0.0), "reverse": d.reverse_score,
            "control": d.control, "general": g.score, "general_mc": g.mc_score,
            "by_kind": {k: v["score"] for k, v in d.by_kind.items()},
-           "answers": [(r.kind, r.question, r.expected, r.reply, r.correct) for r in d.results]}
+           "answers": [(r.kind, r.question, r.expected, r.reply, r.correct) for r in d.results],
+           "general_answers": {r.id: [r.reply, r.correct] for r in g.results}}
     if store:
         r = domain.run(WithContext(model, *store, k=3), evals, "bench", "slice", context=3)
         out |= {"forward_retrieval": r.score, "reverse_retrieval": r.reverse_score, "control_retrieval": r.control}
@@ -137,7 +138,8 @@ def _base_scores(spec: str, evals: list[dict[str, Any]], store: tuple[Any, str])
     kept = builtin.cache_root() / "benchmarks" / "base-scores" / f"{key}.json"
     if kept.is_file():
         cached: dict[str, Any] = json.loads(kept.read_text())
-        return cached
+        if "general_answers" in cached:  # kept before each general answer was: scored again
+            return cached
     scores = _scores(base.path, None, evals, general_mc=True, store=store)
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(scores))
@@ -299,7 +301,7 @@ def main() -> None:
 
     store = (store_db.open_db(store_db.db_path(folder / "state")), str(repo))
     points = [{"epoch": 0, "tokens": 0, **(kept_base or _base_scores(a.base, evals, store))}]
-    print("base", {k: v for k, v in points[0].items() if k != "answers"}, flush=True)
+    print("base", _shown(points[0]), flush=True)
     checkpoints = sorted((folder / "work" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
     stages: list[tuple[float, int, Path]] = []  # (epoch, tokens, adapter)
     for i, ckpt in enumerate(checkpoints, start=1):
@@ -316,7 +318,8 @@ def main() -> None:
             continue
         points.append({"epoch": epoch, "tokens": tokens,
                        **_scores(base, weights, evals, general_mc=last, store=store if last else None)})
-        print(f"epoch {epoch}", {k: v for k, v in points[-1].items() if k != "answers"}, flush=True)
+        points[-1]["general_churn"] = _churn(points[0], points[-1])
+        print(f"epoch {epoch}", _shown(points[-1]), flush=True)
     result = {"base": a.base, "source": f"typescript:{a.typescript}" if a.typescript else f"commits:{a.commits}",
               "at": a.at,
               "kinds": list(kinds), "commits": a.commits, "paraphrases": a.paraphrases, "paraphrases_by_kind": by_kind,
@@ -335,6 +338,24 @@ def main() -> None:
     Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, Path(f"{out}.png"))
     print(json.dumps({k: v for k, v in result.items() if k != "points"}, indent=2))
+
+
+def _shown(point: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if k not in ("answers", "general_answers")}
+
+
+def _churn(base: dict[str, Any], after: dict[str, Any]) -> dict[str, int] | None:
+    """How many general answers the adapter changed, against the base: turned wrong, turned right, and
+    worded differently at all. The net score hides how much moved: +3 is 20 lost and 23 gained as well as 3
+    gained; the churn is what a recipe that keeps the base's voice keeps low (None: the base's answers were
+    not kept)."""
+    before, now = base.get("general_answers"), after.get("general_answers")
+    if not before or not now:
+        return None
+    both = before.keys() & now.keys()
+    return {"right_to_wrong": sum(before[i][1] and not now[i][1] for i in both),
+            "wrong_to_right": sum(now[i][1] and not before[i][1] for i in both),
+            "replies_changed": sum(before[i][0] != now[i][0] for i in both)}
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
