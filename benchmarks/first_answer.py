@@ -17,7 +17,7 @@ Also the peak memory of up's process tree (the server, its engine, the tuner and
 The model cache is kept: the base's cold build is measured by `benchmarks.builtin_tiny` and
 `benchmarks.builtin_smol`.
 
-    python -m benchmarks.first_answer [--base builtin:tiny] [--budget-minutes 4] [--set train.epochs=5 ...]
+    python -m benchmarks.first_answer [--base builtin:tiny] [--budget-minutes 4] [--at REV] [--set train.epochs=5 ...]
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="another setting, e.g. train.epochs=5 (the value as JSON, else a string); repeatable")
     ap.add_argument("--timeout-minutes", type=float, default=60.0, help="give up on the first cycle after this")
+    ap.add_argument("--at", default="", metavar="REV",
+                    help="learn this repository as it was at REV (the code that runs is still HEAD's): the same "
+                         "newest facts as an earlier run, for a comparison pair by pair")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "first-answer"))
     a = ap.parse_args()
 
@@ -59,15 +62,20 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="first-answer-"))
     clone = folder / "project"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    learned = clone
+    if a.at:  # a second clone, its branch moved back to REV, is the repository up learns
+        learned = folder / "learned"
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(learned)], check=True)
+        subprocess.run(["git", "-C", str(learned), "reset", "--quiet", "--hard", a.at], check=True)
     shipped = tomllib.loads((ROOT / "config.toml").read_text())
     settings = overridden(shipped, [
-        f"model.base={a.base}", f"paths.data_dir={folder / 'state'}", f"ingest.repo={clone}",
+        f"model.base={a.base}", f"paths.data_dir={folder / 'state'}", f"ingest.repo={learned}",
         f"serve.port={free_port()}", f"train.budget_minutes={a.budget_minutes}", f"tuner.data.eval_max={a.eval_max}",
         *a.set])
     config = folder / "config.toml"
     config.write_text(tomli_w.dumps(settings))
     result: dict[str, Any] = {"base": a.base, "budget_minutes": a.budget_minutes, "eval_max": a.eval_max,
-                              "settings": a.set, "at": _head(), "run_folder": str(folder)}
+                              "settings": a.set, "at": _head(), "learned_at": a.at or None, "run_folder": str(folder)}
     print(f"run folder: {folder}", flush=True)
 
     env = {k: v for k, v in os.environ.items() if k not in ("REPOTUNE_API_KEYS", "REPOTUNE_ADMIN_KEY",
