@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -80,6 +81,32 @@ class ModelScores:
 
 
 @dataclass
+class Flow:
+    """How the candidate's general greedy answers moved against another model's, question by question.
+
+    The net change the gate judges is `turned_right − turned_wrong`; when many answers turn both ways
+    it is the small difference of two large counts, and its standard error over these `n` questions
+    (that of a paired difference, as McNemar's test uses) says how large a change the set can tell from
+    none. The base scored twice measures the engine's noise; this is the question set's."""
+
+    n: int
+    turned_wrong: int
+    turned_right: int
+    reworded: int  # answers whose text changed at all
+    standard_error: float  # of the net change in the share right
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, bool, str, bool]]) -> Flow:
+        """From (reply before, right before, reply after, right after), one per question."""
+        n = len(pairs)
+        wrong = sum(a and not b for _, a, _, b in pairs)
+        right = sum(b and not a for _, a, _, b in pairs)
+        spread = (wrong + right) - (right - wrong) ** 2 / n if n else 0.0
+        return cls(n, wrong, right, sum(x != y for x, _, y, _ in pairs),
+                   round(math.sqrt(max(spread, 0.0)) / n, 4) if n else 0.0)
+
+
+@dataclass
 class GateRun:
     id: int
     lineage: str
@@ -95,6 +122,7 @@ class GateRun:
     seconds: float
     changes: dict[str, dict[str, list[dict[str, str]]]]  # "<from> → candidate" → right_to_wrong / wrong_to_right
     scope: str = ""  # which held-out domain questions were asked, in words
+    flows: dict[str, Flow] = field(default_factory=dict)  # "<from> → candidate": the general greedy answers' moves
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +167,7 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
         id=run_id, lineage=lineage, candidate=candidate.version, current=current.version if current else None,
         dataset=folder.name, models=scores, noise=noise, rules=asdict(rules), verdict=verdict.as_dict(),
         status=status, report="", seconds=round(time.monotonic() - started, 1), changes=changes, scope=scope,
+        flows=_flows(db, run_id, scores),
     )
     from eval import report
 
@@ -454,6 +483,21 @@ def _decide(settings: Settings, db: Any, server: tuple[str, str], candidate: reg
         adapter = registry.transition(db, candidate.lineage, candidate.version, "rejected", actor,
                                       "failed the gate: " + "; ".join(verdict.reasons))
     return adapter.status
+
+
+def _flows(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, Flow]:
+    """The general greedy answers' moves from the base (and the current version) to the candidate."""
+    out = {}
+    for before in ("base", "current"):
+        if before in scores:
+            rows = db.query(
+                "select a.reply as was_reply, a.correct as was, b.reply as now_reply, b.correct as now "
+                "from eval_answers a join eval_answers b on a.run_id = b.run_id and a.suite = b.suite "
+                "and a.qid = b.qid where a.run_id = ? and a.suite = 'general' and a.model = ? "
+                "and b.model = 'candidate'", [run_id, before])
+            out[f"{before} → candidate"] = Flow.of([(r["was_reply"], bool(r["was"]), r["now_reply"], bool(r["now"]))
+                                                   for r in rows])
+    return out
 
 
 def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, dict[str, list[dict[str, str]]]]:

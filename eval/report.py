@@ -59,6 +59,11 @@ def markdown(run: GateRun) -> str:
     lines += ["", "## Rules", ""]
     for check in run.verdict["checks"]:
         lines.append(f"- {'✓' if check['passed'] else '✗'} {check['rule']}")
+    for pair, flow in run.flows.items():
+        lines += ["", f"General answers, greedy, {pair}: {flow.turned_wrong} turned wrong and {flow.turned_right} "
+                      f"turned right of {flow.n}, {flow.reworded} worded otherwise. A net change made of these many "
+                      f"moves has a standard error of {flow.standard_error:.1%} on {flow.n} questions, against "
+                      f"the margin of {run.rules['general_margin']:.1%}: a smaller change is not told from none."]
     kinds = sorted({k for m in run.models.values() for k in m.by_kind})
     if kinds:
         lines += ["", "## Domain, per kind", "", "| model | " + " | ".join(kinds) + " |",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from repotune import cycles
@@ -219,8 +219,9 @@ class _Chain:
             raise _StepFailed("eval", str(e)) from None
         scores = {name: {"general": m.general, "general_mc": m.general_mc, "domain": m.domain}
                   for name, m in run.models.items()}
+        flows = {pair: asdict(f) for pair, f in run.flows.items()}
         return run, {"status": run.status, "eval_run": run.id, "reasons": run.verdict.get("reasons"),
-                     "scores": scores, "report": run.report}
+                     "scores": scores, "flows": flows, "report": run.report}
 
 
 def _busy(db: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from eval.gate import Rules, Scores, decide
@@ -107,3 +109,16 @@ def test_with_trained_refusals_more_real_questions_refused_or_more_attacks_answe
     assert not decide(rules, base, Scores(0.5, 0.48, 0.6, false_refusal=0.08, attack_success=0.5), None).promote
     # without trained refusals there are no refusal scores and no such checks
     assert all(c.name not in ("false_refusal", "attack_success") for c in decide(RULES, BASE, BASE, None).checks)
+
+
+def test_the_flow_of_general_answers_gives_the_standard_error_of_the_net_change() -> None:
+    """18 answers turned wrong and 15 right of 125: a net −3 whose standard error is that of a paired
+    difference, sqrt(b + c − (b − c)² / n) / n, about 4.6 points; answers that move neither way add none."""
+    from eval.judge import Flow
+
+    pairs = ([("a", True, "b", False)] * 18 + [("a", False, "b", True)] * 15 + [("a", True, "a", True)] * 80
+             + [("a", False, "c", False)] * 12)
+    flow = Flow.of(pairs)
+    assert (flow.n, flow.turned_wrong, flow.turned_right, flow.reworded) == (125, 18, 15, 45)
+    assert flow.standard_error == round(math.sqrt(33 - 9 / 125) / 125, 4) == 0.0459
+    assert Flow.of([("a", True, "a", True)] * 10).standard_error == 0.0 and Flow.of([]).n == 0

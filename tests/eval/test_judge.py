@@ -185,6 +185,13 @@ def test_a_sensible_adapter_is_promoted_a_destructive_one_rejected_and_the_alias
     assert run["models"]["base"]["cached"] and run["models"]["current"]["cached"]  # only the candidate was asked
     failed = [c for c in run["verdict"]["checks"] if not c["passed"]]
     assert any(c["name"].startswith("general") for c in failed)
+    # The general answers' moves, question by question, add up to the scores, and the report says them.
+    for before in ("base", "current"):
+        flow = run["flows"][f"{before} → candidate"]
+        net = round((run["models"]["candidate"]["general"] - run["models"][before]["general"]) * flow["n"])
+        assert flow["turned_right"] - flow["turned_wrong"] == net and flow["turned_wrong"] >= 20
+        assert flow["reworded"] >= flow["turned_wrong"] + flow["turned_right"] and flow["standard_error"] > 0
+    assert "turned wrong and" in (Path(run["report"]) / "report.md").read_text()
     db = _db(settings)
     assert registry.get(db, settings.lineage, bad.version).status == "rejected"
     assert registry.get(db, settings.lineage, bad.version).manifest.gate.decision == "reject"
