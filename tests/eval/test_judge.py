@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -190,7 +191,9 @@ def test_a_sensible_adapter_is_promoted_a_destructive_one_rejected_and_the_alias
         flow = run["flows"][f"{before} → candidate"]
         net = round((run["models"]["candidate"]["general"] - run["models"][before]["general"]) * flow["n"])
         assert flow["turned_right"] - flow["turned_wrong"] == net and flow["turned_wrong"] >= 20
-        assert flow["reworded"] >= flow["turned_wrong"] + flow["turned_right"] and flow["standard_error"] > 0
+        assert flow["reworded"] >= flow["turned_wrong"] + flow["turned_right"]
+        moves, net_moves = flow["turned_wrong"] + flow["turned_right"], flow["turned_right"] - flow["turned_wrong"]
+        assert flow["standard_error"] == round(math.sqrt(moves - net_moves ** 2 / flow["n"]) / flow["n"], 4)
     assert "turned wrong and" in (Path(run["report"]) / "report.md").read_text()
     db = _db(settings)
     assert registry.get(db, settings.lineage, bad.version).status == "rejected"
