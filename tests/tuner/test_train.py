@@ -223,21 +223,13 @@ def test_under_a_budget_the_newest_facts_are_trained_and_the_manifest_says_which
 def test_the_room_the_newest_facts_leave_under_a_budget_goes_to_more_passes_over_them(tmp_path, tiny):
     """A budget that holds the newest fact and not the next one: the run trains the facts it kept for more
     passes (at most twice the configured ones) instead of ending early, and its record says how many."""
-    from transformers import AutoTokenizer
-
     from repotune import models
     from tuner.train import budget
+    from tuner.train.run import token_counter
 
     settings = training.prepared(tmp_path, epochs=1)
     rows = read(latest(settings), "train")
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(settings.config.model.base).path)
-    max_len = settings.config.train.max_seq_len
-
-    def count(chats):  # as `repotune train` counts them
-        texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in chats]
-        return [len(x) for x in tokenizer(texts, add_special_tokens=False, truncation=True,
-                                          max_length=max_len)["input_ids"]]
-
+    count = token_counter(models.resolve(settings.config.model.base).path, settings.config.train.max_seq_len)
     total = sum(count(rows))
     tokens = next(b for b in range(total // 50, total, total // 50)
                   if budget.plan(rows, count, b, 1).more > 1.2)

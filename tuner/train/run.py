@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -164,15 +164,7 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
                          "it trains on every example and stops when the time is up")
     if not tokens:
         return budget.Plan(rows, None)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-
-    def count(chats: list[dict[str, Any]]) -> list[int]:
-        texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in chats]
-        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=cfg.max_seq_len)["input_ids"]
-        return [len(x) for x in ids]  # as trained: cut at max_seq_len
-
+    count = token_counter(base.path, cfg.max_seq_len)
     times = budget.passes(len(rows), cfg.epochs, cfg.max_steps, cfg.batch_size * cfg.grad_accum)
     planned = budget.plan(rows, count, tokens, times)
     if planned.covers:
@@ -183,6 +175,20 @@ def _plan(settings: Settings, db: Any, base: models.Base, backend: Backend, rows
         notes.append(f"budget: the room the next fact did not fit goes to {times * planned.more:.3g} passes over "
                      f"these examples instead of {times:.3g}")
     return planned
+
+
+def token_counter(base: Path, max_seq_len: int) -> Callable[[list[dict[str, Any]]], list[int]]:
+    """Each chat's tokens as training counts them: the base's chat template, cut at `max_seq_len`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    def count(chats: list[dict[str, Any]]) -> list[int]:
+        texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in chats]
+        ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_seq_len)["input_ids"]
+        return [len(x) for x in ids]
+
+    return count
 
 
 def _with_passes(cfg: TrainSection, more: float) -> TrainSection:
