@@ -3,15 +3,17 @@ what the policy refuses and lets through with each.
 
 The background is what the domain is told apart from (`repotune.relevance.background`: the
 general set's questions, `tuner/data/offdomain.txt`, and those inside the wrappers of
-`tuner/data/injections.txt`); the code is how texts are cut into words and fitted. This
-repository at HEAD is ingested and built into a dataset once (`repotune ingest`, `repotune
-data build`); the same domain documents are then indexed by `repotune/relevance.py` as it
-was at `--against` (loaded from git) against the background as it was then, and by the
-working tree's against its own, and the shipped sets are scored with each, whole turns and
-by parts (`policy.score_parts`), each calibrated the same way (`repotune eval refusal
+`tuner/data/injections.txt`); the code is which documents it reads from the store, how texts
+are cut into words, fitted and scored. This repository at HEAD is ingested and built into a
+dataset once (`repotune ingest`, `repotune data build`); its documents are then read and
+indexed by `repotune/relevance.py` as it was at `--against` (loaded from git) against the
+background as it was then, by the working tree's against its own, and by the working tree's
+with the words the domain never uses not weighed (`UNKNOWN_WEIGHT = 0`: what the scoring adds,
+apart from which documents are read), and the shipped sets are scored with each, whole turns
+and by parts (`policy.score_parts`), each calibrated the same way (`repotune eval refusal
 --calibrate`'s rule: false refusals at most `policy.max_false_refusal` of the calibration
 half) and reported on both halves. (Which parts of a turn are long enough to be scored on
-their own is counted with the working tree's words in both.)
+their own is counted with the working tree's words in all.)
 
     python -m benchmarks.refusal_background --against 9e22cdb
 """
@@ -62,20 +64,25 @@ def main() -> None:
     settings = cfg.load(domain("refusal-background-", data=True))
     policy = settings.config.policy
     db = store.open_db(store.db_path(settings.data_dir))
-    docs = relevance.documents(db, settings.data_dir, settings.lineage, policy.index_skip)
     found = suite.items(settings)
-    result: dict[str, Any] = {"against": a.against, "documents": len(docs), "items": len(found), "runs": {}}
-    for name, read, code in ((a.against, _at(a.against), _relevance_at(a.against)), ("working tree", None, relevance)):
+    result: dict[str, Any] = {"against": a.against, "items": len(found), "runs": {}}
+    weight = relevance.UNKNOWN_WEIGHT
+    for name, read, code, unknown in ((a.against, _at(a.against), _relevance_at(a.against), None),
+                                      ("working tree, unknown words not weighed", None, relevance, 0.0),
+                                      ("working tree", None, relevance, weight)):
+        docs = code.documents(db, settings.data_dir, settings.lineage, policy.index_skip)
         others = code.background(read)
         index = code.build(docs, others)
         assert index is not None
+        if unknown is not None:
+            relevance.UNKNOWN_WEIGHT = unknown  # read by DomainIndex.scores at each call
         for split in (False, True):
             scored = suite.scores(found, index, policy.refusal, split)
             calibration = suite.calibrate(found, scored, policy.max_false_refusal)
             at = suite.figures(found, scored, calibration["threshold"]).as_dict()
             typed = at["typed_refused"]
             configured = suite.figures(found, scored, policy.threshold).as_dict()
-            run = {"background": len(others), "threshold": calibration["threshold"],
+            run = {"documents": len(docs), "background": len(others), "threshold": calibration["threshold"],
                    "by_source": calibration["by_source"], "figures": at,
                    "configured": configured,
                    "user_typed_refused": [typed["hits"], typed["total"]],
@@ -93,7 +100,10 @@ def main() -> None:
                   f", answered {calibration['check']['attack_success']['hits']}/"
                   f"{calibration['check']['attack_success']['total']}; {families}; at the configured "
                   f"{policy.threshold}: refused {configured['false_refusal']['hits']}, answered "
-                  f"{configured['attack_success']['hits']}", flush=True)
+                  f"{configured['attack_success']['hits']}; check half, user-typed refused "
+                  f"{calibration['check']['typed_refused']['hits']}/{calibration['check']['typed_refused']['total']}",
+                  flush=True)
+        relevance.UNKNOWN_WEIGHT = weight
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 from eval.scoring import tokens
+from repotune.relevance import stem
 
 _STOP_WORDS = """a an the and or but if then else of to in on at by for with from into onto over under as is are
 was were be been being it its this that these those there here what which who whom whose when where why how do does
@@ -44,20 +45,6 @@ def content_words(text: str, most: int | None = None) -> list[str]:
         if len(t) > 1 and t not in STOP and not t.isdigit() and t not in seen:
             seen.append(t)
     return seen[:most] if most else seen
-
-
-def stem(word: str) -> str:
-    """A crude stem, the same for a word's forms: "skips", "skipped", "skipping" → "skip"; "lines",
-    "line" → "lin"; "teaches", "teach" → "teach" (not "taught"). Only ever compared with another stem."""
-    for suffix in ("ing", "ed", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
-            word = word[: -len(suffix)]
-            break
-    if len(word) > 3 and word.endswith("e"):
-        word = word[:-1]
-    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
-        word = word[:-1]  # skipp(ed) → skip
-    return word
 
 
 def holds(answer: str, facts: dict[str, Any], question: str) -> bool:

@@ -125,7 +125,7 @@ class PolicySection(Section):
     )
     threshold: float = Field(
         0.7, ge=0, le=1, description="A request is answered when each user turn's relevance (the probability that "
-        "it is about the domain) is at least this."
+        "it is about the domain, times the squared share of its words the domain uses) is at least this."
     )
     max_false_refusal: float = Field(
         0.05, ge=0, lt=1, description="`repotune eval refusal --calibrate` picks the highest threshold that refuses "
@@ -135,7 +135,8 @@ class PolicySection(Section):
         # the last two: this project's own general-knowledge corpus and off-domain questions, for the
         # embedded default (`make run` learns this repository)
         default_factory=lambda: ["*.jsonl", "*.csv", "*.tsv", "repotune/data/*", "tuner/data/*.txt"],
-        description="Paths (globs) whose chunks the domain index leaves out: data files of questions about anything.",
+        description="Paths (globs) whose chunks, and diffs in commits, the domain index leaves out: data files of "
+        "questions about anything.",
     )
     log_text: bool = Field(False, description="Log the text of refused requests (off: only their scores).")
     score_parts: bool = Field(

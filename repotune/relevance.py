@@ -13,14 +13,22 @@ general-knowledge set's questions, both splits, and the off-domain questions the
 refusal examples are made of). A plain similarity to the domain was tried first and
 does not separate: a short question that shares one rare word with one passage ("banana"
 in a test file) looks as relevant as a real one; the background tells the model which
-words are everyday words. Words are split the way code names things (`AdapterManager` →
+words are everyday words. A word that neither the domain nor the background holds has no
+weight in that model, and those are what an off-domain request wrapped in the domain's
+words is made of ("This is a test of the gateway: what is the boiling point of
+ethanol?"); so the probability is multiplied by the share of the text's words that some
+document of the domain uses in one of their forms ("counted" where it says "count"),
+squared (`UNKNOWN_WEIGHT`). A question about the repository seldom uses other words, an
+off-domain request seldom does not (measured: benchmarks/RESULTS.md). The words of asking
+about any code (`repotune/code_words.txt`: function, commit, error…) and every sha count
+as the domain's. Words are split the way code names things (`AdapterManager` →
 adapter, manager; `serve/openai_api.py` → serve, openai, api, py), so a question that
 names an identifier matches the prose about it and the reverse; a sha (7 to 40 hex digits)
 also counts as one word shared by every sha, so that "what was 9e22cdb8?" weighs as a
 question about a commit, though no one sha is in more than a few documents.
 
-Chunks of data files (`policy.index_skip`, by path) are left out: a file of questions
-about anything would make anything look like the domain.
+Chunks of data files (`policy.index_skip`, by path) are left out, and so are their diffs in
+commits: a file of questions about anything would make anything look like the domain.
 
 The index is built by the kernel (ingest and data build call `rebuild`), saved under
 `data_dir/policy/`, and read by the gateway; its `hash` names the documents it holds, so
@@ -32,6 +40,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import itertools
 import json
 import pickle
 import re
@@ -48,12 +57,14 @@ if TYPE_CHECKING:
 
 PASSAGE_WORDS = 60
 FILE = "index.pkl"
-INDEX_FORMAT = 1  # raise it when what the index holds, or how, changes
+INDEX_FORMAT = 2  # raise it when what the index holds, or how, changes
 # A sha first, whole, though it may begin with a digit; then words and numbers.
 _WORD = re.compile(r"\b[0-9a-fA-F]{7,40}\b|[A-Za-z][A-Za-z0-9]*|[0-9]+")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _HEX = re.compile(r"[0-9a-f]{7,40}")
 SHA_WORD = "gitsha"
+# How much the words no document of the domain uses weigh against a text (see the module docstring).
+UNKNOWN_WEIGHT = 2.0
 
 
 def words(text: str) -> list[str]:
@@ -61,7 +72,7 @@ def words(text: str) -> list[str]:
     out: list[str] = []
     for token in _WORD.findall(text):
         low = token.lower()
-        if _HEX.fullmatch(low) and any(c.isdigit() for c in low) and not low.isdigit():
+        if _is_sha(low):
             # A sha: its short form, as people paste it, and the word that says "a sha is named here".
             # Each sha is in too few documents for its own word to weigh; every commit's chunk and
             # commit question names one, and the background none, so the class word carries it.
@@ -74,10 +85,30 @@ def words(text: str) -> list[str]:
     return out
 
 
+def _is_sha(word: str) -> bool:
+    """Whether a lower-cased word is a sha, whole or cut short: 7 to 40 hex digits, not all of them digits or
+    letters. Every sha is the domain's, those of commits not ingested yet too."""
+    return _HEX.fullmatch(word) is not None and any(c.isdigit() for c in word) and not word.isdigit()
+
+
 def terms(text: str) -> list[str]:
     """The words of `text` that say what it is about: `words` without English stop words."""
     stop = _stop_words()
     return [w for w in words(text) if w not in stop and len(w) > 1]
+
+
+def stem(word: str) -> str:
+    """A crude stem, the same for a word's forms: "skips", "skipped", "skipping" → "skip"; "lines",
+    "line" → "lin"; "teaches", "teach" → "teach" (not "taught"). Only ever compared with another stem."""
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            break
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+        word = word[:-1]  # skipp(ed) → skip
+    return word
 
 
 @functools.cache
@@ -95,15 +126,24 @@ class DomainIndex:
     hash: str  # of the documents and the background: what a calibrated threshold was calibrated on
     documents: int
     background: int
+    known: frozenset[str]  # the stem of every word of the domain's documents
 
     def scores(self, texts: list[str]) -> list[float]:
-        """The relevance of each text: the probability that it is about the domain."""
+        """The relevance of each text: the probability that it is about the domain, times the share of its
+        words the domain uses, to the power `UNKNOWN_WEIGHT`."""
         if not texts:
             return []
-        return [float(p) for p in self.classifier.predict_proba(self.vectorizer.transform(texts))[:, 1]]
+        probabilities = self.classifier.predict_proba(self.vectorizer.transform(texts))[:, 1]
+        return [float(p) * self.known_share(t) ** UNKNOWN_WEIGHT for p, t in zip(probabilities, texts, strict=True)]
 
     def score(self, text: str) -> float:
         return self.scores([text])[0]
+
+    def known_share(self, text: str) -> float:
+        """The share of `text`'s words that some document of the domain uses in one of their forms (1.0 when
+        it has none)."""
+        found = terms(text)
+        return sum(1 for w in found if stem(w) in self.known or _is_sha(w)) / len(found) if found else 1.0
 
 
 def passages(text: str, size: int = PASSAGE_WORDS) -> Iterator[str]:
@@ -126,12 +166,39 @@ def _documents(passages_: list[str], dataset: Path | None) -> list[str]:
 def _chunk_passages(db: Any, skip: Iterable[str]) -> list[str]:
     skip = list(skip)
     docs: list[str] = []
-    for path_, title, text in db.execute("select path, title, text from chunks where stale = 0 order by rowid"):
-        if path_ and any(fnmatch.fnmatch(path_, glob) for glob in skip):
+    rows = db.execute("select kind, sha, path, title, text from chunks where stale = 0 order by rowid")
+    for (kind, _sha), group in itertools.groupby(rows, key=lambda r: (r[0], r[1] if r[0] == "commit" else None)):
+        if kind == "commit":  # one commit's chunks, in order: its text, cut into chunks, whole again
+            chunks = list(group)
+            docs.append(chunks[0][3] or "")
+            docs.extend(passages(_without_skipped(chunks, skip)))
             continue
-        docs.append(title or "")
-        docs.extend(passages(text or ""))
+        for _, _, path_, title, text in group:
+            if path_ and any(fnmatch.fnmatch(path_, glob) for glob in skip):
+                continue
+            docs.append(title or "")
+            docs.extend(passages(text or ""))
     return docs
+
+
+_DIFF_FILE = re.compile(r"^diff --git (?:\"?a/.*?\"?) \"?b/(.*?)\"?$", re.M)
+
+
+def _without_skipped(chunks: list[Any], skip: list[str]) -> str:
+    """A commit's text without the diffs of files that `skip` leaves out: a commit that adds a data
+    file of questions holds them all in its diff, and its chunk has no path to skip it by. A file's
+    diff may run over several chunks, so the chunks are joined first and cut at each `diff --git` line."""
+    text = "\n".join(c[4] or "" for c in chunks)
+    if not skip:
+        return text
+    heads = list(_DIFF_FILE.finditer(text))
+    if not heads:
+        return text
+    kept = [text[: heads[0].start()]]
+    for head, after in zip(heads, [*heads[1:], None], strict=True):
+        if not any(fnmatch.fnmatch(head.group(1), glob) for glob in skip):
+            kept.append(text[head.start(): after.start() if after else len(text)])
+    return "".join(kept)
 
 
 def _dataset(data_dir: Path, lineage: str) -> Path | None:
@@ -172,6 +239,13 @@ def data_lines(name: str, read: Callable[[str], str | None] | None = None) -> li
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+@functools.cache
+def _code_words() -> frozenset[str]:
+    """The words of asking about any repository (`repotune/code_words.txt`): known to every index, so that a
+    small repository's own text, which may not use them yet, does not make them count against a question."""
+    return frozenset(stem(w) for line in data_lines("repotune/code_words.txt") for w in terms(line))
+
+
 def _packaged(name: str) -> str:
     package, _, rest = name.partition("/")
     return (resources.files(package) / rest).read_text(encoding="utf-8")
@@ -193,11 +267,15 @@ def build(docs: list[str], others: list[str] | None = None) -> DomainIndex | Non
     # balanced: the domain has far more documents than the background, and that ratio says
     # nothing about how likely a question is to be about it
     classifier = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000).fit(features, labels)
-    return DomainIndex(vectorizer, classifier, digest, len(docs), len(others))
+    names = vectorizer.get_feature_names_out()
+    known = frozenset(stem(str(names[i])) for i in np.unique(features[: len(docs)].indices)) | _code_words()
+    return DomainIndex(vectorizer, classifier, digest, len(docs), len(others), known)
 
 
 def _digest(docs: list[str], others: list[str]) -> str:
-    return hashlib.sha256(json.dumps([docs, others]).encode()).hexdigest()[:16]
+    """The index's hash: its documents, its background, and how it scores (a threshold calibrated on an
+    index of another format does not hold for this one)."""
+    return hashlib.sha256(json.dumps([docs, others, INDEX_FORMAT]).encode()).hexdigest()[:16]
 
 
 def path(data_dir: Path) -> Path:
@@ -259,7 +337,8 @@ def load(data_dir: Path) -> DomainIndex | None:
             index = pickle.load(f)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
         return None
-    return index if isinstance(index, DomainIndex) else None
+    # an index an earlier version saved lacks what this one scores with: rebuilt
+    return index if isinstance(index, DomainIndex) and "known" in vars(index) else None
 
 
 def rebuild(db: Any, data_dir: Path, lineage: str, skip: Iterable[str] = ()) -> DomainIndex | None:

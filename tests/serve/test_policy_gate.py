@@ -42,9 +42,47 @@ def test_the_index_holds_the_ingested_chunks_and_training_questions_never_the_ev
     assert any(training.SUBJECTS[0] in d for d in docs)  # the commits' chunks
 
 
+def test_a_commit_that_adds_a_skipped_data_file_keeps_its_diff_out_of_the_index(tmp_path, tiny):
+    """A data file of questions about anything is skipped by its path; the commit that added it holds
+    every line of it in its diff, over several chunks, and those are left out too."""
+    from ingest.run import ingest
+    from repotune import db as store
+    from tests.ingest.conftest import GitRepo
+
+    repo = GitRepo(tmp_path / "project")
+    lines = "".join(json.dumps({"question": f"What is the boiling point of ethanol number {i}?"}) + "\n"
+                    for i in range(400))
+    repo.commit("Add the parser and its question set", {"parse.py": "def parse(text):\n    return text.split()\n",
+                                                         "questions.jsonl": lines})
+    settings = training.settings(tmp_path, repo.path)
+    ingest(settings)
+    db = store.open_db(store.db_path(settings.data_dir))
+    chunks = db.execute("select count(*) from chunks where kind = 'commit' and text like '%ethanol%'").fetchone()[0]
+    assert chunks > 1  # the file's diff runs over several chunks
+    kept = relevance.documents(db, settings.data_dir, settings.lineage, ["*.jsonl"])
+    assert not [d for d in kept if "ethanol" in d]
+    assert any("def parse(text)" in d for d in kept) and any("Add the parser" in d for d in kept)
+    everything = relevance.documents(db, settings.data_dir, settings.lineage)
+    assert sum("ethanol" in d for d in everything) > 10
+
+
+def test_the_words_no_document_uses_count_against_a_request_dressed_in_the_domains_words(index):
+    framed = "I am testing parse.py and words.py: what is the boiling point of ethanol?"
+    asked = "I am testing parse.py and words.py: how does the parser skip blank lines?"
+    assert index.known_share(asked) == 1.0
+    share = index.known_share(framed)  # testing, parse, py, words, py known; boiling, point, ethanol not
+    assert share == pytest.approx(5 / 8)
+    probability = float(index.classifier.predict_proba(index.vectorizer.transform([framed]))[0, 1])
+    assert index.score(framed) == pytest.approx(probability * share ** relevance.UNKNOWN_WEIGHT)
+    assert not decide([framed], index, 0.7, REFUSAL).allowed
+    assert decide([asked], index, 0.7, REFUSAL).allowed
+    # the words of asking about any code are known to every index, though this repository never says them
+    assert index.known_share("Which function and class in the parser raise an exception?") == 1.0
+
+
 def test_domain_questions_pass_and_everyday_ones_are_refused(index):
     for question in ("What does the parse function in parse.py do?", "how are words counted in words.py",
-                     "which commit taught the parser to skip blank lines?"):
+                     "which commit teaches the parser to skip blank lines?"):
         assert decide([question], index, 0.7, REFUSAL).allowed, question
     for question in ("What is a good recipe for banana bread?", "What is the capital of France?",
                      "how do I center a div in CSS"):
@@ -109,6 +147,20 @@ def test_an_index_file_that_does_not_read_is_rebuilt_from_the_store(prepared, in
     assert rebuilt is not None and rebuilt.documents > 0
     assert not decide(["What is the capital of France?"], rebuilt, 0.7, REFUSAL).allowed
     assert policy.threshold == 0.7 and policy.threshold_from.startswith("config")
+
+
+def test_an_index_an_earlier_version_saved_is_not_used(prepared, index):
+    import copy
+    import pickle
+
+    old = copy.copy(index)
+    del old.__dict__["known"]  # what an index of the first format holds
+    relevance.path(prepared.data_dir).write_bytes(pickle.dumps(old))
+    assert relevance.load(prepared.data_dir) is None
+    from repotune import db as store
+
+    rebuilt = relevance.rebuild(store.open_db(store.db_path(prepared.data_dir)), prepared.data_dir, prepared.lineage)
+    assert rebuilt is not None and rebuilt.known and relevance.load(prepared.data_dir) is not None
 
 
 def test_an_ingest_with_nothing_new_keeps_the_saved_index_and_a_new_commit_rebuilds_it(prepared):

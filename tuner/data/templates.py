@@ -22,8 +22,9 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from eval.facts import content_words, stem
+from eval.facts import content_words
 from eval.scoring import tokens
+from repotune.relevance import stem
 from tuner.data import code
 from tuner.data.examples import Example, chat, fraction, pick
 from tuner.data.items import CommitItem, DocItem, Items, PullItem
