@@ -209,11 +209,15 @@ def test_a_refresh_with_nothing_new_reads_neither_the_index_nor_the_training_set
 def test_a_sha_weighs_as_a_commit_whatever_it_begins_with_and_however_long_it_is_pasted(prepared, index):
     from repotune import db as store
 
+    def probability(text: str) -> float:  # the regression's part of the score: what the words weigh
+        return float(index.classifier.predict_proba(index.vectorizer.transform([text]))[0, 1])
+
     shas = [r[0] for r in store.open_db(store.db_path(prepared.data_dir)).execute("select sha from commits")]
-    without = index.score("Someone pointed me to it, what was that?")
+    without = probability("Someone pointed me to it, what was that?")
     for sha in [*shas, "0123abc4567", "9e22cdb8c5c1"]:  # and two that begin with a digit, whatever this repo's are
-        scores = {round(index.score(f"Someone pointed me to {sha[:n]}, what was that?"), 6) for n in (7, 8, 12, 40)}
+        scores = {round(probability(f"Someone pointed me to {sha[:n]}, what was that?"), 6) for n in (7, 8, 12, 40)}
         assert len(scores) == 1  # the same word however long it is pasted
         assert scores.pop() > without + 0.3, sha
+        assert index.known_share(f"What was {sha[:8]}?") == 1.0  # a sha is the domain's, ingested or not
     # a number that happens to be all hex digits is no sha: a date, a count
     assert relevance.words("on 20261205") == ["on", "20261205"]
