@@ -241,6 +241,30 @@ def test_the_room_the_newest_facts_leave_under_a_budget_goes_to_more_passes_over
     assert any(f"goes to {more:.3g} passes over these examples instead of 1" in n for n in result.notes)
 
 
+def test_under_a_budget_fixed_steps_are_counted_again_over_the_kept_examples(tmp_path, tiny):
+    """`train.max_steps` counts steps over every example; a budget keeps fewer, so the steps are those of the
+    same passes over the kept ones (times the room's factor), and the run ends by itself, not cut by the budget."""
+    from repotune import models
+    from tuner.train import budget
+    from tuner.train.run import token_counter
+
+    settings = training.prepared(tmp_path, max_steps=6, batch_size=2)
+    cfg = settings.config.train
+    rows = read(latest(settings), "train")
+    count = token_counter(models.resolve(settings.config.model.base).path, cfg.max_seq_len)
+    times = budget.passes(len(rows), cfg.epochs, cfg.max_steps, cfg.batch_size * cfg.grad_accum)
+    total = int(sum(count(rows)) * times)
+    tokens = next(b for b in range(total // 50, total, total // 50) if budget.plan(rows, count, b, times).more > 1.2)
+    planned = budget.plan(rows, count, tokens, times)
+    steps = max(1, round(times * planned.more * len(planned.rows) / (cfg.batch_size * cfg.grad_accum)))
+    assert steps < cfg.max_steps * planned.more  # the configured steps would have run past the budget
+    cfg.budget_tokens = tokens
+    result = train(settings)
+    assert result.record.hyperparameters["max_steps"] == steps and result.record.steps == steps
+    assert result.record.stopped in ("done", "budget_tokens")  # its last step may reach the budget
+    assert any(f"budget: {steps:,} steps over the kept examples" in n for n in result.notes)
+
+
 def test_a_first_run_under_a_budget_in_minutes_measures_the_speed_and_plans_the_newest_facts(tmp_path, tiny):
     """No earlier run tells how many tokens a minute holds: a few trial steps measure it (kept for a run
     that is taken up again), and the budget is planned newest first instead of a shuffled share."""

@@ -33,6 +33,7 @@ class Plan:
     rows: list[dict[str, Any]]
     covers: Coverage | None  # None: every fact fits
     more: float = 1.0  # the passes' factor that spends the room the kept facts left (1.0: as planned)
+    times: float = 1.0  # the passes over the kept rows it was planned for, before `more`
 
 
 def fact(row: dict[str, Any]) -> str | None:
@@ -86,4 +87,4 @@ def plan(rows: list[dict[str, Any]], count: Callable[[list[dict[str, Any]]], lis
     return Plan([rows[i] for i in sorted(chosen)],
                 Coverage(facts=len(kept), of=len(groups), since=min(known, default=None),
                          until=max(known, default=None)),
-                round(more, 3) if more >= 1.05 else 1.0)
+                round(more, 3) if more >= 1.05 else 1.0, times)

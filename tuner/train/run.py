@@ -78,7 +78,10 @@ def train(settings: Settings, dataset: str | None = None, backend: str | None = 
             raise TrainError(f"dataset {data.hash} has no examples to train on with strategy {strategy}")
         planned = _plan(settings, db, base, chosen, rows, notes)
         rows = planned.rows
-        cfg = _with_passes(cfg, planned.more)
+        cfg = _with_passes(cfg, planned)
+        if cfg.max_steps != settings.config.train.max_steps:
+            notes.append(f"budget: {cfg.max_steps:,} steps over the kept examples (train.max_steps "
+                         f"{settings.config.train.max_steps:,} counted over all of them)")
         part = part_size(cfg.batch_size, cfg.max_seq_len, cfg.max_batch_tokens)
         if part < cfg.batch_size:
             notes.append(f"batches of {cfg.batch_size} go through the model in parts of {part} "
@@ -191,14 +194,20 @@ def token_counter(base: Path, max_seq_len: int) -> Callable[[list[dict[str, Any]
     return count
 
 
-def _with_passes(cfg: TrainSection, more: float) -> TrainSection:
-    """The run's settings with its passes multiplied by `more` (`budget.Plan.more`): the epochs, or the steps
-    where `train.max_steps` decides."""
-    if more <= 1:
+def _with_passes(cfg: TrainSection, planned: budget.Plan) -> TrainSection:
+    """The run's settings for what a budget kept (`budget.plan`): the passes it was planned for, times
+    `planned.more`. Where `train.max_steps` decides, the steps are counted again over the kept examples:
+    the configured steps went over all of them, and over fewer they would run past the budget, which would
+    then cut the run (and its learning-rate schedule) short."""
+    if planned.covers is None:
         return cfg
     if cfg.max_steps:
-        return cfg.model_copy(update={"max_steps": round(cfg.max_steps * more)})
-    return cfg.model_copy(update={"epochs": round(cfg.epochs * more, 3)})
+        per_step = cfg.batch_size * cfg.grad_accum
+        return cfg.model_copy(update={"max_steps": max(1, round(planned.times * planned.more * len(planned.rows)
+                                                                / per_step))})
+    if planned.more <= 1:
+        return cfg
+    return cfg.model_copy(update={"epochs": round(cfg.epochs * planned.more, 3)})
 
 
 def _base(settings: Settings) -> models.Base:
