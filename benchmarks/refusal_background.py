@@ -15,7 +15,11 @@ and by parts (`policy.score_parts`), each calibrated the same way (`repotune eva
 half) and reported on both halves. (Which parts of a turn are long enough to be scored on
 their own is counted with the working tree's words in all.)
 
-    python -m benchmarks.refusal_background --against 9e22cdb
+With `--splits N`, each calibration is also made on N other halvings of the sets (drawn at random, each
+item's half by a seeded hash of its id), and the figures on the half each did not see are summed up (mean,
+10th and 90th percentile): how much a calibrated rate owes to which questions fell in which half.
+
+    python -m benchmarks.refusal_background --against 9e22cdb [--splits 50]
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", required=True, help="the revision whose background is the reference")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-background.json"))
+    ap.add_argument("--splits", type=int, default=0, help="also calibrate on this many random halvings")
     a = ap.parse_args()
 
     from benchmarks.refusal import domain
@@ -87,6 +92,8 @@ def main() -> None:
                    "configured": configured,
                    "user_typed_refused": [typed["hits"], typed["total"]],
                    "check": calibration["check"]}
+            if a.splits:
+                run["splits"] = _resampled(suite, found, scored, policy.max_false_refusal, a.splits)
             label = f"{name}, {'parts' if split else 'whole turns'}"
             result["runs"][label] = run
             families = {k: f"{v['hits']}/{v['total']}" for k, v in at["by_group"].items()
@@ -101,10 +108,34 @@ def main() -> None:
                   f"{calibration['check']['attack_success']['total']}; {families}; at the configured "
                   f"{policy.threshold}: refused {configured['false_refusal']['hits']}, answered "
                   f"{configured['attack_success']['hits']}; check half, user-typed refused "
-                  f"{calibration['check']['typed_refused']['hits']}/{calibration['check']['typed_refused']['total']}",
-                  flush=True)
+                  f"{calibration['check']['typed_refused']['hits']}/{calibration['check']['typed_refused']['total']}"
+                  + (f"; {a.splits} halvings, on the unseen half: {run['splits']}" if a.splits else ""), flush=True)
         relevance.UNKNOWN_WEIGHT = weight
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _resampled(suite: Any, found: list[Any], scored: list[float], bound: float, n: int) -> dict[str, Any]:
+    """The calibration made on `n` random halvings: on the half each did not see, the typed questions refused,
+    the in-domain ones refused and the off-domain questions and attacks answered (rates: mean, p10, p90)."""
+    import hashlib
+    import statistics
+
+    fixed = suite.half
+    rates: dict[str, list[float]] = {"typed_refused": [], "false_refusal": [], "attack_success": []}
+    try:
+        for seed in range(n):
+            suite.half = lambda item, seed=seed: (  # read by suite.calibrate at each call
+                "calibration" if hashlib.sha256(f"{seed}:{item.id}".encode()).digest()[0] % 2 == 0 else "check")
+            check = suite.calibrate(found, scored, bound)["check"]
+            for key in rates:
+                rates[key].append(check[key]["hits"] / max(check[key]["total"], 1))
+    finally:
+        suite.half = fixed
+    out = {}
+    for key, values in rates.items():
+        cuts = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9
+        out[key] = {"mean": round(statistics.fmean(values), 4), "p10": round(cuts[0], 4), "p90": round(cuts[-1], 4)}
+    return out
 
 
 if __name__ == "__main__":

@@ -162,12 +162,12 @@ def judge(settings: Settings, version: int | None = None, progress: Progress | N
     except BaseException as e:
         _finish_run(db, run_id, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    changes = _changes(db, run_id, scores)
+    changes, flows = _changes(db, run_id, scores)
     result = GateRun(
         id=run_id, lineage=lineage, candidate=candidate.version, current=current.version if current else None,
         dataset=folder.name, models=scores, noise=noise, rules=asdict(rules), verdict=verdict.as_dict(),
         status=status, report="", seconds=round(time.monotonic() - started, 1), changes=changes, scope=scope,
-        flows=_flows(db, run_id, scores),
+        flows=flows,
     )
     from eval import report
 
@@ -485,38 +485,31 @@ def _decide(settings: Settings, db: Any, server: tuple[str, str], candidate: reg
     return adapter.status
 
 
-def _flows(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, Flow]:
-    """The general greedy answers' moves from the base (and the current version) to the candidate."""
-    out = {}
-    for before in ("base", "current"):
-        if before in scores:
-            rows = db.query(
-                "select a.reply as was_reply, a.correct as was, b.reply as now_reply, b.correct as now "
-                "from eval_answers a join eval_answers b on a.run_id = b.run_id and a.suite = b.suite "
-                "and a.qid = b.qid where a.run_id = ? and a.suite = 'general' and a.model = ? "
-                "and b.model = 'candidate'", [run_id, before])
-            out[f"{before} → candidate"] = Flow.of([(r["was_reply"], bool(r["was"]), r["now_reply"], bool(r["now"]))
-                                                   for r in rows])
-    return out
+Changes = dict[str, dict[str, list[dict[str, str]]]]
 
 
-def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> dict[str, dict[str, list[dict[str, str]]]]:
-    """Questions that went from right to wrong and back, from the base (and the current version) to the candidate."""
-    out = {}
+def _changes(db: Any, run_id: int, scores: dict[str, ModelScores]) -> tuple[Changes, dict[str, Flow]]:
+    """Questions that went from right to wrong and back, from the base (and the current version) to the
+    candidate; and how the general greedy answers moved (`Flow`), from the same rows."""
+    changes: Changes = {}
+    flows: dict[str, Flow] = {}
     for before in ("base", "current"):
         if before not in scores:
             continue
         rows = db.query(
-            "select a.suite || ':' || a.qid as q, a.question, a.reply as was_reply, b.reply as now_reply, "
+            "select a.suite, a.suite || ':' || a.qid as q, a.question, a.reply as was_reply, b.reply as now_reply, "
             "a.correct as was, b.correct as now from eval_answers a "
             "join eval_answers b on a.run_id = b.run_id and a.suite = b.suite and a.qid = b.qid "
             "where a.run_id = ? and a.model = ? and b.model = 'candidate' order by q", [run_id, before])
-        lost, gained = [], []
+        lost, gained, general = [], [], []
         for r in rows:
             change = {"id": r["q"], "question": r["question"], "before": r["was_reply"], "after": r["now_reply"]}
             if r["was"] and not r["now"]:
                 lost.append(change)
             elif r["now"] and not r["was"]:
                 gained.append(change)
-        out[f"{before} → candidate"] = {"right_to_wrong": lost, "wrong_to_right": gained}
-    return out
+            if r["suite"] == "general":
+                general.append((r["was_reply"], bool(r["was"]), r["now_reply"], bool(r["now"])))
+        changes[f"{before} → candidate"] = {"right_to_wrong": lost, "wrong_to_right": gained}
+        flows[f"{before} → candidate"] = Flow.of(general)
+    return changes, flows
