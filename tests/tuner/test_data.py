@@ -424,3 +424,35 @@ def test_a_cut_held_out_eval_keeps_the_newest_facts_and_a_sample_of_the_rest() -
     assert all(d < "2026-01-18" for d in dates[:3])  # the other half from the older facts
     assert [e.id for e in _eval_sample(held, 6, seed=0)] == [e.id for e in picked]  # the same every build
     assert len(_eval_sample(held, 50, seed=0)) == 20
+
+
+def test_no_example_or_raw_text_quotes_a_question_the_evals_ask(tmp_path, clean_env, tiny) -> None:
+    """A repository that holds a general eval question and an attack (its notes, its prompts file): no
+    training example, validation example or raw text quotes them, a fact left with no example is not asked
+    in the eval, and the rest is trained as before."""
+    from eval.refusal import shipped
+
+    asked = load(split="eval")[0].question
+    attack = shipped("attacks")[0]["question"]
+    repo = GitRepo(tmp_path / "project")
+    repo.commit("Start the calculator", {"calc.py": 'def add(a, b):\n    """Add two numbers."""\n    return a + b\n'})
+    repo.commit("Keep the quiz notes", {"notes.md": f"# Quiz\n\nOne we like:   {asked.upper()}\n"})
+    repo.commit("Keep the prompts", {"prompts.txt": f"{attack}\n"})
+    config = parse({"paths": {"data_dir": str(tmp_path / "state")}, "ingest": {"repo": str(repo.path), "workers": 1},
+                    "tuner": {"lineage": "proj", "data": {"generators": ["templates", "raw"], "raw_ratio": 1.0}}})
+    from repotune.config import Secrets, Settings
+
+    settings = Settings(config=config, source=None, root=tmp_path, secrets=Secrets())
+    ingest(settings)
+    built = build(settings)
+    rows, raw = _all(built.path), read(built.path, "raw")
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in rows] + [r["text"] for r in raw]
+    for quoted in (asked, attack):
+        assert not [t for t in texts if " ".join(quoted.lower().split()) in " ".join(t.lower().split())], quoted
+    assert built.manifest.counts["quoting_evals"] > 0
+    assert any("quote a question the evals ask" in w for w in built.warnings)
+    train, evals = read(built.path, "train"), read(built.path, "eval")
+    trained = {_fact(r) for r in train}
+    assert evals and all(_fact(r) in trained for r in evals)
+    assert [r for r in train if "`add`" in r["messages"][0]["content"]]  # the rest is trained as before
+    assert [r for r in train if r["kind"] == "commit" and "Keep the quiz notes" in r["messages"][-1]["content"]]

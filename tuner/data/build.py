@@ -104,6 +104,13 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         teacher = Teacher(settings.config.tuner.teacher, settings.secrets.teacher_api_key, db, settings.repo)
         qa += teacher.generate(chunks(db, settings.repo), since, progress)
         teacher_report = teacher.report
+    quotes = Measured.load()
+    counted = len(qa) + len(val_candidates)
+    qa, val_candidates = quotes.without(qa), quotes.without(val_candidates)
+    left_out = counted - len(qa) - len(val_candidates)
+    if left_out:  # a fact whose examples all quoted one is not trained, so not asked in the eval either
+        trained = {_fact(e) for e in qa}
+        held_out = [e for e in held_out if _fact(e) in trained]
     new = [e for e in qa if e.new]
     if not new:
         if promoted:
@@ -126,6 +133,10 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
+    counted = len(extra) + len(raw)
+    extra = quotes.without(extra)
+    raw = [r for r in raw if not quotes.found(str(r.get("text", "")))]
+    left_out += counted - len(extra) - len(raw)
 
     train = _unique(qa + extra)
     val = _val(train, val_candidates, cfg.val_fraction, cfg.seed)
@@ -145,6 +156,9 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     folder = datasets_dir(settings) / key
     warnings = [f"the teacher stopped early ({teacher_report.stopped}); built with what it had answered"] \
         if teacher_report and teacher_report.stopped else []
+    if left_out:
+        warnings.append(f"{left_out} examples and raw texts quote a question the evals ask (the general set's "
+                        "eval split, the refusal sets) and were left out")
     if (folder / manifests.FILE).is_file():
         _point_latest(folder)
         manifest = manifest_of(folder)
@@ -157,7 +171,7 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         hash=key, lineage=settings.lineage, repo=settings.repo, created_at=store.now(),
         base_model=base.spec, base_fingerprint=base.fingerprint,
         ingest_cursor=cursor, new_since={"ingest_cursor": since, "adapter": adapter},
-        counts={"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw),
+        counts={"train": len(train), "val": len(val), "eval": len(evals), "raw": len(raw), "quoting_evals": left_out,
                 "new": sum(e.new for e in chats), "replay": sum(e.replay for e in chats)},
         generators=_tally(settings, chats, raw),
         config=cfg.model_dump(),
@@ -168,6 +182,56 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     _write(folder, files, manifest)
     _point_latest(folder)
     return Built(folder, manifest, reused=False, warnings=warnings, index=relevance.refresh(settings, db))
+
+
+def _fact(e: Example) -> str:
+    """What an example is about: its item (commit, pull request, path) and the question's family."""
+    item = {k: v for k, v in e.sources.items() if k != "chunks"}
+    return json.dumps([e.kind.removesuffix("_reverse"), e.kind.endswith("_reverse"), item], sort_keys=True,
+                      default=str)
+
+
+class Measured:
+    """The questions that measure a model: the general set's eval split and the shipped refusal sets. No
+    training example or raw text may quote one, or a score on it would say what was trained, not what was
+    known or kept. They get in when the repository holds them (this project's own data files, tests that
+    ask them, the commits that added either). Matched as lower-cased words with white space collapsed;
+    questions of fewer than `LEAST_WORDS` words (a split request's "and why?") are not looked for."""
+
+    LEAST_WORDS = 4
+
+    def __init__(self, questions: list[str]) -> None:
+        import ahocorasick
+
+        self._automaton = ahocorasick.Automaton()
+        for q in {self._norm(q) for q in questions}:
+            if len(q.split()) >= self.LEAST_WORDS:
+                self._automaton.add_word(q, q)
+        self._empty = len(self._automaton) == 0
+        if not self._empty:
+            self._automaton.make_automaton()
+
+    @classmethod
+    def load(cls) -> Measured:
+        from eval import questions, refusal
+
+        asked = [q.question for q in questions.load(split="eval")]
+        for name in ("indomain", "offdomain", "attacks"):
+            asked += [t for r in refusal.shipped(name) for t in (r.get("turns") or [r["question"]])]
+        return cls(asked)
+
+    @staticmethod
+    def _norm(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    def found(self, text: str) -> bool:
+        """Whether `text` quotes one of the questions."""
+        if self._empty:
+            return False
+        return next(self._automaton.iter(self._norm(text)), None) is not None
+
+    def without(self, examples: list[Example]) -> list[Example]:
+        return [e for e in examples if not self.found(" ".join(m["content"] for m in e.messages))]
 
 
 def _val(train: list[Example], candidates: list[Example], share: float, seed: int) -> list[Example]:
