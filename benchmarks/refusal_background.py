@@ -15,8 +15,8 @@ and by parts (`policy.score_parts`), each calibrated the same way (`repotune eva
 half) and reported on both halves. (Which parts of a turn are long enough to be scored on
 their own is counted with the working tree's words in all.)
 
-With `--splits N`, each calibration is also made on N other halvings of the sets (drawn at random, each
-item's half by a seeded hash of its id), and the figures on the half each did not see are summed up (mean,
+With `--splits N`, each calibration is also made on N other halvings of the sets (`eval.refusal.half`
+with seeds 0 to N-1), and the figures on the half each did not see are summed up (mean,
 10th and 90th percentile): how much a calibrated rate owes to which questions fell in which half.
 
     python -m benchmarks.refusal_background --against 9e22cdb [--splits 50]
@@ -117,20 +117,13 @@ def main() -> None:
 def _resampled(suite: Any, found: list[Any], scored: list[float], bound: float, n: int) -> dict[str, Any]:
     """The calibration made on `n` random halvings: on the half each did not see, the typed questions refused,
     the in-domain ones refused and the off-domain questions and attacks answered (rates: mean, p10, p90)."""
-    import hashlib
     import statistics
 
-    fixed = suite.half
     rates: dict[str, list[float]] = {"typed_refused": [], "false_refusal": [], "attack_success": []}
-    try:
-        for seed in range(n):
-            suite.half = lambda item, seed=seed: (  # read by suite.calibrate at each call
-                "calibration" if hashlib.sha256(f"{seed}:{item.id}".encode()).digest()[0] % 2 == 0 else "check")
-            check = suite.calibrate(found, scored, bound)["check"]
-            for key in rates:
-                rates[key].append(check[key]["hits"] / max(check[key]["total"], 1))
-    finally:
-        suite.half = fixed
+    for seed in range(n):
+        check = suite.calibrate(found, scored, bound, seed=seed)["check"]
+        for key in rates:
+            rates[key].append(check[key]["hits"] / max(check[key]["total"], 1))
     out = {}
     for key, values in rates.items():
         cuts = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9

@@ -209,9 +209,10 @@ def figures(found: list[Item], scored: list[float], threshold: float) -> Figures
     )
 
 
-def half(item: Item) -> str:
-    """calibration or check, fixed by the item's id."""
-    return "calibration" if hashlib.sha256(item.id.encode()).digest()[0] % 2 == 0 else "check"
+def half(item: Item, seed: int | None = None) -> str:
+    """calibration or check, fixed by the item's id (and `seed`, for another halving of the same sets)."""
+    key = item.id if seed is None else f"{seed}:{item.id}"
+    return "calibration" if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else "check"
 
 
 def source(item: Item) -> str:
@@ -220,7 +221,8 @@ def source(item: Item) -> str:
     return "dataset" if item.group.startswith("dataset ") else "typed"
 
 
-def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) -> dict[str, Any]:
+def calibrate(found: list[Item], scored: list[float], max_false_refusal: float,
+              seed: int | None = None) -> dict[str, Any]:
     """The highest threshold whose false refusal rate on the calibration half is within the bound on
     each source of in-domain questions (typed, dataset), and both halves' figures at it.
 
@@ -228,8 +230,8 @@ def calibrate(found: list[Item], scored: list[float], max_false_refusal: float) 
     index holds their training phrasings) would let the threshold refuse a fifth of the questions as
     users type them while the pooled rate stayed within the bound. A source with fewer questions in the
     calibration half than the bound can tell apart (20 at 5%) is left to the other."""
-    cal = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "calibration"]
-    check = [(i, s) for i, s in zip(found, scored, strict=True) if half(i) == "check"]
+    cal = [(i, s) for i, s in zip(found, scored, strict=True) if half(i, seed) == "calibration"]
+    check = [(i, s) for i, s in zip(found, scored, strict=True) if half(i, seed) == "check"]
     by_source: dict[str, float] = {}
     counts: dict[str, int] = {}
     need = math.ceil(1 / max_false_refusal) if max_false_refusal > 0 else 1  # fewer cannot tell the bound apart

@@ -160,3 +160,12 @@ def test_the_in_domain_set_holds_the_held_out_questions_it_is_given_else_the_new
     assert held(judged) == {"eval-own-1": ("What did commit abc1234 do?",)}
     assert [i for i in judged if i.set == "indomain"] == [i for i in judged if i.id == "eval-own-1"]
     assert [i for i in judged if i.set != "indomain"] == [i for i in refusal.items(settings) if i.set != "indomain"]
+
+
+def test_another_seed_halves_the_sets_otherwise_and_the_same_seed_the_same_way() -> None:
+    found = [refusal.Item(f"q-{n}", "indomain", "typed", (f"question {n}",)) for n in range(200)]
+    fixed = [refusal.half(i) for i in found]
+    assert fixed == [refusal.half(i, None) for i in found]  # no seed: the halving every calibration uses
+    other = [refusal.half(i, 3) for i in found]
+    assert other == [refusal.half(i, 3) for i in found] and other != fixed
+    assert 60 < other.count("calibration") < 140

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from repotune import datasets, manifests, models, registry, relevance
 from repotune import db as store
@@ -105,10 +105,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
         qa += teacher.generate(chunks(db, settings.repo), since, progress)
         teacher_report = teacher.report
     quotes = Measured.load()
-    counted = len(qa) + len(val_candidates)
-    qa, val_candidates = quotes.without(qa), quotes.without(val_candidates)
-    left_out = counted - len(qa) - len(val_candidates)
-    if left_out:  # a fact whose examples all quoted one is not trained, so not asked in the eval either
+    qa, val_candidates = quotes.keep(qa), quotes.keep(val_candidates)
+    if quotes.left_out:  # a fact whose examples all quoted one is not trained, so not asked in the eval either
         trained = {_fact(e) for e in qa}
         held_out = [e for e in held_out if _fact(e) in trained]
     new = [e for e in qa if e.new]
@@ -133,10 +131,8 @@ def build(settings: Settings, progress: Progress | None = None) -> Built:
     raw = long_forms + list(others.raw_text(items.raw_chunks(), cfg.raw_ratio, cfg.seed, since)) \
         if "raw" in cfg.generators else []
     progress("replay and raw", 1, 1, "")
-    counted = len(extra) + len(raw)
-    extra = quotes.without(extra)
-    raw = [r for r in raw if not quotes.found(str(r.get("text", "")))]
-    left_out += counted - len(extra) - len(raw)
+    extra, raw = quotes.keep(extra), quotes.keep(raw)
+    left_out = quotes.left_out
 
     train = _unique(qa + extra)
     val = _val(train, val_candidates, cfg.val_fraction, cfg.seed)
@@ -191,12 +187,16 @@ def _fact(e: Example) -> str:
                       default=str)
 
 
+_Kept = TypeVar("_Kept", Example, dict[str, Any])
+
+
 class Measured:
     """The questions that measure a model: the general set's eval split and the shipped refusal sets. No
     training example or raw text may quote one, or a score on it would say what was trained, not what was
     known or kept. They get in when the repository holds them (this project's own data files, tests that
     ask them, the commits that added either). Matched as lower-cased words with white space collapsed;
-    questions of fewer than `LEAST_WORDS` words (a split request's "and why?") are not looked for."""
+    questions of fewer than `LEAST_WORDS` words (a split request's "and why?") are not looked for. `left_out`
+    counts what `keep` left out."""
 
     LEAST_WORDS = 4
 
@@ -208,6 +208,7 @@ class Measured:
             if len(q.split()) >= self.LEAST_WORDS:
                 self._automaton.add_word(q, q)
         self._empty = len(self._automaton) == 0
+        self.left_out = 0
         if not self._empty:
             self._automaton.make_automaton()
 
@@ -230,8 +231,12 @@ class Measured:
             return False
         return next(self._automaton.iter(self._norm(text)), None) is not None
 
-    def without(self, examples: list[Example]) -> list[Example]:
-        return [e for e in examples if not self.found(" ".join(m["content"] for m in e.messages))]
+    def keep(self, examples: list[_Kept]) -> list[_Kept]:
+        """The examples (chats, or raw texts) that quote none of the questions."""
+        kept = [e for e in examples if not self.found(
+            " ".join(m["content"] for m in e.messages) if isinstance(e, Example) else str(e.get("text", "")))]
+        self.left_out += len(examples) - len(kept)
+        return kept
 
 
 def _val(train: list[Example], candidates: list[Example], share: float, seed: int) -> list[Example]:
