@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eval.refusal import shipped
 from repotune import config as cfg
 from repotune import db as store
 from repotune import models, registry
@@ -240,7 +241,7 @@ def test_with_trained_refusals_a_candidate_that_refuses_real_questions_is_reject
     assert "false_refusal" in failed and "general" not in [c["name"] for c in run["verdict"]["checks"]]
     refused = _db(settings).execute("select count(*) from eval_answers where suite = 'refusal' and model = "
                                     "'candidate' and reply like ?", [refusal + "%"]).fetchone()[0]
-    assert refused >= 0.05 * 381  # its refusals, stored with the run
+    assert refused >= 0.05 * sum(len(shipped(name)) for name in ("indomain", "offdomain", "attacks"))  # stored
     assert "real questions refused" in Path(run["report"], "report.md").read_text()
 
 

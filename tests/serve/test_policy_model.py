@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from eval.refusal import shipped
 from tests import training
 from tests.serve.conftest import ADMIN_KEY, API_KEY, Server, policy_server
 from tests.serve.test_gateway import eventually, metrics, value
@@ -82,4 +83,5 @@ def test_eval_refusal_asks_the_model_and_counts_its_own_refusals(server, tmp_pat
     assert result["model"] == "base" and result["both_figures"] is None  # mode "model": no gate to combine
     mine = result["model_figures"]["by_group"]["in-domain mine"]
     assert (mine["hits"], mine["total"]) == (1, 2)  # the reply that begins with the refusal text, and only it
-    assert result["model_figures"]["attacks"]["total"] == 126 and result["model_figures"]["attacks"]["rate"] > 0.9
+    attacks = result["model_figures"]["attacks"]
+    assert attacks["total"] == len(shipped("attacks")) and attacks["rate"] > 0.9
