@@ -13,7 +13,10 @@ and family, each with its count and Wilson 95% upper bound. The first batch's ow
 the same threshold (both halves) are beside them, and the threshold calibrated on everything
 now shipped (what `--calibrate` picks today) with its figures on both batches.
 
-    python -m benchmarks.refusal_fresh --first c523cc8^ [--out benchmarks/refusal-fresh.json]
+    python -m benchmarks.refusal_fresh --first c523cc8^ [--until c523cc8] [--out benchmarks/refusal-fresh.json]
+
+`--until REV` leaves out the items added after REV (a later batch), so that a reading can be made again
+as it was.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def line(name: str, f: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--first", required=True, help="a revision whose refusal sets are the first batch")
+    ap.add_argument("--until", default="", help="leave out the items added after this revision")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-fresh.json"))
     a = ap.parse_args()
 
@@ -67,6 +71,9 @@ def main() -> None:
     index = relevance.load(settings.data_dir)
     assert index is not None, "the ingest built no domain index"
     found = suite.items(settings)
+    if a.until:
+        until = ids_at(a.until)
+        found = [i for i in found if i.id in until or suite.source(i) == "dataset"]
     scored = suite.scores(found, index, policy.refusal, policy.score_parts)
     first_ids = ids_at(a.first)
     second = [(i, s) for i, s in zip(found, scored, strict=True)
