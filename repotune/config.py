@@ -124,8 +124,9 @@ class PolicySection(Section):
         "with the refusal is cut to exactly it; both: the two; off: every request reaches the model."
     )
     threshold: float = Field(
-        0.7, ge=0, le=1, description="A request is answered when each user turn's relevance (the probability that "
-        "it is about the domain, times the squared share of its words the domain uses) is at least this."
+        0.5, ge=0, le=1, description="A request is answered when each user turn's relevance (the probability that "
+        "it is about the domain, times the squared share of its words the domain uses) is at least this, until "
+        "`repotune eval refusal --calibrate` stores a threshold for the index."
     )
     max_false_refusal: float = Field(
         0.05, ge=0, lt=1, description="`repotune eval refusal --calibrate` picks the highest threshold that refuses "
