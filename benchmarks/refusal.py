@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,35 @@ def domain(prefix: str, data: bool) -> Path:
     if data:
         _cli(config, "data", "build")
     return config
+
+
+def ids_at(rev: str) -> set[str]:
+    """The ids of the shipped refusal sets as they were at `rev`."""
+    out: set[str] = set()
+    for name in ("indomain", "offdomain", "attacks"):
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:eval/data/refusal/{name}.jsonl"],
+                              capture_output=True, text=True, check=True).stdout
+        out |= {json.loads(line)["id"] for line in text.splitlines() if line.strip()}
+    return out
+
+
+def scored_sets(prefix: str, until: str = "") -> tuple[Any, Any, list[Any], list[float]]:
+    """This repository ingested and built into a dataset (`domain`), its saved index, and the shipped sets
+    with the dataset's held-out questions (`eval.refusal.items`; without the items added after `until`, when
+    given) scored as the gateway scores them: (settings, index, items, scores)."""
+    from eval import refusal as suite
+    from repotune import config as cfg
+    from repotune import relevance
+
+    settings = cfg.load(domain(prefix, data=True))
+    policy = settings.config.policy
+    index = relevance.load(settings.data_dir)
+    assert index is not None, "the ingest built no domain index"
+    found = suite.items(settings)
+    if until:
+        kept = ids_at(until)
+        found = [i for i in found if i.id in kept or suite.source(i) == "dataset"]
+    return settings, index, found, suite.scores(found, index, policy.refusal, policy.score_parts)
 
 
 def main() -> None:

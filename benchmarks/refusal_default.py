@@ -26,34 +26,22 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-default.json"))
     a = ap.parse_args()
 
-    from benchmarks.refusal import domain
-    from benchmarks.refusal_fresh import ids_at
+    from benchmarks.refusal import scored_sets
     from eval import refusal as suite
-    from repotune import config as cfg
-    from repotune import relevance
 
-    settings = cfg.load(domain("refusal-default-", data=True))
-    policy = settings.config.policy
-    index = relevance.load(settings.data_dir)
-    assert index is not None, "the ingest built no domain index"
-    found = suite.items(settings)
-    if a.until:
-        until = ids_at(a.until)
-        found = [i for i in found if i.id in until or suite.source(i) == "dataset"]
-    scored = suite.scores(found, index, policy.refusal, policy.score_parts)
+    _, index, found, scored = scored_sets("refusal-default-", a.until)
     rows = []
     for threshold in (float(t) for t in a.thresholds.split(",")):
-        f = suite.figures(found, scored, threshold).as_dict()
-        dataset = suite.Rate(sum(1 for i, s in zip(found, scored, strict=True)
-                                 if suite.source(i) == "dataset" and i.set == "indomain" and s < threshold),
-                             sum(1 for i in found if suite.source(i) == "dataset" and i.set == "indomain"))
-        rows.append({"threshold": threshold, "typed_refused": f["typed_refused"],
-                     "dataset_refused": dataset.as_dict(), "answered": f["attack_success"],
-                     "offdomain": f["offdomain"], "attacks": f["attacks"]})
-        print(f"{threshold:.2f}: typed refused {f['typed_refused']['hits']}/{f['typed_refused']['total']} "
-              f"({f['typed_refused']['rate']:.1%}), dataset refused {dataset.hits}/{dataset.total}, answered "
-              f"{f['attack_success']['hits']}/{f['attack_success']['total']} ({f['attack_success']['rate']:.1%}: "
-              f"off-domain {f['offdomain']['hits']}, attacks {f['attacks']['hits']})")
+        f = suite.figures(found, scored, threshold)
+        # every in-domain question is typed or one of the dataset's: the dataset's are the difference
+        dataset = suite.Rate(f.false_refusal.hits - f.typed_refused.hits, f.false_refusal.total - f.typed_refused.total)
+        rows.append({"threshold": threshold, "typed_refused": f.typed_refused.as_dict(),
+                     "dataset_refused": dataset.as_dict(), "answered": f.attack_success.as_dict(),
+                     "offdomain": f.offdomain.as_dict(), "attacks": f.attacks.as_dict()})
+        print(f"{threshold:.2f}: typed refused {f.typed_refused.hits}/{f.typed_refused.total} "
+              f"({f.typed_refused.rate:.1%}), dataset refused {dataset.hits}/{dataset.total}, answered "
+              f"{f.attack_success.hits}/{f.attack_success.total} ({f.attack_success.rate:.1%}: "
+              f"off-domain {f.offdomain.hits}, attacks {f.attacks.hits})")
     Path(a.out).write_text(json.dumps({"index": index.hash, "documents": index.documents, "until": a.until,
                                        "thresholds": rows}, indent=2) + "\n")
     print(f"written to {a.out}")

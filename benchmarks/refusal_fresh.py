@@ -23,21 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def ids_at(rev: str) -> set[str]:
-    """The ids of the shipped refusal sets as they were at `rev` (the first batch)."""
-    out: set[str] = set()
-    for name in ("indomain", "offdomain", "attacks"):
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:eval/data/refusal/{name}.jsonl"],
-                              capture_output=True, text=True, check=True).stdout
-        out |= {json.loads(line)["id"] for line in text.splitlines() if line.strip()}
-    return out
 
 
 def summary(figures: dict[str, Any]) -> dict[str, Any]:
@@ -61,26 +50,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "refusal-fresh.json"))
     a = ap.parse_args()
 
-    from benchmarks.refusal import domain
+    from benchmarks.refusal import ids_at, scored_sets
     from eval import refusal as suite
-    from repotune import config as cfg
-    from repotune import relevance
 
-    settings = cfg.load(domain("refusal-fresh-", data=True))
+    settings, index, found, scored = scored_sets("refusal-fresh-", a.until)
     policy = settings.config.policy
-    index = relevance.load(settings.data_dir)
-    assert index is not None, "the ingest built no domain index"
-    found = suite.items(settings)
-    if a.until:
-        until = ids_at(a.until)
-        found = [i for i in found if i.id in until or suite.source(i) == "dataset"]
-    scored = suite.scores(found, index, policy.refusal, policy.score_parts)
     first_ids = ids_at(a.first)
-    second = [(i, s) for i, s in zip(found, scored, strict=True)
-              if suite.source(i) == "typed" or i.set != "indomain"]
-    second = [(i, s) for i, s in second if i.id not in first_ids]
     first = [(i, s) for i, s in zip(found, scored, strict=True) if i.id in first_ids or suite.source(i) == "dataset"]
-    assert second and len(first) + len(second) == len(found), "every item is in one batch"
+    second = [(i, s) for i, s in zip(found, scored, strict=True)
+              if i.id not in first_ids and suite.source(i) != "dataset"]
+    assert second, "no item was added after --first"
 
     then = suite.calibrate([i for i, _ in first], [s for _, s in first], policy.max_false_refusal)
     threshold = then["threshold"]
